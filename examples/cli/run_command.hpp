@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// `moa run "prompt"`: a layered MoA on embedded synthetic models (no server needed).
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <moa/moa.hpp>
+
+#include "cli/common.hpp"
+
+namespace moa::cli {
+
+struct run_settings {
+  std::string prompt;
+  std::size_t layers = 2;
+  std::size_t proposers = 3;
+  std::size_t aggregator = 0;
+  std::string executor = "concurrent";
+  std::size_t threads = moa::concurrent_executor::default_threads();
+  std::string format = "table";
+  latency_options latency;
+  double error_rate = 0.0;
+  std::uint64_t seed = 1;
+  double timeout_ms = 0.0;
+  double call_timeout_ms = 0.0;
+  std::size_t quorum = 1;
+  bool strict = false;
+  std::string dot_file;
+};
+
+inline nlohmann::json to_json(const moa::result& r) {
+  nlohmann::json calls = nlohmann::json::array();
+  for (const auto& c : r.trace) {
+    calls.push_back({{"call", c.call},
+                     {"backend", c.backend_name},
+                     {"layer", c.layer},
+                     {"role", std::string(moa::to_string(c.role))},
+                     {"status", std::string(moa::to_string(c.status))},
+                     {"start_ms", std::chrono::duration<double, std::milli>(c.start).count()},
+                     {"end_ms", std::chrono::duration<double, std::milli>(c.end).count()},
+                     {"prompt_tokens", c.usage.prompt_tokens},
+                     {"completion_tokens", c.usage.completion_tokens},
+                     {"references", c.references},
+                     {"text", c.text},
+                     {"error", c.error}});
+  }
+  return {{"status", std::string(moa::to_string(r.status))},
+          {"answer", r.answer},
+          {"error", r.error},
+          {"elapsed_ms", std::chrono::duration<double, std::milli>(r.elapsed).count()},
+          {"usage", {{"prompt_tokens", r.usage.prompt_tokens},
+                     {"completion_tokens", r.usage.completion_tokens}}},
+          {"trace", calls}};
+}
+
+inline int run_command(const run_settings& s) {
+  std::vector<moa::any_backend> backends;
+  const std::size_t count = std::max(s.proposers, s.aggregator + 1);
+  for (std::size_t i = 0; i < count; ++i)
+    backends.emplace_back(moa::synthetic_backend({.name = model_name(i),
+                                                  .latency = s.latency.model(),
+                                                  .error_rate = s.error_rate,
+                                                  .seed = s.seed + i}));
+  moa::layered_topology topology;
+  std::vector<std::uint32_t> all;
+  for (std::size_t i = 0; i < s.proposers; ++i) all.push_back(static_cast<std::uint32_t>(i));
+  topology.layers.assign(s.layers, all);
+  topology.aggregator = static_cast<std::uint32_t>(s.aggregator);
+  // Validate against the proposer count the user asked for, so an aggregator outside it is
+  // reported rather than silently given a backend of its own.
+  topology.validate(std::max<std::size_t>(s.proposers, 1));
+  moa::runtime_pipeline pipeline(std::move(backends), topology);
+
+  moa::run_options opt;
+  opt.quorum = s.quorum;
+  if (s.strict) opt.on_aggregator_failure = moa::aggregator_fallback::fail;
+  using ms = std::chrono::duration<double, std::milli>;
+  if (s.timeout_ms > 0)
+    opt.timeout = std::chrono::duration_cast<moa::clock::duration>(ms(s.timeout_ms));
+  if (s.call_timeout_ms > 0)
+    opt.call_timeout = std::chrono::duration_cast<moa::clock::duration>(ms(s.call_timeout_ms));
+  const bool progress = progress_wanted();
+  std::atomic<std::size_t> done{0};
+  const std::size_t total = pipeline.plan().size();
+  if (progress)
+    opt.on_call = [&](const moa::call_record&) {
+      std::fprintf(stderr, "\r[%zu/%zu calls]", ++done, total);
+    };
+
+  moa::result r;
+  if (s.executor == "inline") {
+    r = pipeline.run(moa::inline_executor{}, s.prompt, opt);
+  } else {
+    moa::concurrent_executor executor(s.threads);
+    r = pipeline.run(executor, s.prompt, opt);
+  }
+  if (progress) std::fprintf(stderr, "\r%*s\r", 24, "");
+
+  if (!s.dot_file.empty()) std::ofstream(s.dot_file) << pipeline.dot(r.trace);
+  if (s.format == "json") {
+    std::cout << to_json(r).dump(2) << '\n';
+  } else {
+    std::cout << "status: " << moa::to_string(r.status) << '\n';
+    if (r.has_answer()) std::cout << "answer: " << r.answer << '\n';
+    if (!r.error.empty()) std::cout << "error: " << r.error << '\n';
+    std::cout << "tokens: " << r.usage.prompt_tokens << " in, " << r.usage.completion_tokens
+              << " out; " << std::chrono::duration<double, std::milli>(r.elapsed).count()
+              << " ms\n\n"
+              << r.trace;
+  }
+  return r.has_answer() ? 0 : 1;
+}
+
+inline void add_run_command(CLI::App& app, int& exit_code) {
+  auto settings = std::make_shared<run_settings>();
+  auto* cmd = app.add_subcommand(
+      "run", "Run one prompt through a layered MoA of embedded synthetic models and print the "
+             "answer and the trace of every call");
+  cmd->add_option("prompt", settings->prompt, "The prompt")->required();
+  cmd->add_option("-l,--layers", settings->layers, "Number of proposer layers M (0: aggregator only)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  cmd->add_option("-p,--proposers", settings->proposers, "Proposers per layer (models 0..P-1)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("-a,--aggregator", settings->aggregator, "Index of the aggregating model")
+      ->capture_default_str();
+  cmd->add_option("-e,--executor", settings->executor, "inline (sequential) or concurrent")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"inline", "concurrent"}));
+  cmd->add_option("--threads", settings->threads, "Worker threads of the concurrent executor")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("-f,--format", settings->format, "Output: table or json")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"table", "json"}));
+  cmd->add_option("--latency", settings->latency.shape,
+                  "Latency of the synthetic models: zero, constant, exponential, lognormal")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"zero", "constant", "exponential", "lognormal"}));
+  cmd->add_option("--latency-ms", settings->latency.mean_ms, "Mean latency in milliseconds")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--sigma", settings->latency.sigma, "Lognormal sigma (log-space sd)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--error-rate", settings->error_rate, "Fraction of calls that fail")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--seed", settings->seed, "Seed of the synthetic models")->capture_default_str();
+  cmd->add_option("--timeout-ms", settings->timeout_ms, "Deadline of the whole run (0: none)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--call-timeout-ms", settings->call_timeout_ms, "Deadline of each call (0: none)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("-q,--quorum", settings->quorum, "Answers a layer needs to go on")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd->add_flag("--strict", settings->strict,
+                "Fail the run when the aggregator fails (default: degraded answer)");
+  cmd->add_option("--dot", settings->dot_file, "Write the run as Graphviz DOT to this file");
+  cmd->callback([settings, &exit_code] { exit_code = run_command(*settings); });
+}
+
+}  // namespace moa::cli

@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: MIT
+// The moa program: the library's main job from the command line.
+//
+//   moa run "prompt"        a layered MoA on embedded synthetic models
+//
+// Every subcommand has --help. Exit codes: 0 success, 1 the run gave no answer, 2 bad input.
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include <moa/moa.hpp>
+
+#include "cli/run_command.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moa: run several LLMs together as a Mixture-of-Agents"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", [] {
+    const auto v = moa::version();
+    return "moa " + std::to_string(v.major) + "." + std::to_string(v.minor) + "." +
+           std::to_string(v.patch);
+  }());
+  int exit_code = 0;
+  moa::cli::add_run_command(app, exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  } catch (const moa::error& e) {
+    std::cerr << "moa: error: " << e.what() << '\n';
+    return 2;
+  }
+  return exit_code;
+}

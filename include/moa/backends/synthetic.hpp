@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// An in-process backend for examples, tests and benchmarks: deterministic answers derived from
+/// the request, latency drawn from a seeded distribution, and injected failures.
+///
+/// @code{.cpp}
+/// moa::synthetic_backend fast({.name = "fast"});
+/// moa::synthetic_backend slow({.name = "slow",
+///                              .latency = moa::latency_model::exponential(std::chrono::milliseconds(5)),
+///                              .error_rate = 0.1, .seed = 7});
+/// @endcode
+///
+/// The answer is `"<name> answers <8 hex digits>"`, the digits being a hash of every message of
+/// the request, so a test can tell exactly which references reached which call. Everything random
+/// (latency, failures) is drawn from a generator seeded by the backend's seed and that same hash:
+/// the outcome of a call depends on what was asked, not on thread timing.
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "moa/core/backend.hpp"
+#include "moa/core/error.hpp"
+#include "moa/core/message.hpp"
+#include "moa/core/random.hpp"
+
+namespace moa {
+
+/// @brief A distribution of service times.
+struct latency_model {
+  enum class shape : std::uint8_t { zero, constant, exponential, lognormal };
+  latency_model::shape kind = shape::zero;
+  std::chrono::nanoseconds mean{0};  ///< the mean (for lognormal too)
+  double sigma = 0.0;                ///< lognormal: standard deviation of the log
+
+  static latency_model zero() noexcept { return {}; }
+  static latency_model constant(std::chrono::nanoseconds d) { return checked({shape::constant, d, 0}); }
+  static latency_model exponential(std::chrono::nanoseconds mean) {
+    return checked({shape::exponential, mean, 0});
+  }
+  static latency_model lognormal(std::chrono::nanoseconds mean, double sigma) {
+    if (!(sigma >= 0) || !std::isfinite(sigma))
+      MOA_THROW(invalid_argument("moa::latency_model: lognormal sigma must be finite and >= 0"));
+    return checked({shape::lognormal, mean, sigma});
+  }
+
+  /// Draws one service time.
+  [[nodiscard]] std::chrono::nanoseconds sample(rng& random) const noexcept {
+    const double m = static_cast<double>(mean.count());
+    switch (kind) {
+      case shape::zero: return std::chrono::nanoseconds(0);
+      case shape::constant: return mean;
+      case shape::exponential: {
+        const double u = 1.0 - random.uniform();  // (0, 1]
+        return std::chrono::nanoseconds(static_cast<std::int64_t>(-m * std::log(u)));
+      }
+      case shape::lognormal: {
+        // mean = exp(mu + sigma^2 / 2); Box-Muller for the normal draw.
+        const double mu = std::log(m) - sigma * sigma / 2;
+        const double u1 = 1.0 - random.uniform(), u2 = random.uniform();
+        const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+        return std::chrono::nanoseconds(static_cast<std::int64_t>(std::exp(mu + sigma * z)));
+      }
+    }
+    return std::chrono::nanoseconds(0);
+  }
+
+ private:
+  static latency_model checked(latency_model m) {
+    if (m.mean.count() < 0)
+      MOA_THROW(invalid_argument("moa::latency_model: a latency cannot be negative"));
+    if (m.kind == shape::lognormal && m.mean.count() == 0)
+      MOA_THROW(invalid_argument("moa::latency_model: a lognormal latency needs a mean > 0"));
+    return m;
+  }
+};
+
+/// @brief Settings of a synthetic_backend.
+struct synthetic_options {
+  std::string name = "synthetic";
+  latency_model latency{};
+  double error_rate = 0.0;    ///< fraction of calls that throw backend_error
+  double timeout_rate = 0.0;  ///< fraction of calls that hang until their deadline
+  std::uint64_t seed = 0;
+  /// How long a "hanging" call waits when its request has no deadline.
+  std::chrono::nanoseconds hang_limit = std::chrono::seconds(10);
+  bool record = false;  ///< keep every request, for received()
+  /// Plants the answer text: when set, it replaces the hash-derived answer (may return "").
+  std::function<std::string(const request&)> answer{};
+};
+
+/// @brief FNV-1a over roles and contents: the identity of a request's text.
+inline std::uint64_t request_hash(const request& r) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  auto add = [&h](std::string_view s) {
+    for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ULL;
+  };
+  for (const auto& m : r.messages) {
+    add(to_string(m.role));
+    add(":");
+    add(m.content);
+    add("\n");
+  }
+  return h;
+}
+
+/// @brief The answer a synthetic backend named `name` gives to a request of hash `h`.
+inline std::string synthetic_answer(std::string_view name, std::uint64_t h) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out(name);
+  out += " answers ";
+  for (int shift = 28; shift >= 0; shift -= 4) out += hex[(h >> shift) & 0xf];
+  return out;
+}
+
+/// @brief Word count: moa's token estimate for backends that do not count (documented in
+/// docs/ARCHITECTURE.md; real backends report their own usage).
+inline std::uint64_t estimate_tokens(std::string_view text) noexcept {
+  std::uint64_t n = 0;
+  bool in_word = false;
+  for (char c : text) {
+    const bool space = c == ' ' || c == '\n' || c == '\t' || c == '\r';
+    if (!space && !in_word) ++n;
+    in_word = !space;
+  }
+  return n;
+}
+
+class synthetic_backend {
+ public:
+  explicit synthetic_backend(synthetic_options opt = {})
+      : opt_(std::make_shared<const synthetic_options>(std::move(opt))),
+        log_(std::make_shared<log>()) {
+    if (!(opt_->error_rate >= 0 && opt_->error_rate <= 1) ||
+        !(opt_->timeout_rate >= 0 && opt_->timeout_rate <= 1))
+      MOA_THROW(invalid_argument("moa::synthetic_backend '" + opt_->name +
+                                 "': error_rate and timeout_rate are fractions in [0, 1]"));
+  }
+
+  [[nodiscard]] std::string_view name() const noexcept { return opt_->name; }
+  [[nodiscard]] const synthetic_options& options() const noexcept { return *opt_; }
+
+  response generate(const request& r) const {
+    const auto started = clock::now();
+    const std::uint64_t h = request_hash(r);
+    if (opt_->record || opt_->error_rate > 0 || opt_->timeout_rate > 0 ||
+        opt_->latency.kind != latency_model::shape::zero)
+      behave(r, h, started);
+    else
+      log_->calls.fetch_add(1, std::memory_order_relaxed);
+    response out;
+    out.text = opt_->answer ? opt_->answer(r) : synthetic_answer(opt_->name, h);
+    for (const auto& m : r.messages) out.usage.prompt_tokens += estimate_tokens(m.content);
+    out.usage.completion_tokens = estimate_tokens(out.text);
+    out.model = opt_->name;
+    out.timings.generation = clock::now() - started;
+    return out;
+  }
+
+  /// Delivers the answer word by word.
+  response generate_stream(const request& r, token_callback on_token) const {
+    response out = generate(r);
+    std::string_view rest = out.text;
+    while (!rest.empty()) {
+      auto cut = rest.find(' ', 1);
+      if (cut == std::string_view::npos) cut = rest.size();
+      on_token(rest.substr(0, cut));
+      rest.remove_prefix(cut);
+    }
+    return out;
+  }
+
+  /// Every request received so far (only with options.record), in arrival order. Copies of a
+  /// backend share one log.
+  [[nodiscard]] std::vector<request> received() const {
+    std::lock_guard lock(log_->mutex);
+    return log_->requests;
+  }
+  [[nodiscard]] std::uint64_t calls() const noexcept {
+    return log_->calls.load(std::memory_order_relaxed);
+  }
+
+ private:
+  struct log {
+    std::mutex mutex;
+    std::vector<request> requests;
+    std::atomic<std::uint64_t> calls{0};
+  };
+
+  void behave(const request& r, std::uint64_t h, clock::time_point started) const {
+    log_->calls.fetch_add(1, std::memory_order_relaxed);
+    if (opt_->record) {
+      std::lock_guard lock(log_->mutex);
+      log_->requests.push_back(r);
+    }
+    rng random(mix_seed(opt_->seed, h ^ (std::uint64_t(r.context.call) << 32)));
+    const double fate = random.uniform();
+    if (fate < opt_->error_rate)
+      MOA_THROW(backend_error("synthetic backend '" + opt_->name + "': injected failure"));
+    if (fate < opt_->error_rate + opt_->timeout_rate) {
+      const auto until = r.deadline == clock::time_point::max() ? started + opt_->hang_limit
+                                                                 : r.deadline;
+      sleep_until(until, r.stop);
+      MOA_THROW(timeout_error("synthetic backend '" + opt_->name + "': injected hang"));
+    }
+    const auto latency = opt_->latency.sample(random);
+    if (latency.count() == 0) return;
+    if (started + latency > r.deadline) {
+      sleep_until(r.deadline, r.stop);
+      MOA_THROW(timeout_error("synthetic backend '" + opt_->name +
+                              "': its latency passes the call's deadline"));
+    }
+    sleep_until(started + latency, r.stop);
+  }
+
+  static void sleep_until(clock::time_point until, const std::stop_token& stop) {
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::unique_lock lock(m);
+    cv.wait_until(lock, stop, until, [] { return false; });
+    if (stop.stop_requested())
+      MOA_THROW(cancelled_error("synthetic backend: cancelled while generating"));
+  }
+
+  std::shared_ptr<const synthetic_options> opt_;
+  std::shared_ptr<log> log_;
+};
+
+static_assert(Backend<synthetic_backend>);
+static_assert(StreamingBackend<synthetic_backend>);
+
+}  // namespace moa

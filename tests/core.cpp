@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: MIT
+// Tests of moa/core (messages, the backend concept, any_backend, random) and the synthetic backend.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include <moa/backends/synthetic.hpp>
+#include <moa/core/backend.hpp>
+#include <moa/core/random.hpp>
+#include <moa/version.hpp>
+
+namespace {
+
+struct member_backend {
+  moa::response generate(const moa::request& r) {
+    ++calls;
+    return {.text = "member:" + std::string(r.prompt())};
+  }
+  int calls = 0;
+};
+
+}  // namespace
+
+namespace adl_ns {
+struct free_backend {};
+inline moa::response generate(free_backend&, const moa::request& r) {
+  moa::response out;
+  out.text = "adl:" + std::string(r.prompt());
+  return out;
+}
+inline std::string_view backend_name(const free_backend&) { return "free"; }
+}  // namespace adl_ns
+
+TEST_CASE("Core.request_and_usage") {
+  auto r = moa::make_request("hello");
+  REQUIRE(r.messages.size() == 1);
+  CHECK(r.messages[0].role == moa::role::user);
+  CHECK(r.prompt() == "hello");
+  r.messages.push_back({moa::role::assistant, "hi"});
+  CHECK(r.prompt() == "hello");  // the last *user* message
+  moa::usage a{3, 4}, b{1, 1};
+  CHECK((a + b).total() == 9);
+  CHECK(moa::version().major * 10000 + moa::version().minor * 100 + moa::version().patch ==
+        MOA_VERSION);
+}
+
+TEST_CASE("Backend.customisation_points") {
+  member_backend m;
+  CHECK(moa::generate(m, moa::make_request("x")).text == "member:x");
+  adl_ns::free_backend f;
+  CHECK(moa::generate(f, moa::make_request("y")).text == "adl:y");
+  CHECK(moa::backend_name(f, "fallback") == "free");
+  CHECK(moa::backend_name(m, "fallback") == "fallback");
+
+  // A reference_wrapper calls through to the referenced object.
+  auto ref = std::ref(m);
+  moa::generate(ref, moa::make_request("z"));
+  CHECK(m.calls == 2);
+
+  // Streaming falls back to one token for a backend without generate_stream.
+  std::vector<std::string> tokens;
+  auto sink = [&](std::string_view t) { tokens.emplace_back(t); };
+  auto resp = moa::generate_stream(m, moa::make_request("w"), moa::token_callback(sink));
+  CHECK(tokens == std::vector<std::string>{"member:w"});
+  CHECK(resp.text == "member:w");
+}
+
+TEST_CASE("Backend.any_backend") {
+  moa::any_backend a(moa::synthetic_backend({.name = "syn"}));
+  CHECK(a.name() == "syn");
+  CHECK(a.streams());
+  CHECK(a.target<moa::synthetic_backend>() != nullptr);
+  CHECK(a.target<member_backend>() == nullptr);
+  moa::any_backend b(member_backend{});
+  CHECK_FALSE(b.streams());
+  CHECK(b.name().empty());
+  CHECK(b.generate(moa::make_request("q")).text == "member:q");
+  moa::backend_ref ref(b, "wrapped");
+  CHECK(ref.name() == "wrapped");
+  CHECK_FALSE(ref.streams());  // any_backend reports what it wraps, not its own interface
+  CHECK(ref.generate(moa::make_request("r")).text == "member:r");
+}
+
+TEST_CASE("Random.reproducible_and_uniform") {
+  moa::rng a(7), b(7), c(8);
+  CHECK(a() == b());
+  CHECK(a() != c());
+  // below(n) is uniform: chi-square over 10 bins, 100k draws; the 99.9% quantile for 9 degrees
+  // of freedom is 27.9.
+  moa::rng r(1);
+  std::vector<int> bins(10, 0);
+  const int draws = 100000;
+  for (int i = 0; i < draws; ++i) ++bins[r.below(10)];
+  double chi2 = 0;
+  for (int n : bins) chi2 += (n - draws / 10.0) * (n - draws / 10.0) / (draws / 10.0);
+  CHECK(chi2 < 27.9);
+  for (int i = 0; i < 1000; ++i) {
+    const double u = r.uniform();
+    REQUIRE(u >= 0.0);
+    REQUIRE(u < 1.0);
+  }
+}
+
+TEST_CASE("Synthetic.deterministic_answers") {
+  moa::synthetic_backend a({.name = "a"}), a2({.name = "a"}), b({.name = "b"});
+  const auto req = moa::make_request("Why is the sky blue?");
+  const auto r1 = a.generate(req);
+  CHECK(r1.text == moa::synthetic_answer("a", moa::request_hash(req)));
+  CHECK(r1.text == a2.generate(req).text);
+  CHECK(r1.text != b.generate(req).text);
+  CHECK(r1.text != a.generate(moa::make_request("other")).text);
+  CHECK(r1.usage.prompt_tokens == 5);
+  CHECK(r1.usage.completion_tokens == 3);
+  CHECK(r1.model == "a");
+  CHECK(a.calls() == 2);
+
+  std::string streamed;
+  int pieces = 0;
+  auto sink = [&](std::string_view t) {
+    streamed += t;
+    ++pieces;
+  };
+  const auto r2 = a.generate_stream(req, moa::token_callback(sink));
+  CHECK(streamed == r2.text);
+  CHECK(pieces == 3);
+}
+
+TEST_CASE("Synthetic.latency_distributions") {
+  using namespace std::chrono;
+  moa::rng random(3);
+  CHECK(moa::latency_model::constant(milliseconds(5)).sample(random) == milliseconds(5));
+  CHECK(moa::latency_model::zero().sample(random) == nanoseconds(0));
+  // Sample means within 5 standard errors (the standard deviation of an exponential is its
+  // mean; of this lognormal, mean * sqrt(exp(sigma^2) - 1)).
+  const int n = 40000;
+  const double mean = 1e6;
+  for (const auto& [model, sd] :
+       {std::pair{moa::latency_model::exponential(nanoseconds(1000000)), mean},
+        std::pair{moa::latency_model::lognormal(nanoseconds(1000000), 0.5),
+                  mean * std::sqrt(std::exp(0.25) - 1)}}) {
+    double sum = 0;
+    for (int i = 0; i < n; ++i) sum += static_cast<double>(model.sample(random).count());
+    CHECK(std::abs(sum / n - mean) < 5 * sd / std::sqrt(double(n)));
+  }
+  CHECK_THROWS_WITH_AS(moa::latency_model::constant(nanoseconds(-1)),
+                       "moa::latency_model: a latency cannot be negative", moa::invalid_argument);
+  CHECK_THROWS_AS(moa::latency_model::lognormal(nanoseconds(0), 0.5), moa::invalid_argument);
+}
+
+TEST_CASE("Synthetic.injected_failures") {
+  moa::synthetic_backend flaky({.name = "flaky", .error_rate = 0.3, .seed = 11});
+  const int n = 4000;
+  int failures = 0;
+  for (int i = 0; i < n; ++i) {
+    try {
+      flaky.generate(moa::make_request("prompt " + std::to_string(i)));
+    } catch (const moa::backend_error& e) {
+      ++failures;
+      REQUIRE(std::string(e.what()).find("flaky") != std::string::npos);
+    }
+  }
+  // Binomial(4000, 0.3): standard deviation 29; allow 5 of them.
+  CHECK(std::abs(failures - 0.3 * n) < 5 * std::sqrt(n * 0.3 * 0.7));
+  CHECK_THROWS_WITH_AS(moa::synthetic_backend({.error_rate = 1.5}),
+                       doctest::Contains("error_rate and timeout_rate are fractions"),
+                       moa::invalid_argument);
+}
+
+TEST_CASE("Synthetic.honours_deadline_and_stop") {
+  using namespace std::chrono;
+  moa::synthetic_backend slow({.name = "slow", .latency = moa::latency_model::constant(seconds(30))});
+  auto req = moa::make_request("x");
+  req.deadline = moa::clock::now() + milliseconds(5);
+  CHECK_THROWS_AS(slow.generate(req), moa::timeout_error);
+
+  std::stop_source source;
+  source.request_stop();
+  auto req2 = moa::make_request("y");
+  req2.stop = source.get_token();
+  CHECK_THROWS_AS(slow.generate(req2), moa::cancelled_error);
+
+  moa::synthetic_backend hang({.name = "hang", .timeout_rate = 1.0});
+  auto req3 = moa::make_request("z");
+  req3.deadline = moa::clock::now() + milliseconds(2);
+  CHECK_THROWS_AS(hang.generate(req3), moa::timeout_error);
+}
+
+TEST_CASE("Synthetic.records_requests_and_plants_answers") {
+  moa::synthetic_backend rec({.name = "rec",
+                              .record = true,
+                              .answer = [](const moa::request& r) {
+                                return r.prompt() == "empty" ? std::string() : std::string("42");
+                              }});
+  CHECK(rec.generate(moa::make_request("q1")).text == "42");
+  CHECK(rec.generate(moa::make_request("empty")).text.empty());
+  const auto log = rec.received();
+  REQUIRE(log.size() == 2);
+  CHECK(log[0].prompt() == "q1");
+  auto copy = rec;  // copies share the log
+  copy.generate(moa::make_request("q3"));
+  CHECK(rec.received().size() == 3);
+}

@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: MIT
+// Two TUs include every header; linking them proves nothing is defined twice (ODR).
+#include <moa/moa.hpp>
+
+std::string answer_from_second_tu();
+
+int main() {
+  auto first = moa::synthetic_backend({.name = "x"}).generate(moa::make_request("odr")).text;
+  return first == answer_from_second_tu() ? 0 : 1;
+}

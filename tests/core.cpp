@@ -32,7 +32,9 @@ inline moa::response generate(free_backend&, const moa::request& r) {
   out.text = "adl:" + std::string(r.prompt());
   return out;
 }
-inline std::string_view backend_name(const free_backend&) { return "free"; }
+inline std::string_view backend_name(const free_backend&) {
+  return "free";
+}
 }  // namespace adl_ns
 
 TEST_CASE("Core.request_and_usage") {
@@ -172,7 +174,8 @@ TEST_CASE("Synthetic.injected_failures") {
 
 TEST_CASE("Synthetic.honours_deadline_and_stop") {
   using namespace std::chrono;
-  moa::synthetic_backend slow({.name = "slow", .latency = moa::latency_model::constant(seconds(30))});
+  moa::synthetic_backend slow(
+      {.name = "slow", .latency = moa::latency_model::constant(seconds(30))});
   auto req = moa::make_request("x");
   req.deadline = moa::clock::now() + milliseconds(5);
   CHECK_THROWS_AS(slow.generate(req), moa::timeout_error);
@@ -190,9 +193,7 @@ TEST_CASE("Synthetic.honours_deadline_and_stop") {
 }
 
 TEST_CASE("Synthetic.records_requests_and_plants_answers") {
-  moa::synthetic_backend rec({.name = "rec",
-                              .record = true,
-                              .answer = [](const moa::request& r) {
+  moa::synthetic_backend rec({.name = "rec", .record = true, .answer = [](const moa::request& r) {
                                 return r.prompt() == "empty" ? std::string() : std::string("42");
                               }});
   CHECK(rec.generate(moa::make_request("q1")).text == "42");

@@ -61,9 +61,9 @@ struct throws_int {
 
 TEST_CASE("Exec.references_reach_the_right_calls") {
   with_each_executor([](const auto& ex) {
-    auto pipe = moa::make_pipeline<classic>(syn("alpha", {.record = true}),
-                                            syn("beta", {.record = true}),
-                                            syn("gamma", {.record = true}));
+    auto pipe =
+        moa::make_pipeline<classic>(syn("alpha", {.record = true}), syn("beta", {.record = true}),
+                                    syn("gamma", {.record = true}));
     const auto r = pipe.run(ex, "Why is the sky blue?");
     REQUIRE(r.ok());
     REQUIRE(r.trace.size() == 7);
@@ -71,7 +71,8 @@ TEST_CASE("Exec.references_reach_the_right_calls") {
     const auto bare = moa::make_request("Why is the sky blue?");
     for (int c = 0; c < 3; ++c) {
       CHECK(r.trace[c].references.empty());
-      CHECK(r.trace[c].text == moa::synthetic_answer(r.trace[c].backend_name, moa::request_hash(bare)));
+      CHECK(r.trace[c].text ==
+            moa::synthetic_answer(r.trace[c].backend_name, moa::request_hash(bare)));
     }
     // Layer 2 saw the three layer-1 answers, numbered in proposer order under the aggregation
     // prompt, followed by the user's message.
@@ -80,9 +81,8 @@ TEST_CASE("Exec.references_reach_the_right_calls") {
     const auto& second = alpha_log[1];
     REQUIRE(second.messages.size() == 2);
     CHECK(second.messages[0].role == moa::role::system);
-    const std::vector<moa::reference> expected{{r.trace[0].text, "alpha", 0},
-                                               {r.trace[1].text, "beta", 1},
-                                               {r.trace[2].text, "gamma", 2}};
+    const std::vector<moa::reference> expected{
+        {r.trace[0].text, "alpha", 0}, {r.trace[1].text, "beta", 1}, {r.trace[2].text, "gamma", 2}};
     CHECK(second.messages[0].content == moa::aggregation_prompt{}.render(expected));
     CHECK(second.messages[1].content == "Why is the sky blue?");
     CHECK(second.context.layer == 2);
@@ -103,7 +103,8 @@ TEST_CASE("Exec.references_reach_the_right_calls") {
 }
 
 TEST_CASE("Exec.inline_and_concurrent_agree") {
-  auto pipe = moa::make_pipeline<classic>(syn("a"), syn("b"), syn("c", {.error_rate = 0.5, .seed = 3}));
+  auto pipe =
+      moa::make_pipeline<classic>(syn("a"), syn("b"), syn("c", {.error_rate = 0.5, .seed = 3}));
   moa::concurrent_executor pool(4);
   for (int i = 0; i < 20; ++i) {
     const auto prompt = "prompt " + std::to_string(i);
@@ -111,13 +112,15 @@ TEST_CASE("Exec.inline_and_concurrent_agree") {
     const auto b = pipe.run(pool, prompt);
     REQUIRE(a.status == b.status);
     REQUIRE(a.answer == b.answer);
-    for (std::size_t c = 0; c < a.trace.size(); ++c) REQUIRE(a.trace[c].status == b.trace[c].status);
+    for (std::size_t c = 0; c < a.trace.size(); ++c)
+      REQUIRE(a.trace[c].status == b.trace[c].status);
   }
 }
 
 TEST_CASE("Exec.quorum_lets_a_layer_go_on_with_fewer_answers") {
   with_each_executor([](const auto& ex) {
-    auto pipe = moa::make_pipeline<classic>(syn("ok1"), syn("ok2"), syn("broken", {.error_rate = 1}));
+    auto pipe =
+        moa::make_pipeline<classic>(syn("ok1"), syn("ok2"), syn("broken", {.error_rate = 1}));
     auto r = pipe.run(ex, "q");
     REQUIRE(r.ok());
     CHECK(r.trace[2].status == moa::call_status::failed);
@@ -141,8 +144,10 @@ TEST_CASE("Exec.quorum_lets_a_layer_go_on_with_fewer_answers") {
 
 TEST_CASE("Exec.all_proposers_failing_fails_the_run") {
   with_each_executor([](const auto& ex) {
-    auto pipe = moa::make_pipeline<classic>(syn("x", {.error_rate = 1}), syn("y", {.error_rate = 1}),
-                                            moa::synthetic_backend({.name = "z", .answer = [](const moa::request&) { return std::string(); }}));
+    auto pipe = moa::make_pipeline<classic>(
+        syn("x", {.error_rate = 1}), syn("y", {.error_rate = 1}),
+        moa::synthetic_backend(
+            {.name = "z", .answer = [](const moa::request&) { return std::string(); }}));
     const auto r = pipe.run(ex, "q");
     CHECK(r.status == moa::run_status::failed);
     CHECK(r.trace[2].status == moa::call_status::empty);
@@ -213,7 +218,8 @@ TEST_CASE("Exec.cancellation") {
   });
   // Cancelled mid-run: a backend that waits on the stop token is interrupted.
   using t = moa::topology<moa::layers<1, moa::proposers<0, 1>>, moa::aggregator<0>>;
-  auto pipe = moa::make_pipeline<t>(syn("fast"), syn("slow", {.latency = moa::latency_model::constant(30s)}));
+  auto pipe = moa::make_pipeline<t>(syn("fast"),
+                                    syn("slow", {.latency = moa::latency_model::constant(30s)}));
   moa::concurrent_executor pool(2);
   std::stop_source source;
   moa::run_options opt;
@@ -258,8 +264,8 @@ TEST_CASE("Exec.bad_runs_are_rejected_with_a_reason" * doctest::timeout(30)) {
   moa::plan p;
   p.add_call(1, p.add_group({}), 1, moa::call_role::aggregator);
   moa::inline_executor ex;
-  CHECK_THROWS_WITH_AS(ex.execute(p, refs, moa::make_request("q")),
-                       doctest::Contains("not sealed"), moa::invalid_argument);
+  CHECK_THROWS_WITH_AS(ex.execute(p, refs, moa::make_request("q")), doctest::Contains("not sealed"),
+                       moa::invalid_argument);
   p.seal();
   CHECK_THROWS_WITH_AS(ex.execute(p, refs, moa::make_request("q")),
                        "moa: the plan calls backend 1 but only 1 backends were given",
@@ -275,7 +281,8 @@ TEST_CASE("Exec.bad_runs_are_rejected_with_a_reason" * doctest::timeout(30)) {
 }
 
 TEST_CASE("Exec.many_concurrent_runs_share_one_executor" * doctest::timeout(120)) {
-  auto pipe = moa::make_pipeline<classic>(syn("a"), syn("b"), syn("c", {.error_rate = 0.2, .seed = 1}));
+  auto pipe =
+      moa::make_pipeline<classic>(syn("a"), syn("b"), syn("c", {.error_rate = 0.2, .seed = 1}));
   moa::concurrent_executor pool(3);
   std::atomic<int> ok{0}, answered{0};
   const int per_thread = 250;
@@ -311,9 +318,9 @@ TEST_CASE("Pipeline.runtime_pipeline_matches_the_typed_one") {
   std::vector<moa::any_backend> two;
   two.emplace_back(syn("a"));
   two.emplace_back(syn("b"));
-  CHECK_THROWS_WITH_AS(moa::runtime_pipeline(std::move(two), moa::layered_topology::from<classic>()),
-                       doctest::Contains("lists proposer 2, but only 2 backends are given"),
-                       moa::topology_error);
+  CHECK_THROWS_WITH_AS(
+      moa::runtime_pipeline(std::move(two), moa::layered_topology::from<classic>()),
+      doctest::Contains("lists proposer 2, but only 2 backends are given"), moa::topology_error);
   // Backends held by reference keep their state.
   moa::synthetic_backend mine({.name = "mine"});
   using one = moa::topology<moa::layers<0, moa::proposers<0>>, moa::aggregator<0>>;

@@ -16,13 +16,15 @@ namespace moa::cli {
 
 /// Names for the embedded synthetic models, so traces read as distinct models.
 inline std::string model_name(std::size_t i) {
-  static const char* const names[] = {"alpha", "beta", "gamma", "delta",
-                                      "epsilon", "zeta", "eta", "theta"};
+  static const char* const names[] = {"alpha",   "beta", "gamma", "delta",
+                                      "epsilon", "zeta", "eta",   "theta"};
   return i < std::size(names) ? names[i] : "model" + std::to_string(i);
 }
 
 /// Progress goes to stderr, and only when it is a terminal: pipes and CI logs stay clean.
-inline bool progress_wanted() { return ::isatty(STDERR_FILENO) == 1; }
+inline bool progress_wanted() {
+  return ::isatty(STDERR_FILENO) == 1;
+}
 
 /// The latency options every subcommand that runs synthetic models accepts.
 struct latency_options {

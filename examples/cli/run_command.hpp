@@ -58,8 +58,9 @@ inline nlohmann::json to_json(const moa::result& r) {
           {"answer", r.answer},
           {"error", r.error},
           {"elapsed_ms", std::chrono::duration<double, std::milli>(r.elapsed).count()},
-          {"usage", {{"prompt_tokens", r.usage.prompt_tokens},
-                     {"completion_tokens", r.usage.completion_tokens}}},
+          {"usage",
+           {{"prompt_tokens", r.usage.prompt_tokens},
+            {"completion_tokens", r.usage.completion_tokens}}},
           {"trace", calls}};
 }
 
@@ -124,10 +125,12 @@ inline int run_command(const run_settings& s) {
 inline void add_run_command(CLI::App& app, int& exit_code) {
   auto settings = std::make_shared<run_settings>();
   auto* cmd = app.add_subcommand(
-      "run", "Run one prompt through a layered MoA of embedded synthetic models and print the "
-             "answer and the trace of every call");
+      "run",
+      "Run one prompt through a layered MoA of embedded synthetic models and print the "
+      "answer and the trace of every call");
   cmd->add_option("prompt", settings->prompt, "The prompt")->required();
-  cmd->add_option("-l,--layers", settings->layers, "Number of proposer layers M (0: aggregator only)")
+  cmd->add_option("-l,--layers", settings->layers,
+                  "Number of proposer layers M (0: aggregator only)")
       ->capture_default_str()
       ->check(CLI::Range(0, 64));
   cmd->add_option("-p,--proposers", settings->proposers, "Proposers per layer (models 0..P-1)")

@@ -163,7 +163,8 @@ auto make_pipeline(Bs&&... backends) {
 /// @code{.cpp}
 /// std::vector<moa::any_backend> backends;
 /// for (auto name : {"a", "b", "c"}) backends.emplace_back(moa::synthetic_backend({.name = name}));
-/// moa::runtime_pipeline pipe(std::move(backends), {.layers = {{0, 1, 2}, {0, 1, 2}}, .aggregator = 0});
+/// moa::runtime_pipeline pipe(std::move(backends), {.layers = {{0, 1, 2}, {0, 1, 2}}, .aggregator =
+/// 0});
 /// @endcode
 class runtime_pipeline : public detail::pipeline_core {
  public:

@@ -3,9 +3,11 @@
 #include <moa/moa.hpp>
 
 #ifdef MOA_SHOULD_FAIL
-using t = moa::topology<moa::layer_list<moa::proposers<0, 1>, moa::proposers<>>, moa::aggregator<0>>;
+using t =
+    moa::topology<moa::layer_list<moa::proposers<0, 1>, moa::proposers<>>, moa::aggregator<0>>;
 #else
-using t = moa::topology<moa::layer_list<moa::proposers<0, 1>, moa::proposers<1>>, moa::aggregator<0>>;
+using t =
+    moa::topology<moa::layer_list<moa::proposers<0, 1>, moa::proposers<1>>, moa::aggregator<0>>;
 #endif
 
 constexpr auto calls = t::calls_per_prompt;

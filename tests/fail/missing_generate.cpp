@@ -4,7 +4,9 @@
 
 struct not_a_backend {
 #ifndef MOA_SHOULD_FAIL
-  moa::response generate(const moa::request&) { return {}; }
+  moa::response generate(const moa::request&) {
+    return {};
+  }
 #endif
 };
 

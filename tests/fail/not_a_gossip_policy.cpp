@@ -10,7 +10,7 @@ struct looks_like_gossip {  // has select() but did not opt in with moa_policy
 };
 using edge = moa::gossip_topology<moa::devices<4>, moa::layers<2>, looks_like_gossip>;
 #else
-using edge = moa::gossip_topology<moa::devices<4>, moa::layers<2>, moa::random_k<1>>;
+using edge = moa::gossip_topology<moa::devices<4>, moa::layers<2>, moa::random_k<1> >;
 #endif
 
 constexpr auto calls = edge::calls_per_prompt;

@@ -6,9 +6,13 @@
 
 struct returns_text {
 #ifdef MOA_SHOULD_FAIL
-  std::string generate(const moa::request&) { return {}; }
+  std::string generate(const moa::request&) {
+    return {};
+  }
 #else
-  moa::response generate(const moa::request&) { return {}; }
+  moa::response generate(const moa::request&) {
+    return {};
+  }
 #endif
 };
 

@@ -62,8 +62,8 @@ static_assert(classic::check(3).ok());
 static_assert(classic::check(2).fault == moa::topology_fault::proposer_out_of_range);
 static_assert(classic::check(2).index == 2);
 
-using narrowing =
-    moa::topology<moa::layer_list<moa::proposers<0, 1, 2, 3>, moa::proposers<3, 1>>, moa::aggregator<2>>;
+using narrowing = moa::topology<moa::layer_list<moa::proposers<0, 1, 2, 3>, moa::proposers<3, 1>>,
+                                moa::aggregator<2>>;
 static_assert(narrowing::calls_per_prompt == 7);
 static_assert(narrowing::min_backends == 4);
 
@@ -72,7 +72,9 @@ static_assert(single::calls_per_prompt == 1);
 
 using edge = moa::gossip_topology<moa::devices<4>, moa::layers<2>, moa::random_k<2>>;
 static_assert(edge::calls_per_prompt == 7);  // (k + 1) M + 1
-static_assert(moa::gossip_topology<moa::devices<4>, moa::layers<3>, moa::random_k<3>>::calls_per_prompt == 13);
+static_assert(
+    moa::gossip_topology<moa::devices<4>, moa::layers<3>, moa::random_k<3>>::calls_per_prompt ==
+    13);
 
 static_assert(moa::check_fanout(3, 4).ok());
 static_assert(moa::check_fanout(4, 4).fault == moa::topology_fault::fanout_too_large);

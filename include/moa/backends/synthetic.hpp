@@ -8,7 +8,8 @@
 /// @code{.cpp}
 /// moa::synthetic_backend fast({.name = "fast"});
 /// moa::synthetic_backend slow({.name = "slow",
-///                              .latency = moa::latency_model::exponential(std::chrono::milliseconds(5)),
+///                              .latency =
+///                              moa::latency_model::exponential(std::chrono::milliseconds(5)),
 ///                              .error_rate = 0.1, .seed = 7});
 /// @endcode
 ///
@@ -45,7 +46,9 @@ struct latency_model {
   double sigma = 0.0;                ///< lognormal: standard deviation of the log
 
   static latency_model zero() noexcept { return {}; }
-  static latency_model constant(std::chrono::nanoseconds d) { return checked({shape::constant, d, 0}); }
+  static latency_model constant(std::chrono::nanoseconds d) {
+    return checked({shape::constant, d, 0});
+  }
   static latency_model exponential(std::chrono::nanoseconds mean) {
     return checked({shape::exponential, mean, 0});
   }
@@ -59,8 +62,10 @@ struct latency_model {
   [[nodiscard]] std::chrono::nanoseconds sample(rng& random) const noexcept {
     const double m = static_cast<double>(mean.count());
     switch (kind) {
-      case shape::zero: return std::chrono::nanoseconds(0);
-      case shape::constant: return mean;
+      case shape::zero:
+        return std::chrono::nanoseconds(0);
+      case shape::constant:
+        return mean;
       case shape::exponential: {
         const double u = 1.0 - random.uniform();  // (0, 1]
         return std::chrono::nanoseconds(static_cast<std::int64_t>(-m * std::log(u)));
@@ -209,8 +214,8 @@ class synthetic_backend {
     if (fate < opt_->error_rate)
       MOA_THROW(backend_error("synthetic backend '" + opt_->name + "': injected failure"));
     if (fate < opt_->error_rate + opt_->timeout_rate) {
-      const auto until = r.deadline == clock::time_point::max() ? started + opt_->hang_limit
-                                                                 : r.deadline;
+      const auto until =
+          r.deadline == clock::time_point::max() ? started + opt_->hang_limit : r.deadline;
       sleep_until(until, r.stop);
       MOA_THROW(timeout_error("synthetic backend '" + opt_->name + "': injected hang"));
     }

@@ -9,8 +9,9 @@
 /// | point                                  | required | fallback                                |
 /// |----------------------------------------|----------|-----------------------------------------|
 /// | `moa::generate(b, request)`            | yes      | none: a type without it is no backend   |
-/// | `moa::generate_stream(b, request, cb)` | no       | generate(), then the whole text as one token |
-/// | `moa::backend_name(b)`                 | no       | the name the pipeline gives ("backend#i") |
+/// | `moa::generate_stream(b, request, cb)` | no       | generate(), then the whole text as one
+/// token | | `moa::backend_name(b)`                 | no       | the name the pipeline gives
+/// ("backend#i") |
 ///
 /// A backend is any type for which `moa::generate(b, req)` returns a moa::response:
 /// @code{.cpp}
@@ -43,12 +44,11 @@ namespace moa {
 class token_callback {
  public:
   template <class F>
-    requires(!std::same_as<std::remove_cvref_t<F>, token_callback> &&
-             std::invocable<F&, std::string_view>)
-  token_callback(F& f) noexcept  // NOLINT(google-explicit-constructor): mirrors function_ref
-      : object_(std::addressof(f)), call_([](void* o, std::string_view t) {
-          std::invoke(*static_cast<F*>(o), t);
-        }) {}
+  requires(!std::same_as<std::remove_cvref_t<F>, token_callback> &&
+           std::invocable<F&, std::string_view>) token_callback(F& f)
+  noexcept  // NOLINT(google-explicit-constructor): mirrors function_ref
+      : object_(std::addressof(f)),
+        call_([](void* o, std::string_view t) { std::invoke(*static_cast<F*>(o), t); }) {}
 
   void operator()(std::string_view token) const { call_(object_, token); }
 
@@ -88,14 +88,18 @@ void generate_stream() = delete;
 void backend_name() = delete;
 
 template <class B>
-concept has_member_generate = requires(B& b, const request& r) { b.generate(r); };
+concept has_member_generate = requires(B& b, const request& r) {
+  b.generate(r);
+};
 template <class B>
-concept has_adl_generate = requires(B& b, const request& r) { generate(b, r); };
+concept has_adl_generate = requires(B& b, const request& r) {
+  generate(b, r);
+};
 
 struct generate_fn {
   template <class B>
-    requires has_member_generate<typename unwrap_reference<B>::type> ||
-             has_adl_generate<typename unwrap_reference<B>::type>
+  requires has_member_generate<typename unwrap_reference<B>::type> ||
+      has_adl_generate<typename unwrap_reference<B>::type>
   decltype(auto) operator()(B& backend, const request& r) const {
     auto& b = unwrap(backend);
     if constexpr (has_member_generate<std::remove_reference_t<decltype(b)>>)
@@ -106,11 +110,13 @@ struct generate_fn {
 };
 
 template <class B>
-concept has_member_stream =
-    requires(B& b, const request& r, token_callback cb) { b.generate_stream(r, cb); };
+concept has_member_stream = requires(B& b, const request& r, token_callback cb) {
+  b.generate_stream(r, cb);
+};
 template <class B>
-concept has_adl_stream =
-    requires(B& b, const request& r, token_callback cb) { generate_stream(b, r, cb); };
+concept has_adl_stream = requires(B& b, const request& r, token_callback cb) {
+  generate_stream(b, r, cb);
+};
 
 }  // namespace detail
 
@@ -130,8 +136,7 @@ concept HasGenerate = std::invocable<const detail::generate_fn&, B&, const reque
 /// @see StreamingBackend, NamedBackend, any_backend
 template <class B>
 concept Backend = HasGenerate<B> &&
-                  std::same_as<std::invoke_result_t<const detail::generate_fn&, B&, const request&>,
-                               response>;
+    std::same_as<std::invoke_result_t<const detail::generate_fn&, B&, const request&>, response>;
 
 /// @brief A backend that can deliver tokens as they are generated.
 ///
@@ -140,9 +145,9 @@ concept Backend = HasGenerate<B> &&
 /// 2. `b.generate_stream(r, cb)` or ADL `generate_stream(b, r, cb)` returns moa::response, calling
 ///    `cb(token)` for every piece of text before returning.
 template <class B>
-concept StreamingBackend =
-    Backend<B> && (detail::has_member_stream<typename detail::unwrap_reference<B>::type> ||
-                   detail::has_adl_stream<typename detail::unwrap_reference<B>::type>);
+concept StreamingBackend = Backend<B> &&
+    (detail::has_member_stream<typename detail::unwrap_reference<B>::type> ||
+     detail::has_adl_stream<typename detail::unwrap_reference<B>::type>);
 
 namespace detail {
 
@@ -198,7 +203,7 @@ inline constexpr detail::backend_name_fn backend_name{};
 /// @brief A backend that names itself through `name()` or ADL `backend_name(b)`.
 template <class B>
 concept NamedBackend = detail::has_member_name<typename detail::unwrap_reference<B>::type> ||
-                       detail::has_adl_name<typename detail::unwrap_reference<B>::type>;
+    detail::has_adl_name<typename detail::unwrap_reference<B>::type>;
 
 /// @brief A non-owning, type-erased handle on a backend: what executors call.
 ///
@@ -230,7 +235,9 @@ class backend_ref {
  private:
   template <class B>
   static bool native_streaming(const B& b) noexcept {
-    if constexpr (requires { { b.streams() } -> std::convertible_to<bool>; })
+    if constexpr (requires {
+                    { b.streams() } -> std::convertible_to<bool>;
+                  })
       return b.streams();  // wrappers such as any_backend know what they wrap
     else
       return StreamingBackend<B>;
@@ -253,8 +260,8 @@ class backend_ref {
 class any_backend {
  public:
   template <class B>
-    requires(!std::same_as<std::remove_cvref_t<B>, any_backend> && Backend<std::remove_cvref_t<B>>)
-  any_backend(B&& b)  // NOLINT(google-explicit-constructor): any_backend is a value wrapper
+  requires(!std::same_as<std::remove_cvref_t<B>, any_backend> && Backend<std::remove_cvref_t<B>>)
+      any_backend(B&& b)  // NOLINT(google-explicit-constructor): any_backend is a value wrapper
       : self_(std::make_unique<model<std::remove_cvref_t<B>>>(std::forward<B>(b))) {}
 
   any_backend(any_backend&&) noexcept = default;

@@ -21,9 +21,12 @@ enum class role : std::uint8_t { system, user, assistant };
 
 constexpr std::string_view to_string(role r) noexcept {
   switch (r) {
-    case role::system: return "system";
-    case role::user: return "user";
-    case role::assistant: return "assistant";
+    case role::system:
+      return "system";
+    case role::user:
+      return "user";
+    case role::assistant:
+      return "assistant";
   }
   return "?";
 }
@@ -91,10 +94,14 @@ enum class finish_reason : std::uint8_t { stop, length, cancelled, unknown };
 
 constexpr std::string_view to_string(finish_reason f) noexcept {
   switch (f) {
-    case finish_reason::stop: return "stop";
-    case finish_reason::length: return "length";
-    case finish_reason::cancelled: return "cancelled";
-    case finish_reason::unknown: return "unknown";
+    case finish_reason::stop:
+      return "stop";
+    case finish_reason::length:
+      return "length";
+    case finish_reason::cancelled:
+      return "cancelled";
+    case finish_reason::unknown:
+      return "unknown";
   }
   return "?";
 }

@@ -7,7 +7,8 @@
 /// | executor              | runs calls                         | when to use                    |
 /// |-----------------------|------------------------------------|--------------------------------|
 /// | `inline_executor`     | one after another, on the caller   | tests, determinism, one core   |
-/// | `concurrent_executor` | in parallel on a pool, as soon as their inputs are ready | real backends |
+/// | `concurrent_executor` | in parallel on a pool, as soon as their inputs are ready | real
+/// backends |
 ///
 /// Both implement the same failure policy (run_options) and return the same result.
 ///
@@ -78,7 +79,8 @@ class inline_executor {
         continue;
       }
       if (built != call.group) {
-        skip_reason = detail::build_group(p, call.group, res.trace, prompt, opt, work.messages, used);
+        skip_reason =
+            detail::build_group(p, call.group, res.trace, prompt, opt, work.messages, used);
         built = call.group;
       }
       rec.references = used;
@@ -202,9 +204,10 @@ class concurrent_executor {
           }
           detail::describe_call(rec, plan_, c, backends_);
           rec.status = cancelled ? call_status::cancelled : call_status::timed_out;
-          rec.error = std::string(cancelled ? "the run was cancelled" : "the run passed its deadline") +
-                      (ph == running ? " while this call was running; its answer will be dropped"
-                                     : " before this call started");
+          rec.error =
+              std::string(cancelled ? "the run was cancelled" : "the run passed its deadline") +
+              (ph == running ? " while this call was running; its answer will be dropped"
+                             : " before this call started");
           rec.start = rec.end = clock::now() - t0_;
         }
         res.elapsed = clock::now() - t0_;
@@ -239,7 +242,8 @@ class concurrent_executor {
     // returned in `mine` for the current thread (if it has none yet); the rest go to the pool.
     void ready(group_id g, std::optional<call_id>& mine) {
       auto& grp = groups_[g];
-      const auto skip = detail::build_group(plan_, g, records_, prompt_, opt_, grp.messages, grp.used);
+      const auto skip =
+          detail::build_group(plan_, g, records_, prompt_, opt_, grp.messages, grp.used);
       for (call_id c : plan_.calls_of(g)) {
         records_[c].references = grp.used;
         if (skip) {
@@ -277,7 +281,8 @@ class concurrent_executor {
         req.stop = stop_;
         req.context = {c, call.layer, call.role};
         req.deadline = std::min(deadline_, detail::saturating_add(now, opt_.call_timeout));
-        detail::invoke(backends_[call.backend], req, rec, c == plan_.sink() ? &opt_.on_token : nullptr);
+        detail::invoke(backends_[call.backend], req, rec,
+                       c == plan_.sink() ? &opt_.on_token : nullptr);
         const auto end = clock::now();
         rec.end = end - t0_;
         detail::enforce_limits(rec, end, req.deadline, stop_);

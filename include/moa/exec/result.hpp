@@ -32,12 +32,18 @@ enum class call_status : std::uint8_t {
 
 constexpr std::string_view to_string(call_status s) noexcept {
   switch (s) {
-    case call_status::ok: return "ok";
-    case call_status::failed: return "failed";
-    case call_status::timed_out: return "timed_out";
-    case call_status::empty: return "empty";
-    case call_status::cancelled: return "cancelled";
-    case call_status::skipped: return "skipped";
+    case call_status::ok:
+      return "ok";
+    case call_status::failed:
+      return "failed";
+    case call_status::timed_out:
+      return "timed_out";
+    case call_status::empty:
+      return "empty";
+    case call_status::cancelled:
+      return "cancelled";
+    case call_status::skipped:
+      return "skipped";
   }
   return "?";
 }
@@ -71,11 +77,11 @@ inline std::ostream& operator<<(std::ostream& os, std::span<const call_record> t
   os << std::left << std::setw(5) << "call" << std::setw(6) << "layer" << std::setw(11) << "role"
      << std::setw(14) << "backend" << std::setw(10) << "status" << std::right << std::setw(10)
      << "start ms" << std::setw(10) << "end ms" << std::setw(8) << "tok in" << std::setw(8)
-     << "tok out" << "  refs\n";
+     << "tok out"
+     << "  refs\n";
   for (const auto& r : t) {
     std::ostringstream refs;
-    for (std::size_t i = 0; i < r.references.size(); ++i)
-      refs << (i ? "," : "") << r.references[i];
+    for (std::size_t i = 0; i < r.references.size(); ++i) refs << (i ? "," : "") << r.references[i];
     os << std::left << std::setw(5) << r.call << std::setw(6) << r.layer << std::setw(11)
        << to_string(r.role) << std::setw(14) << r.backend_name << std::setw(10)
        << to_string(r.status) << std::right << std::fixed << std::setprecision(2) << std::setw(10)
@@ -102,11 +108,16 @@ enum class run_status : std::uint8_t {
 
 constexpr std::string_view to_string(run_status s) noexcept {
   switch (s) {
-    case run_status::ok: return "ok";
-    case run_status::degraded: return "degraded";
-    case run_status::failed: return "failed";
-    case run_status::timed_out: return "timed_out";
-    case run_status::cancelled: return "cancelled";
+    case run_status::ok:
+      return "ok";
+    case run_status::degraded:
+      return "degraded";
+    case run_status::failed:
+      return "failed";
+    case run_status::timed_out:
+      return "timed_out";
+    case run_status::cancelled:
+      return "cancelled";
   }
   return "?";
 }
@@ -118,7 +129,7 @@ struct result {
   std::string answer{};  ///< empty unless ok() or degraded()
   std::string error{};   ///< what went wrong, naming the failed calls; empty when ok()
   moa::trace trace{};
-  moa::usage usage{};     ///< summed over every call that reported usage
+  moa::usage usage{};  ///< summed over every call that reported usage
   clock::duration elapsed{0};
 
   /// True when there is an answer from the sink.

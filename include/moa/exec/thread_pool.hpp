@@ -40,8 +40,7 @@ class thread_pool {
   };
 
   explicit thread_pool(std::size_t threads) {
-    if (threads == 0)
-      MOA_THROW(invalid_argument("moa::thread_pool: needs at least one thread"));
+    if (threads == 0) MOA_THROW(invalid_argument("moa::thread_pool: needs at least one thread"));
     workers_.reserve(threads);
     for (std::size_t i = 0; i < threads; ++i)
       workers_.emplace_back([this](std::stop_token st) { work(st); });

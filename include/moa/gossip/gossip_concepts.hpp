@@ -34,11 +34,13 @@ struct gossip_context {
 };
 
 template <class G>
-concept GossipPolicy = requires { typename G::moa_policy; } &&
-                       std::same_as<typename G::moa_policy, gossip_tag> &&
-                       requires(const G& g, const gossip_context& ctx, std::span<std::uint32_t> out) {
-                         { g.fanout() } -> std::convertible_to<std::size_t>;
-                         { g.select(ctx, out) } -> std::same_as<std::size_t>;
-                       };
+concept GossipPolicy = requires {
+  typename G::moa_policy;
+}
+&&std::same_as<typename G::moa_policy, gossip_tag>&& requires(const G& g, const gossip_context& ctx,
+                                                              std::span<std::uint32_t> out) {
+  { g.fanout() } -> std::convertible_to<std::size_t>;
+  { g.select(ctx, out) } -> std::same_as<std::size_t>;
+};
 
 }  // namespace moa

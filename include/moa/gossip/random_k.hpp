@@ -6,8 +6,8 @@
 ///
 /// | strategy          | picks                                    | when to use                   |
 /// |-------------------|------------------------------------------|-------------------------------|
-/// | `uniform_gossip`  | k distinct peers uniformly among n - 1   | the paper's protocol; equal devices |
-/// | `random_k<K>`     | the same, with k fixed at compile time   | static topologies             |
+/// | `uniform_gossip`  | k distinct peers uniformly among n - 1   | the paper's protocol; equal
+/// devices | | `random_k<K>`     | the same, with k fixed at compile time   | static topologies |
 ///
 /// More strategies (graph neighbours, round-robin, load-aware) live beside these.
 

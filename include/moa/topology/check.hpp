@@ -20,7 +20,7 @@ enum class topology_fault {
   duplicate_proposer,     ///< a layer lists the same backend twice
   proposer_out_of_range,  ///< a proposer index >= number of backends
   aggregator_out_of_range,
-  fanout_too_large,       ///< gossip k > n - 1
+  fanout_too_large,  ///< gossip k > n - 1
   no_devices,
 };
 
@@ -67,7 +67,8 @@ inline std::string describe(const topology_check& c) {
   const auto index = std::to_string(c.index);
   const auto limit = std::to_string(c.limit);
   switch (c.fault) {
-    case topology_fault::none: return "no fault";
+    case topology_fault::none:
+      return "no fault";
     case topology_fault::no_proposers:
       return "moa: layer " + layer + " has no proposers; give every layer at least one backend";
     case topology_fault::duplicate_proposer:
@@ -83,7 +84,8 @@ inline std::string describe(const topology_check& c) {
     case topology_fault::fanout_too_large:
       return "moa: gossip fan-out k = " + index + " is larger than the " + limit +
              " other devices; use k <= n - 1";
-    case topology_fault::no_devices: return "moa: a network needs at least one device";
+    case topology_fault::no_devices:
+      return "moa: a network needs at least one device";
   }
   return "moa: unknown topology fault";
 }
@@ -143,7 +145,8 @@ constexpr void static_require() noexcept {
   else if constexpr (C.fault == topology_fault::fanout_too_large)
     (void)sizeof(gossip_fanout_too_large<C.index, C.limit>);
   else if constexpr (C.fault == topology_fault::no_devices)
-    static_assert(C.fault != topology_fault::no_devices, "moa: a network needs at least one device");
+    static_assert(C.fault != topology_fault::no_devices,
+                  "moa: a network needs at least one device");
 }
 
 }  // namespace detail

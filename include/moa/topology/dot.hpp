@@ -33,9 +33,9 @@ inline std::string dot_escape(std::string_view s) {
 /// reference, calls of a layer on one rank. With a trace, failed calls are drawn red and skipped
 /// ones grey.
 inline std::string to_dot(const plan& p, std::span<const std::string> names = {},
-                          std::span<const call_record> trace = {},
-                          std::string_view title = "moa") {
-  std::string out = "digraph \"" + detail::dot_escape(title) + "\" {\n  rankdir=LR;\n"
+                          std::span<const call_record> trace = {}, std::string_view title = "moa") {
+  std::string out = "digraph \"" + detail::dot_escape(title) +
+                    "\" {\n  rankdir=LR;\n"
                     "  node [shape=box, style=rounded];\n  prompt [shape=ellipse];\n";
   std::uint32_t max_layer = 0;
   for (const auto& c : p.calls()) max_layer = std::max(max_layer, c.layer);
@@ -47,18 +47,20 @@ inline std::string to_dot(const plan& p, std::span<const std::string> names = {}
   }
   for (call_id c = 0; c < p.size(); ++c) {
     const auto& call = p[c];
-    const std::string name = call.backend < names.size() ? names[call.backend]
-                                                          : "backend#" + std::to_string(call.backend);
+    const std::string name = call.backend < names.size()
+                                 ? names[call.backend]
+                                 : "backend#" + std::to_string(call.backend);
     out += "  c" + std::to_string(c) + " [label=\"" + detail::dot_escape(name) + "\\n" +
            std::string(to_string(call.role)) + ", layer " + std::to_string(call.layer) + "\"";
     if (call.role == call_role::aggregator) out += ", peripheries=2";
     if (c < trace.size() && !trace[c].ok())
       out += trace[c].status == call_status::skipped ? ", color=grey, fontcolor=grey"
-                                                      : ", color=red, fontcolor=red";
+                                                     : ", color=red, fontcolor=red";
     out += "];\n";
     const auto inputs = p.inputs_of_call(c);
     if (inputs.empty()) out += "  prompt -> c" + std::to_string(c) + ";\n";
-    for (call_id in : inputs) out += "  c" + std::to_string(in) + " -> c" + std::to_string(c) + ";\n";
+    for (call_id in : inputs)
+      out += "  c" + std::to_string(in) + " -> c" + std::to_string(c) + ";\n";
   }
   out += "  answer [shape=ellipse];\n  c" + std::to_string(p.sink()) + " -> answer;\n}\n";
   return out;

@@ -70,8 +70,7 @@ void make_gossip_plan(std::uint32_t origin, std::uint32_t n, std::uint32_t m, co
     for (std::size_t i = 0; i < picked; ++i)
       previous[previous_count++] = out.add_call(peers[i], g, layer, call_role::proposer);
   }
-  out.add_call(origin, out.add_group(previous.first(previous_count)), m + 1,
-               call_role::aggregator);
+  out.add_call(origin, out.add_group(previous.first(previous_count)), m + 1, call_role::aggregator);
   out.seal();
 }
 
@@ -82,9 +81,10 @@ struct gossip_topology {
   static_assert(GossipPolicy<Gossip>,
                 "moa::gossip_topology: the third argument must be a gossip strategy (see "
                 "moa/gossip/gossip_concepts.hpp), such as moa::random_k<K>");
-  static_assert(requires { Gossip::static_fanout; },
-                "moa::gossip_topology: the strategy must fix its fan-out in its type (for "
-                "example moa::random_k<K>); use make_gossip_plan for runtime fan-outs");
+  static_assert(
+      requires { Gossip::static_fanout; },
+      "moa::gossip_topology: the strategy must fix its fan-out in its type (for "
+      "example moa::random_k<K>); use make_gossip_plan for runtime fan-outs");
 
   static constexpr std::size_t device_count = Devices::count;
   static constexpr std::size_t layer_count = Layers::count;

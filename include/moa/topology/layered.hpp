@@ -147,9 +147,9 @@ struct topology {
 
   // Faults that do not depend on the pack (empty layer, duplicate) are reported where the
   // topology is named; an unbounded pack size leaves only those.
-  static_assert((detail::static_require<detail::check_table<table>(Aggregator::index,
-                                                                   std::size_t(-1))>(),
-                 true));
+  static_assert(
+      (detail::static_require<detail::check_table<table>(Aggregator::index, std::size_t(-1))>(),
+       true));
 
   /// Checks every layer against a pack of `backends` backends.
   static constexpr topology_check check(std::size_t backends) noexcept {

@@ -51,8 +51,8 @@ class plan {
         MOA_THROW(topology_error("moa::plan: an input group names call " + std::to_string(in) +
                                  ", which is not in the plan yet; add calls before the groups "
                                  "that read them"));
-    groups_.push_back({static_cast<std::uint32_t>(inputs_.size()),
-                       static_cast<std::uint32_t>(inputs.size())});
+    groups_.push_back(
+        {static_cast<std::uint32_t>(inputs_.size()), static_cast<std::uint32_t>(inputs.size())});
     inputs_.insert(inputs_.end(), inputs.begin(), inputs.end());
     sealed_ = false;
     return static_cast<group_id>(groups_.size() - 1);

@@ -44,8 +44,9 @@ inline void check_run(const plan& p, std::span<const backend_ref> backends,
     if (!backends[i].valid())
       MOA_THROW(invalid_argument("moa: backend " + std::to_string(i) + " is an empty backend_ref"));
   if (opt.quorum == 0)
-    MOA_THROW(invalid_argument("moa: run_options::quorum must be at least 1 (the number of "
-                               "earlier answers a call needs)"));
+    MOA_THROW(
+        invalid_argument("moa: run_options::quorum must be at least 1 (the number of "
+                         "earlier answers a call needs)"));
 }
 
 /// Fills the static part of a record from the plan.
@@ -139,8 +140,8 @@ inline void enforce_limits(call_record& rec, clock::time_point end, clock::time_
   if (end > deadline) {
     rec.status = call_status::timed_out;
     rec.error = "answered " +
-                std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(end - deadline)
-                                   .count()) +
+                std::to_string(
+                    std::chrono::duration_cast<std::chrono::microseconds>(end - deadline).count()) +
                 " us after its deadline; the answer was not used";
   } else if (stop.stop_requested()) {
     rec.status = call_status::cancelled;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Sets up a fresh Debian 12 machine and runs the whole test suite:
+#   1. format check (clang-format, the committed .clang-format);
+#   2. plain build with -Werror: unit tests, compile-fail tests, header and packaging tests,
+#      examples;
+#   3. AddressSanitizer + UndefinedBehaviorSanitizer build: unit tests and examples;
+#   4. ThreadSanitizer build: unit tests and examples.
+# MOA_TEST_STAGES selects stages (default: "format plain asan tsan").
+set -euo pipefail
+MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$MOA_ROOT"
+source scripts/setup.sh
+
+stages="${MOA_TEST_STAGES:-format plain asan tsan}"
+jobs="$(nproc)"
+started=$SECONDS
+
+stage() { printf '\n=== %s (%ds elapsed) ===\n' "$1" $((SECONDS - started)); }
+
+build_and_test() {  # name, ctest label filter, cmake options...
+  local name=$1 exclude=$2
+  shift 2
+  cmake -S . -B "build/$name" -G Ninja "$@" >/dev/null
+  cmake --build "build/$name" -j "$jobs"
+  (cd "build/$name" && ctest -j "$jobs" --output-on-failure --timeout 600 ${exclude:+-LE "$exclude"})
+}
+
+for s in $stages; do
+  case "$s" in
+    format)
+      stage "format check"
+      git ls-files '*.hpp' '*.cpp' | xargs clang-format --dry-run --Werror
+      ;;
+    plain)
+      stage "plain build (-Werror), all tests"
+      build_and_test plain "" -DCMAKE_BUILD_TYPE=Debug
+      ;;
+    asan)
+      stage "AddressSanitizer + UBSan"
+      export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+      export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+      build_and_test asan "compile_fail|packaging" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DMOA_DEV_SANITIZE=address -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF
+      ;;
+    tsan)
+      stage "ThreadSanitizer"
+      export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+      build_and_test tsan "compile_fail|packaging" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DMOA_DEV_SANITIZE=thread -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF
+      ;;
+    *) echo "moa: unknown test stage '$s'" >&2; exit 2 ;;
+  esac
+done
+stage "all stages passed"

@@ -50,7 +50,7 @@ inline nlohmann::json to_json(const moa::result& r) {
                      {"end_ms", std::chrono::duration<double, std::milli>(c.end).count()},
                      {"prompt_tokens", c.usage.prompt_tokens},
                      {"completion_tokens", c.usage.completion_tokens},
-                     {"references", c.references},
+                     {"references", c.references.to_vector()},
                      {"text", c.text},
                      {"error", c.error}});
   }

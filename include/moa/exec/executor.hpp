@@ -57,7 +57,7 @@ class inline_executor {
     const auto& stop = work.stop;
     std::optional<group_id> built;
     std::optional<std::string> skip_reason;
-    std::vector<call_id> used;
+    call_list used;
     bool deadline_hit = false;
     // Inline calls run back to back, so the end of one call is the start of the next: one clock
     // read per call instead of two.
@@ -311,7 +311,7 @@ class concurrent_executor {
 
     struct group_state {
       std::vector<message> messages;
-      std::vector<call_id> used;
+      call_list used;
     };
 
     // Copies, so that threads still running after an abandoned run never see dangling state.

@@ -4,9 +4,11 @@
 /// @file
 /// What a run returns: the answer (or why there is none), and a trace of every call.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <iomanip>
+#include <memory>
 #include <ostream>
 #include <span>
 #include <sstream>
@@ -48,6 +50,40 @@ constexpr std::string_view to_string(call_status s) noexcept {
   return "?";
 }
 
+/// @brief The calls whose answers a call received. Calls of one input group share one list, so
+/// recording it costs one allocation per group, not one per call.
+class call_list {
+ public:
+  call_list() = default;
+  explicit call_list(std::shared_ptr<const std::vector<call_id>> ids) noexcept
+      : ids_(std::move(ids)) {}
+
+  [[nodiscard]] std::span<const call_id> span() const noexcept {
+    return ids_ ? std::span<const call_id>(*ids_) : std::span<const call_id>();
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return span().size(); }
+  [[nodiscard]] bool empty() const noexcept { return span().empty(); }
+  [[nodiscard]] call_id operator[](std::size_t i) const noexcept { return span()[i]; }
+  [[nodiscard]] auto begin() const noexcept { return span().begin(); }
+  [[nodiscard]] auto end() const noexcept { return span().end(); }
+  [[nodiscard]] std::vector<call_id> to_vector() const { return {begin(), end()}; }
+
+  friend bool operator==(const call_list& a, const call_list& b) noexcept {
+    return std::ranges::equal(a.span(), b.span());
+  }
+  friend bool operator==(const call_list& a, const std::vector<call_id>& b) noexcept {
+    return std::ranges::equal(a.span(), b);
+  }
+  friend std::ostream& operator<<(std::ostream& os, const call_list& l) {
+    os << '{';
+    for (std::size_t i = 0; i < l.size(); ++i) os << (i ? ", " : "") << l[i];
+    return os << '}';
+  }
+
+ private:
+  std::shared_ptr<const std::vector<call_id>> ids_;
+};
+
 /// @brief One call of a run, as it happened.
 struct call_record {
   call_id call = 0;
@@ -60,9 +96,9 @@ struct call_record {
   clock::duration end{0};
   moa::usage usage{};
   finish_reason finish = finish_reason::unknown;
-  std::string text{};   ///< the answer (kept even when it was not used, e.g. timed out)
-  std::string error{};  ///< why it failed, for every status but ok
-  std::vector<call_id> references{};  ///< the calls whose answers it received, in order
+  std::string text{};      ///< the answer (kept even when it was not used, e.g. timed out)
+  std::string error{};     ///< why it failed, for every status but ok
+  call_list references{};  ///< the calls whose answers it received, in order
 
   [[nodiscard]] bool ok() const noexcept { return status == call_status::ok; }
   [[nodiscard]] clock::duration duration() const noexcept { return end - start; }

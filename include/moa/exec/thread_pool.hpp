@@ -91,8 +91,11 @@ class thread_pool {
     for (;;) {
       if (queue_.empty()) {
         if (stopping_) return;
+        // Account for every wake-up, not only those that find work: a woken worker whose task
+        // was taken by a busy one must still clear its pending wake, or later submits would
+        // think a wake is on its way and leave tasks queued behind sleeping workers.
         ++sleeping_;
-        ready_.wait(lock, [this] { return !queue_.empty() || stopping_; });
+        ready_.wait(lock);
         --sleeping_;
         if (pending_wakes_ > 0) --pending_wakes_;
         continue;

@@ -12,7 +12,9 @@
 /// auto messages = prompt.inject(conversation, refs);
 /// @endcode
 
+#include <charconv>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <span>
 #include <string>
@@ -47,19 +49,29 @@ struct aggregation_prompt {
 
   /// The system message holding the instructions and the numbered references.
   [[nodiscard]] std::string render(std::span<const reference> refs) const {
-    std::size_t size = instructions.size() + 2;
-    for (const auto& r : refs) size += r.text.size() + 8;
-    std::string out;
-    out.reserve(size);
-    out += instructions;
-    out += '\n';
-    std::size_t n = 0;
-    for (const auto& r : refs) {
-      out += "\n[";
-      out += std::to_string(++n);
-      out += "] ";
-      out += r.text;
-      out += '\n';
+    // Sized exactly and written in place: this runs once per input group on the hot path, where
+    // appending piece by piece cost more than the model-free call it prepares.
+    constexpr auto digits = [](std::size_t n) {
+      std::size_t d = 1;
+      for (; n >= 10; n /= 10) ++d;
+      return d;
+    };
+    std::size_t size = instructions.size() + 1;
+    for (std::size_t i = 0; i < refs.size(); ++i) size += digits(i + 1) + 5 + refs[i].text.size();
+    std::string out(size, '\0');
+    char* at = out.data();
+    auto put = [&at](std::string_view s) {
+      std::memcpy(at, s.data(), s.size());
+      at += s.size();
+    };
+    put(instructions);
+    *at++ = '\n';
+    for (std::size_t i = 0; i < refs.size(); ++i) {
+      put("\n[");
+      at = std::to_chars(at, at + digits(i + 1), i + 1).ptr;
+      put("] ");
+      put(refs[i].text);
+      *at++ = '\n';
     }
     return out;
   }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -65,10 +66,9 @@ inline void describe_call(call_record& rec, const plan& p, call_id c,
 inline std::optional<std::string> build_group(const plan& p, group_id g,
                                               std::span<const call_record> records,
                                               const request& prompt, const run_options& opt,
-                                              std::vector<message>& messages,
-                                              std::vector<call_id>& used) {
+                                              std::vector<message>& messages, call_list& used) {
   const auto inputs = p.inputs_of(g);
-  used.clear();
+  used = call_list();
   if (inputs.empty()) {
     messages = prompt.messages;
     return std::nullopt;
@@ -82,13 +82,16 @@ inline std::optional<std::string> build_group(const plan& p, group_id g,
     refs = heap_refs;
   }
   std::size_t n = 0;
+  auto ids = std::make_shared<std::vector<call_id>>();
+  ids->reserve(inputs.size());
   for (call_id in : inputs) {
     const auto& r = records[in];
     if (r.ok()) {
       refs[n++] = {r.text, r.backend_name, in};
-      used.push_back(in);
+      ids->push_back(in);
     }
   }
+  used = call_list(std::move(ids));
   const std::size_t needed = std::min(opt.quorum, inputs.size());
   if (n < needed)
     return "only " + std::to_string(n) + " of its " + std::to_string(inputs.size()) +

@@ -2,6 +2,7 @@
 // The moa program: the library's main job from the command line.
 //
 //   moa run "prompt"        a layered MoA on embedded synthetic models
+//   moa search              a DAG topology search (Heterogeneous Swarms) on synthetic models
 //
 // Every subcommand has --help. Exit codes: 0 success, 1 the run gave no answer, 2 bad input.
 #include <CLI/CLI.hpp>
@@ -11,6 +12,7 @@
 #include <moa/moa.hpp>
 
 #include "cli/run_command.hpp"
+#include "cli/search_command.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"moa: run several LLMs together as a Mixture-of-Agents"};
@@ -22,6 +24,7 @@ int main(int argc, char** argv) {
   }());
   int exit_code = 0;
   moa::cli::add_run_command(app, exit_code);
+  moa::cli::add_search_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

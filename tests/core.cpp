@@ -205,3 +205,22 @@ TEST_CASE("Synthetic.records_requests_and_plants_answers") {
   copy.generate(moa::make_request("q3"));
   CHECK(rec.received().size() == 3);
 }
+
+TEST_CASE("Synthetic.tunable_parameters_reach_the_answer") {
+  Eigen::VectorXd start(2);
+  start << 1.0, 2.0;
+  moa::synthetic_backend tuned({.name = "tuned",
+                                .parameters = start,
+                                .tuned_answer = [](const moa::request&, const Eigen::VectorXd& p) {
+                                  return p.sum() > 2.5 ? std::string("right")
+                                                       : std::string("wrong");
+                                }});
+  CHECK(tuned.parameters() == start);
+  CHECK(tuned.generate(moa::make_request("q")).text == "right");
+  tuned.set_parameters(Eigen::VectorXd::Zero(2));
+  CHECK(tuned.generate(moa::make_request("q")).text == "wrong");
+  auto copy = tuned;  // parameters are per copy
+  copy.set_parameters(start);
+  CHECK(tuned.parameters().isZero());
+  CHECK(copy.generate(moa::make_request("q")).text == "right");
+}

@@ -13,6 +13,9 @@
 ///                              .error_rate = 0.1, .seed = 7});
 /// @endcode
 ///
+/// It is also tunable (`parameters()`/`set_parameters()`, see moa/swarm/tunable.hpp): with a
+/// `tuned_answer` hook its answers depend on its parameters, so weight searches run without a GPU.
+///
 /// The answer is `"<name> answers <8 hex digits>"`, the digits being a hash of every message of
 /// the request, so a test can tell exactly which references reached which call. Everything random
 /// (latency, failures) is drawn from a generator seeded by the backend's seed and that same hash:
@@ -30,6 +33,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <Eigen/Core>
 
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
@@ -103,6 +108,11 @@ struct synthetic_options {
   bool record = false;  ///< keep every request, for received()
   /// Plants the answer text: when set, it replaces the hash-derived answer (may return "").
   std::function<std::string(const request&)> answer{};
+  /// Initial tunable parameters (see parameters()); empty for a backend with none.
+  Eigen::VectorXd parameters{};
+  /// Plants an answer that depends on the current parameters: what a weight search tunes.
+  /// Takes precedence over `answer`.
+  std::function<std::string(const request&, const Eigen::VectorXd&)> tuned_answer{};
 };
 
 /// @brief FNV-1a over roles and contents: the identity of a request's text.
@@ -146,7 +156,8 @@ class synthetic_backend {
  public:
   explicit synthetic_backend(synthetic_options opt = {})
       : opt_(std::make_shared<const synthetic_options>(std::move(opt))),
-        log_(std::make_shared<log>()) {
+        log_(std::make_shared<log>()),
+        parameters_(opt_->parameters) {
     if (!(opt_->error_rate >= 0 && opt_->error_rate <= 1) ||
         !(opt_->timeout_rate >= 0 && opt_->timeout_rate <= 1))
       MOA_THROW(invalid_argument("moa::synthetic_backend '" + opt_->name +
@@ -165,7 +176,9 @@ class synthetic_backend {
     else
       log_->calls.fetch_add(1, std::memory_order_relaxed);
     response out;
-    out.text = opt_->answer ? opt_->answer(r) : synthetic_answer(opt_->name, h);
+    out.text = opt_->tuned_answer ? opt_->tuned_answer(r, parameters_)
+               : opt_->answer     ? opt_->answer(r)
+                                  : synthetic_answer(opt_->name, h);
     for (const auto& m : r.messages) out.usage.prompt_tokens += estimate_tokens(m.content);
     out.usage.completion_tokens = estimate_tokens(out.text);
     out.model = opt_->name;
@@ -185,6 +198,12 @@ class synthetic_backend {
     }
     return out;
   }
+
+  /// The tunable parameters (moa::Tunable): they reach `tuned_answer`. Each copy of a backend
+  /// has its own. set_parameters() must not race with generate() (searches set parameters
+  /// between evaluations).
+  [[nodiscard]] Eigen::VectorXd parameters() const { return parameters_; }
+  void set_parameters(const Eigen::VectorXd& p) { parameters_ = p; }
 
   /// Every request received so far (only with options.record), in arrival order. Copies of a
   /// backend share one log.
@@ -240,6 +259,7 @@ class synthetic_backend {
 
   std::shared_ptr<const synthetic_options> opt_;
   std::shared_ptr<log> log_;
+  Eigen::VectorXd parameters_;
 };
 
 static_assert(Backend<synthetic_backend>);

@@ -633,3 +633,48 @@ TEST_CASE("Swarm.cost_aware_penalises_unstable_topologies") {
   CHECK_THROWS_AS(moa::swarm::dag_load(moa::dag_topology(edges(2, {{0, 1}}), {0, 7}), load),
                   moa::invalid_argument);
 }
+
+TEST_CASE("Swarm.weight_search_tunes_synthetic_backends_end_to_end") {
+  // The whole weight step without a GPU: synthetic backends whose answers depend on their
+  // parameters, run through a real plan by the inline executor.
+  static_assert(moa::Tunable<moa::synthetic_backend>);
+  const Eigen::Vector2d target(0.7, -0.4);
+  std::vector<moa::synthetic_backend> models;
+  moa::rng gen(5);
+  for (int k = 0; k < 5; ++k) {
+    const double x = 4 * gen.uniform() - 2;
+    models.emplace_back(moa::synthetic_options{
+        .name = "m" + std::to_string(k),
+        .parameters = Eigen::Vector2d(x, 4 * gen.uniform() - 2),
+        .tuned_answer = [target](const moa::request&, const Eigen::VectorXd& p) {
+          return std::to_string(std::exp(-(p - target).squaredNorm()));
+        }});
+  }
+  // A 2-node chain; the utility is the mean quality the nodes' models report in the trace.
+  const moa::dag_topology chain(Eigen::Matrix2d{{0, 1}, {0, 0}});
+  std::vector<moa::backend_ref> refs;
+  for (auto& m : models) refs.emplace_back(m, std::string(m.name()));
+  auto utility = [&](std::span<const std::uint32_t> who) {
+    moa::dag_topology dag = chain;
+    for (std::size_t v = 0; v < who.size(); ++v) dag.assign(v, who[v]);
+    const auto r = moa::inline_executor{}.execute(dag.make_plan(), refs, moa::make_request("q"));
+    double q = 0;
+    for (const auto& rec : r.trace) q += std::stod(rec.text);
+    return q / double(r.trace.size());
+  };
+  auto mean_quality = [&] {
+    double q = 0;
+    for (const auto& m : models) q += std::exp(-(m.parameters() - target).squaredNorm());
+    return q / double(models.size());
+  };
+  const double before = mean_quality();
+  const auto r =
+      moa::swarm::search_weights(std::span(models), 2, utility,
+                                 {.pso = {.patience = 15, .max_iterations = 60, .seed = 4},
+                                  .jfk = {.assignments = 10, .threads = 2}});
+  const double after = mean_quality();
+  MESSAGE("synthetic backends: mean quality ", before, " -> ", after, " in ", r.iterations,
+          " iterations");
+  CHECK(after > before + 0.2);
+  for (const auto& m : models) CHECK(m.parameters().size() == 2);
+}

@@ -5,7 +5,8 @@
 #   2. plain build with -Werror: unit tests, compile-fail tests, header and packaging tests,
 #      examples;
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build: unit tests and examples;
-#   4. ThreadSanitizer build: unit tests and examples.
+#   4. ThreadSanitizer build with clang 14 (the other stages use g++ 12, so both compilers
+#      build every test): unit tests and examples.
 # MOA_TEST_STAGES selects stages (default: "format plain asan tsan").
 set -euo pipefail
 MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,9 +45,10 @@ for s in $stages; do
         -DMOA_DEV_SANITIZE=address -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF
       ;;
     tsan)
-      stage "ThreadSanitizer"
+      stage "ThreadSanitizer (clang 14)"
       export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
       build_and_test tsan "compile_fail|packaging" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_COMPILER=clang++-14 \
         -DMOA_DEV_SANITIZE=thread -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF
       ;;
     *) echo "moa: unknown test stage '$s'" >&2; exit 2 ;;

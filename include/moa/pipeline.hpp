@@ -169,12 +169,13 @@ auto make_pipeline(Bs&&... backends) {
 class runtime_pipeline : public detail::pipeline_core {
  public:
   runtime_pipeline(std::vector<any_backend> backends, const layered_topology& topology)
-      : runtime_pipeline(std::move(backends), plan_of(topology, backends.size())) {}
+      : store_(make_storage(std::move(backends))) {
+    topology.validate(store_->backends.size());
+    bind(topology.make_plan(), store_->refs, store_);
+  }
 
   runtime_pipeline(std::vector<any_backend> backends, moa::plan p)
-      : store_(std::make_shared<storage>(std::move(backends))) {
-    if (store_->backends.empty())
-      MOA_THROW(topology_error("moa::runtime_pipeline: give at least one backend"));
+      : store_(make_storage(std::move(backends))) {
     if (!p.sealed()) p.seal();
     if (p.backend_span() > store_->backends.size())
       MOA_THROW(topology_error("moa::runtime_pipeline: the plan calls backend " +
@@ -186,10 +187,6 @@ class runtime_pipeline : public detail::pipeline_core {
   [[nodiscard]] any_backend& backend(std::size_t i) { return store_->backends.at(i); }
 
  private:
-  static moa::plan plan_of(const layered_topology& t, std::size_t backends) {
-    t.validate(backends);
-    return t.make_plan();
-  }
   struct storage {
     explicit storage(std::vector<any_backend> bs) : backends(std::move(bs)) {
       refs.reserve(backends.size());
@@ -201,6 +198,11 @@ class runtime_pipeline : public detail::pipeline_core {
     std::vector<any_backend> backends;
     std::vector<backend_ref> refs;
   };
+  static std::shared_ptr<storage> make_storage(std::vector<any_backend> backends) {
+    if (backends.empty())
+      MOA_THROW(topology_error("moa::runtime_pipeline: give at least one backend"));
+    return std::make_shared<storage>(std::move(backends));
+  }
   std::shared_ptr<storage> store_;
 };
 

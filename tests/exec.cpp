@@ -13,6 +13,7 @@
 
 #include <moa/backends/synthetic.hpp>
 #include <moa/exec/executor.hpp>
+#include <moa/exec/trace_views.hpp>
 #include <moa/pipeline.hpp>
 
 using namespace std::chrono_literals;
@@ -327,4 +328,30 @@ TEST_CASE("Pipeline.runtime_pipeline_matches_the_typed_one") {
   auto by_ref = moa::make_pipeline<one>(std::ref(mine));
   by_ref.run("x");
   CHECK(mine.calls() == 1);
+}
+
+TEST_CASE("Trace.views_over_a_run") {
+  auto pipe = moa::make_pipeline<classic>(syn("a"), syn("b"), syn("c", {.error_rate = 1}));
+  const auto r = pipe.run("q");
+  REQUIRE(r.ok());
+  std::vector<std::size_t> sizes;
+  for (const auto& layer : moa::views::layers(r.trace))
+    sizes.push_back(static_cast<std::size_t>(ranges::distance(layer)));
+  CHECK(sizes == std::vector<std::size_t>{3, 3, 1});
+  std::vector<moa::call_id> failed;
+  for (const auto& c : moa::views::failed(r.trace)) failed.push_back(c.call);
+  CHECK(failed == std::vector<moa::call_id>{2, 5});
+  std::size_t answered = 0;
+  for (auto text : moa::views::answers(r.trace)) {
+    CHECK_FALSE(text.empty());
+    ++answered;
+  }
+  CHECK(answered == 5);
+  const auto per_backend = moa::usage_by_backend(r.trace);
+  REQUIRE(per_backend.size() == 3);
+  CHECK(per_backend.at("b").completion_tokens == 9);  // two proposals and the aggregation
+  CHECK(per_backend.at("c").total() == 0);            // failed calls report no usage
+  moa::usage sum;
+  for (const auto& [name, u] : per_backend) sum += u;
+  CHECK(sum == r.usage);
 }

@@ -3,6 +3,8 @@
 //
 //   moa run "prompt"        a layered MoA on embedded synthetic models
 //   moa search              a DAG topology search (Heterogeneous Swarms) on synthetic models
+//   moa stability           is a gossip network stable? loads, margins, queue/latency estimates
+//   moa simulate            discrete-event simulation of a gossip network (one run or a sweep)
 //
 // Every subcommand has --help. Exit codes: 0 success, 1 the run gave no answer, 2 bad input.
 #include <CLI/CLI.hpp>
@@ -11,6 +13,7 @@
 
 #include <moa/moa.hpp>
 
+#include "cli/queueing_commands.hpp"
 #include "cli/run_command.hpp"
 #include "cli/search_command.hpp"
 
@@ -25,6 +28,8 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   moa::cli::add_run_command(app, exit_code);
   moa::cli::add_search_command(app);
+  moa::cli::add_stability_command(app);
+  moa::cli::add_simulate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

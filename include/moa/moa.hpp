@@ -2,8 +2,13 @@
 #pragma once
 
 /// @file
-/// The umbrella header: everything that needs no optional dependency.
-/// Optional parts (HTTP backend, ZeroMQ network) have headers of their own.
+/// The umbrella header of the core: backends, topologies, executors, pipelines. The feature
+/// families have umbrellas of their own, so that a TU pays only for what it uses (the queueing
+/// and swarm headers add ~7 s of compile time per TU, mostly Eigen):
+///   moa/queueing.hpp   stability verdicts, queue estimates, the simulator
+///   moa/swarm.hpp      DAG topologies and their search (Heterogeneous Swarms)
+/// Optional dependencies are reached only from their own headers (moa/backends/openai.hpp,
+/// moa/net/zmq*.hpp, moa/queueing/json.hpp, moa/exec/trace_views.hpp).
 
 #include "moa/version.hpp"
 

@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// Queue stability of distributed MoA: analytic verdicts, queue and latency estimates, spectral
+/// helpers, and the discrete-event simulator. JSON export is in moa/queueing/json.hpp (needs
+/// nlohmann-json). See docs/QUEUEING.md.
+
+#include "moa/queueing/csv.hpp"
+#include "moa/queueing/formulas.hpp"
+#include "moa/queueing/gossip_matrix.hpp"
+#include "moa/queueing/service.hpp"
+#include "moa/queueing/simulator.hpp"
+#include "moa/queueing/spectral.hpp"
+#include "moa/queueing/stability.hpp"

@@ -1,0 +1,423 @@
+// SPDX-License-Identifier: MIT
+// Tests of moa/queueing: the analytic helpers against closed forms, and the simulator against
+// the analytic results. Fixed seeds; tolerances come from each run's confidence interval or its
+// sample count, never from wall-clock time.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <moa/core/random.hpp>
+#include <moa/gossip/random_k.hpp>
+#include <moa/queueing/csv.hpp>
+#include <moa/queueing/formulas.hpp>
+#include <moa/queueing/gossip_matrix.hpp>
+#include <moa/queueing/simulator.hpp>
+#include <moa/queueing/spectral.hpp>
+#include <moa/queueing/stability.hpp>
+#include <moa/topology/gossip.hpp>
+#include <moa/topology/plan.hpp>
+
+namespace q = moa::queueing;
+
+namespace {
+
+using edge = moa::gossip_topology<moa::devices<4>, moa::layers<2>, moa::random_k<2>>;
+static_assert(q::stability<edge>({.lambda = 0.1, .alpha = 1.0}).stable);
+static_assert(!q::stability<edge>({.lambda = 0.15, .alpha = 1.0}).stable);
+
+// A connected random graph with about `density` of the possible edges, undirected.
+Eigen::MatrixXd random_graph(std::size_t n, double density, std::uint64_t seed) {
+  moa::rng random(seed);
+  for (;;) {
+    Eigen::MatrixXd a = Eigen::MatrixXd::Zero(Eigen::Index(n), Eigen::Index(n));
+    for (Eigen::Index i = 0; i < a.rows(); ++i)
+      for (Eigen::Index j = i + 1; j < a.rows(); ++j)
+        if (random.uniform() < density) a(i, j) = a(j, i) = 1;
+    if (q::detail::connected(a)) return a;
+  }
+}
+
+// Mean over devices of per-device estimates, with the half-widths combined as independent.
+q::estimate pooled(const std::vector<q::estimate>& e) {
+  double mean = 0, var = 0;
+  for (const auto& x : e) {
+    mean += x.mean;
+    var += x.half_width * x.half_width;
+  }
+  const double n = double(e.size());
+  return {mean / n, std::sqrt(var) / n};
+}
+
+}  // namespace
+
+TEST_CASE("Queueing.theorem1_is_the_uniform_homogeneous_case") {
+  constexpr auto v = q::stability<edge>({.lambda = 0.1, .alpha = 1.0});
+  CHECK(v.max_lambda == doctest::Approx(1.0 / 7));
+  CHECK(v.max_lambda == doctest::Approx(q::theorem1_limit(2, 2, 1.0)));
+  CHECK(v.margin == doctest::Approx(0.3));
+  for (double rho : v.utilisation) CHECK(rho == doctest::Approx(0.7));
+
+  // The general path (Eigen, traffic equations) agrees with the closed form.
+  for (std::size_t m : {0u, 1u, 2u})
+    for (std::size_t k : {0u, 1u, 3u}) {
+      const auto r = q::analyse(Eigen::VectorXd::Constant(4, 0.05), Eigen::VectorXd::Ones(4),
+                                q::gossip_visits(m, q::uniform_inclusion(4, k)));
+      CHECK(r.max_scale * 0.05 == doctest::Approx(q::theorem1_limit(m, k, 1.0)));
+    }
+
+  // Heterogeneous devices: the slowest binds.
+  const std::array<double, 4> lambda{0.05, 0.05, 0.05, 0.05}, alpha{1.0, 0.5, 2.0, 0.25};
+  const auto h = q::stability<edge>(lambda, alpha);
+  CHECK(h.bottleneck == 2);
+  CHECK(h.max_lambda == doctest::Approx(q::heterogeneous_limit(2, 2, alpha)));
+  CHECK(h.max_lambda == doctest::Approx(1.0 / (2.0 * 7)));
+}
+
+TEST_CASE("Queueing.traffic_equations_general") {
+  // Per-user rates with uniform gossip: closed form equals V^T lambda.
+  const std::vector<double> lambda{0.01, 0.02, 0.03, 0.04, 0.05};
+  const std::vector<double> alpha{1.0, 1.5, 0.7, 1.2, 0.9};
+  std::vector<double> rho(5);
+  const auto fast = q::uniform_stability(5, 2, 3, lambda, alpha, rho);
+  const Eigen::Map<const Eigen::VectorXd> l(lambda.data(), 5), a(alpha.data(), 5);
+  const auto slow = q::analyse(l, a, q::gossip_visits(2, q::uniform_inclusion(5, 3)));
+  for (std::size_t j = 0; j < 5; ++j) CHECK(rho[j] == doctest::Approx(slow.utilisation(j)));
+  CHECK(fast.bottleneck == slow.bottleneck);
+  CHECK(fast.max_scale == doctest::Approx(slow.max_scale));
+
+  // On a path graph 0-1-2, the middle device is everybody's neighbour: loads differ.
+  Eigen::MatrixXd path = Eigen::MatrixXd::Zero(3, 3);
+  path(0, 1) = path(1, 0) = path(1, 2) = path(2, 1) = 1;
+  const Eigen::MatrixXd p = q::graph_inclusion(path, 1);
+  CHECK(p(1, 0) == doctest::Approx(0.5));
+  CHECK(p(0, 1) == doctest::Approx(1.0));
+  const auto r = q::analyse(Eigen::VectorXd::Constant(3, 0.1), Eigen::VectorXd::Ones(3),
+                            q::gossip_visits(1, p));
+  // Device 1: own 2 * 0.1, plus 0.1 from each end; ends: own 0.2 plus half of device 1's 0.1.
+  CHECK(r.arrival(1) == doctest::Approx(0.4));
+  CHECK(r.arrival(0) == doctest::Approx(0.25));
+  CHECK(r.bottleneck == 1);
+
+  // Weighted: inclusion probabilities capped at 1, rows summing to k.
+  Eigen::MatrixXd w = Eigen::MatrixXd::Ones(4, 4);
+  w(0, 1) = 10;
+  const Eigen::MatrixXd pw = q::weighted_inclusion(w, 2);
+  CHECK(pw(0, 1) == doctest::Approx(1.0));
+  CHECK(pw(0, 2) == doctest::Approx(0.5));
+  CHECK(pw.row(0).sum() == doctest::Approx(2.0));
+
+  // Fixed plans: a layered MoA of 3 proposers, 2 layers, aggregator 0.
+  const std::vector<std::vector<std::uint32_t>> layers{{0, 1, 2}, {0, 1, 2}};
+  const moa::plan layered = moa::make_layered_plan(layers, 0);
+  const Eigen::MatrixXd v =
+      q::plan_visits([&](std::uint32_t) -> const moa::plan& { return layered; }, 3);
+  CHECK(v(1, 0) == 3);
+  CHECK(v(1, 1) == 2);
+
+  // Open network with feedback: a call at 0 goes on to 1 with probability 1/2.
+  Eigen::MatrixXd routing = Eigen::MatrixXd::Zero(2, 2);
+  routing(0, 1) = 0.5;
+  routing(1, 0) = 0.5;
+  const Eigen::VectorXd flow = q::jackson_arrival_rates(Eigen::Vector2d(1.0, 0.0), routing);
+  CHECK(flow(0) == doctest::Approx(4.0 / 3));
+  CHECK(flow(1) == doctest::Approx(2.0 / 3));
+}
+
+TEST_CASE("Queueing.single_queue_formulas") {
+  const auto a = q::mm1(0.8, 1.0);
+  CHECK(a.number_in_system == doctest::Approx(4.0));
+  CHECK(a.sojourn == doctest::Approx(5.0));
+  const auto d = q::md1(0.8, 1.0);
+  CHECK(d.number_waiting == doctest::Approx(0.64 / 0.4));
+  CHECK(q::mg1(0.8, 1.0, 1.0).waiting == doctest::Approx(a.waiting));
+  CHECK(q::kingman(0.8, 1.0, 1.0, 1.0).waiting == doctest::Approx(a.waiting));  // exact for M/M/1
+  CHECK(q::kingman(0.8, 1.0, 1.0, 0.0).waiting == doctest::Approx(d.waiting));  // and M/D/1
+  CHECK_FALSE(q::mm1(1.0, 1.0).stable);
+  CHECK(std::isinf(q::mm1(1.2, 1.0).number_in_system));
+
+  const std::vector<double> same{2.0, 2.0, 2.0};
+  CHECK(q::expected_max_exponential(same) == doctest::Approx((1 + 0.5 + 1.0 / 3) / 2));
+  const std::vector<double> rates{1.0, 2.0};  // 1 + 1/2 - 1/3
+  CHECK(q::expected_max_exponential(rates) == doctest::Approx(1 + 0.5 - 1.0 / 3));
+  std::vector<double> many(20, 1.0);
+  many[0] = 1.0001;  // forces the numerical integral; H_20 ~ 3.5977
+  CHECK(q::expected_max_exponential(many) == doctest::Approx(3.5977).epsilon(1e-3));
+
+  const std::vector<double> means{1.0, 2.0, 3.0}, vars{1.0, 4.0, 9.0};
+  CHECK(q::fork_join_lower(means) == 3.0);
+  CHECK(q::fork_join_upper(means, vars) >=
+        q::expected_max_exponential(std::vector{1.0, 0.5, 1.0 / 3}));
+  CHECK(q::nelson_tantawi(1, 0.5, 1.0) == doctest::Approx(2.0));
+  CHECK(q::nelson_tantawi(2, 0.5, 1.0) == doctest::Approx((12 - 0.5) / 8 * 2.0));
+  CHECK(q::nelson_tantawi(4, 0.5, 1.0) > q::nelson_tantawi(2, 0.5, 1.0));
+}
+
+TEST_CASE("Queueing.spectral") {
+  const Eigen::MatrixXd complete = q::averaging_matrix(q::uniform_inclusion(6, 5));
+  CHECK(q::second_eigenvalue(complete) == doctest::Approx(0.0).epsilon(1e-9));
+  CHECK(q::averaging_time(complete, 1e-3) == 0.0);
+  // Uniform k of n - 1: A = (I + k/(n-1) (J - I)) / (1 + k), other eigenvalues (1 - k/(n-1))/(1+k).
+  const Eigen::MatrixXd partial = q::averaging_matrix(q::uniform_inclusion(6, 2));
+  const double slem = (1 - 2.0 / 5) / 3;
+  CHECK(q::second_eigenvalue(partial) == doctest::Approx(slem));
+  CHECK(q::averaging_time(partial, 1e-3) == doctest::Approx(std::log(1e3) / std::log(1 / slem)));
+  Eigen::MatrixXd ring = Eigen::MatrixXd::Zero(8, 8);
+  for (Eigen::Index i = 0; i < 8; ++i) ring(i, (i + 1) % 8) = ring((i + 1) % 8, i) = 1;
+  const Eigen::MatrixXd r = q::averaging_matrix(q::graph_inclusion(ring, 2));
+  CHECK(q::spectral_gap(r) < q::spectral_gap(q::averaging_matrix(q::uniform_inclusion(8, 2))));
+  CHECK(q::randomized_averaging_bound(r, 1e-2) == doctest::Approx(3 * q::averaging_time(r, 1e-2)));
+}
+
+TEST_CASE("Queueing.bad_inputs_rejected") {
+  using doctest::Contains;
+  using moa::invalid_argument;
+  const std::vector<double> one{0.1}, neg{0.1, -0.1, 0.1, 0.1}, nan{std::nan("")};
+  CHECK_THROWS_WITH_AS(q::uniform_stability(4, 2, 4, one, one),
+                       Contains("fan-out k = 4 is larger than the 3 other devices"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::uniform_stability(4, 2, 2, neg, one),
+                       Contains("lambda[1] = -0.1 must be positive and finite"), invalid_argument);
+  CHECK_THROWS_WITH_AS(q::uniform_stability(4, 2, 2, one, nan),
+                       Contains("alpha[0] = nan must be positive"), invalid_argument);
+  CHECK_THROWS_WITH_AS(q::uniform_stability(0, 2, 0, one, one), Contains("at least one device"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::uniform_stability(4, 2, 2, std::vector<double>{0.1, 0.1}, one),
+                       Contains("lambda has 2 entries for 4 devices"), invalid_argument);
+  CHECK_THROWS_WITH_AS(q::mm1(0.0, 1.0), Contains("arrival rate lambda = 0 must be positive"),
+                       invalid_argument);
+
+  Eigen::MatrixXd split = Eigen::MatrixXd::Zero(4, 4);
+  split(0, 1) = split(1, 0) = split(2, 3) = split(3, 2) = 1;
+  CHECK_THROWS_WITH_AS(q::graph_inclusion(split, 1), Contains("gossip graph is disconnected"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::graph_inclusion(Eigen::MatrixXd(0, 0), 1), Contains("is empty"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::graph_inclusion(Eigen::MatrixXd::Zero(3, 3), 1), Contains("no edges"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::graph_inclusion(Eigen::MatrixXd::Ones(3, 2), 1),
+                       Contains("must be square"), invalid_argument);
+  Eigen::MatrixXd half = Eigen::MatrixXd::Constant(3, 3, 0.75);
+  half.diagonal().setZero();
+  CHECK_THROWS_WITH_AS(q::matrix_gossip{half}, Contains("sums to 1.5; rows must sum to a whole"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::analyse(Eigen::VectorXd::Constant(2, 0.1), Eigen::VectorXd::Ones(3),
+                                  Eigen::MatrixXd::Identity(2, 2)),
+                       Contains("alpha has 3 entries for 2 devices"), invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      q::jackson_arrival_rates(Eigen::Vector2d(1, 0), Eigen::Matrix2d{{0.0, 1.0}, {1.0, 0.0}}),
+      Contains("keeps traffic in the network forever"), invalid_argument);
+
+  q::sim_config cfg;
+  cfg.lambda = {0.1, 0.1};
+  cfg.service = {q::service_model::exponential(1.0)};
+  q::gossip_source source(3, 1, moa::uniform_gossip{1});
+  CHECK_THROWS_WITH_AS(q::simulate(cfg, source), Contains("calls device 2 of a 2-device network"),
+                       invalid_argument);
+  cfg.warmup = cfg.horizon;
+  CHECK_THROWS_WITH_AS(q::simulate(cfg, source), Contains("warmup = 10000 must lie in [0, horizon"),
+                       invalid_argument);
+  cfg.warmup = 0;
+  cfg.lambda = {0.1, -1};
+  CHECK_THROWS_WITH_AS(q::simulate(cfg, source), Contains("lambda[1] = -1 must be finite and >= 0"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::service_model::lognormal(1.0, -1), Contains("lognormal sigma = -1"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(q::service_model::empirical({}), Contains("at least one recorded"),
+                       invalid_argument);
+}
+
+TEST_CASE("Queueing.mm1_and_md1_match_closed_forms") {
+  // M = 0: every prompt is one call at its origin, so each device is an M/G/1 queue.
+  for (const double rho : {0.5, 0.8}) {
+    for (const bool constant : {false, true}) {
+      CAPTURE(rho);
+      CAPTURE(constant);
+      q::sim_config cfg;
+      cfg.lambda.assign(4, rho);
+      cfg.service = {constant ? q::service_model::constant(1.0)
+                              : q::service_model::exponential(1.0)};
+      cfg.horizon = 4e4;
+      cfg.warmup = 4e3;
+      cfg.seed = 7;
+      q::gossip_source source(4, 0, moa::uniform_gossip{0});
+      const auto rep = q::replicate(cfg, source, 8, 2);
+      const auto l = pooled(rep.mean_queue);
+      const double expect =
+          constant ? q::md1(rho, 1.0).number_in_system : q::mm1(rho, 1.0).number_in_system;
+      CAPTURE(l.mean);
+      CAPTURE(l.half_width);
+      // 3 half-widths of the 95% interval (about 6 standard errors): deterministic with the
+      // fixed seed, and meaningful because the interval itself is a few percent wide.
+      CHECK(std::abs(l.mean - expect) <= 3 * l.half_width);
+      CHECK(l.half_width < 0.05 * expect);
+      CHECK(rep.stable);
+      // Little: latency = L / lambda.
+      CHECK(rep.mean_latency.mean == doctest::Approx(expect / rho).epsilon(0.05));
+    }
+  }
+}
+
+TEST_CASE("Queueing.throughput_matches_traffic_equations") {
+  const std::size_t n = 8;
+  const Eigen::MatrixXd graph = random_graph(n, 0.35, 11);
+  const Eigen::MatrixXd p = q::graph_inclusion(graph, 2);
+  moa::rng random(5);
+  Eigen::VectorXd lambda(n), alpha(n);
+  for (Eigen::Index i = 0; i < Eigen::Index(n); ++i) {
+    lambda(i) = 0.02 + 0.04 * random.uniform();
+    alpha(i) = 0.5 + random.uniform();
+  }
+  const auto visits = q::gossip_visits(2, p);
+  auto report = q::analyse(lambda, alpha, visits);
+  lambda *= 0.7 / report.max_utilisation;  // bottleneck at rho = 0.7
+  report = q::analyse(lambda, alpha, visits);
+  CHECK((report.arrival.array() != report.arrival(0)).any());  // the loads really differ
+
+  q::sim_config cfg;
+  cfg.lambda.assign(lambda.data(), lambda.data() + n);
+  for (Eigen::Index j = 0; j < Eigen::Index(n); ++j)
+    cfg.service.push_back(q::service_model::exponential(alpha(j)));
+  // Enough time that the least loaded device completes > 1e5 calls: its count's relative
+  // standard error is then below 0.35%, so 1% is about 3 standard errors.
+  cfg.horizon = 1.2e5 / report.arrival.minCoeff();
+  cfg.warmup = cfg.horizon / 20;
+  q::gossip_source source(n, 2, q::matrix_gossip(p));
+  const auto r = q::simulate(cfg, source);
+  for (std::size_t j = 0; j < n; ++j) {
+    CAPTURE(j);
+    CHECK(r.devices[j].completed > 100000);
+    CHECK(r.devices[j].throughput ==
+          doctest::Approx(report.arrival(Eigen::Index(j))).epsilon(0.01));
+    CHECK(r.devices[j].utilisation ==
+          doctest::Approx(report.utilisation(Eigen::Index(j))).epsilon(0.02));
+  }
+  CHECK(r.stable);
+}
+
+TEST_CASE("Queueing.stability_boundary") {
+  // Four devices of different speeds, uniform gossip, M = 2, k = 2: the slowest (device 0) binds.
+  const std::vector<double> alpha{1.0, 0.8, 0.6, 0.5};
+  const double limit = q::heterogeneous_limit(2, 2, alpha);
+  q::gossip_source source(4, 2, moa::uniform_gossip{2});
+  auto config = [&](double factor) {
+    q::sim_config cfg;
+    cfg.lambda.assign(4, factor * limit);
+    for (double a : alpha) cfg.service.push_back(q::service_model::exponential(a));
+    cfg.horizon = 1e5;
+    cfg.warmup = 1e4;
+    cfg.seed = 3;
+    return cfg;
+  };
+  const auto below = q::simulate(config(0.9), source);
+  CHECK(below.stable);
+  CHECK(below.devices[0].utilisation == doctest::Approx(0.9).epsilon(0.02));
+  CHECK(std::abs(below.devices[0].growth_rate) < 0.005);
+  CHECK(below.devices[0].mean_queue < 50);
+
+  const auto above = q::simulate(config(1.1), source);
+  CHECK_FALSE(above.stable);
+  // The bottleneck owes arrival - capacity = (1.1 - 1) / alpha_0 calls more per unit time.
+  const double slope = (1.1 - 1.0) / alpha[0];
+  CHECK(above.devices[0].growth_rate == doctest::Approx(slope).epsilon(0.15));
+  CHECK(above.devices[0].utilisation > 0.99);
+}
+
+TEST_CASE("Queueing.simulator_runs_any_plan") {
+  SUBCASE("layered plan, role-dependent service") {
+    const std::vector<std::vector<std::uint32_t>> layers{{0, 1, 2}, {0, 1, 2}};
+    const moa::plan layered = moa::make_layered_plan(layers, 0);
+    auto source = [&](std::uint32_t, moa::rng&) -> const moa::plan& { return layered; };
+    q::sim_config cfg;
+    cfg.lambda = {0.05, 0.05, 0.05};
+    cfg.service = {q::service_model::lognormal(1.0, 0.5)};
+    cfg.aggregator_service = {q::service_model::constant(2.0)};
+    cfg.horizon = 1e5;
+    cfg.warmup = 1e4;
+    const auto r = q::simulate(cfg, source);
+    // Prompts at rate 0.15; device 0 serves 2 proposals (mean 1) and the aggregation (2).
+    CHECK(r.throughput == doctest::Approx(0.15).epsilon(0.03));
+    CHECK(r.devices[0].utilisation == doctest::Approx(0.15 * 4).epsilon(0.03));
+    CHECK(r.devices[1].utilisation == doctest::Approx(0.15 * 2).epsilon(0.03));
+    CHECK(r.p50 <= r.p95);
+    CHECK(r.p95 <= r.p99);
+  }
+  SUBCASE("DAG with two roots and a trace") {
+    moa::plan dag;
+    const auto root = dag.add_group({});
+    const auto a = dag.add_call(0, root, 1, moa::call_role::proposer);
+    const auto b = dag.add_call(1, root, 1, moa::call_role::proposer);
+    const auto c = dag.add_call(2, dag.add_group({a}), 2, moa::call_role::proposer);
+    dag.add_call(0, dag.add_group({b, c}), 3, moa::call_role::aggregator);
+    dag.seal();
+    auto source = [&](std::uint32_t, moa::rng&) -> const moa::plan& { return dag; };
+    q::sim_config cfg;
+    cfg.devices = 3;
+    cfg.trace = {{0.0, 0}, {0.5, 1}, {10.0, 2}};
+    cfg.service = {q::service_model::constant(1.0)};
+    cfg.horizon = 20;
+    const auto r = q::simulate(cfg, source);
+    // Prompt 1: a, c then the sink: 3. Prompt 2 waits 0.5 for a: 3.5. Prompt 3 alone: 3.
+    CHECK(r.prompts == 3);
+    CHECK(r.mean_latency == doctest::Approx((3 + 3.5 + 3) / 3.0));
+    CHECK(r.events == 3 + 12);
+  }
+  SUBCASE("empirical service and the same seed gives the same run") {
+    q::sim_config cfg;
+    cfg.lambda.assign(4, 0.04);
+    cfg.service = {q::service_model::empirical({0.5, 1.0, 1.5, 3.0})};
+    cfg.horizon = 2e4;
+    cfg.sample_period = 100;
+    q::gossip_source source(4, 2, moa::uniform_gossip{2});
+    const auto r1 = q::simulate(cfg, source);
+    const auto r2 = q::simulate(cfg, source);
+    CHECK(r1.mean_latency == r2.mean_latency);
+    CHECK(r1.devices[3].mean_queue == r2.devices[3].mean_queue);
+    CHECK(r1.devices[0].utilisation == doctest::Approx(0.04 * 7 * 1.5).epsilon(0.05));
+    std::ostringstream csv;
+    q::write_series_csv(csv, r1.series);
+    const std::string text = csv.str();
+    CHECK(text.rfind("time,device0,device1,device2,device3\n0,0,0,0,0\n", 0) == 0);
+    CHECK(std::count(text.begin(), text.end(), '\n') == 1 + 201);
+  }
+}
+
+TEST_CASE("Queueing.replications_are_seeded_and_parallel" * doctest::timeout(60)) {
+  q::sim_config cfg;
+  cfg.lambda.assign(4, 0.1);
+  cfg.service = {q::service_model::exponential(1.0)};
+  cfg.horizon = 5e3;
+  q::gossip_source source(4, 2, moa::uniform_gossip{2});
+  const auto serial = q::replicate(cfg, source, 4, 1);
+  const auto parallel = q::replicate(cfg, source, 4, 2);
+  for (std::size_t r = 0; r < 4; ++r)
+    CHECK(serial.runs[r].mean_latency == parallel.runs[r].mean_latency);
+  CHECK(serial.runs[0].mean_latency != serial.runs[1].mean_latency);
+  CHECK(serial.mean_latency.contains(serial.runs[0].mean_latency));
+}
+
+TEST_CASE("Queueing.latency_estimates_bracket_the_simulation") {
+  const double lambda = 0.05;  // rho = 0.35 at every device
+  const auto p = q::uniform_inclusion(4, 2);
+  const auto report = q::analyse(Eigen::VectorXd::Constant(4, lambda), Eigen::VectorXd::Ones(4),
+                                 q::gossip_visits(2, p));
+  const auto bounds = q::latency(report, 2, p, Eigen::VectorXd::Ones(4), 0);
+  CHECK(bounds.lower <= bounds.approx);
+  CHECK(bounds.approx <= bounds.upper);
+  q::sim_config cfg;
+  cfg.lambda.assign(4, lambda);
+  cfg.service = {q::service_model::exponential(1.0)};
+  cfg.horizon = 2e5;
+  cfg.warmup = 1e4;
+  q::gossip_source source(4, 2, moa::uniform_gossip{2});
+  const auto r = q::simulate(cfg, source);
+  CAPTURE(r.mean_latency);
+  CAPTURE(bounds.upper);
+  CHECK(r.mean_latency >= bounds.lower);
+  // Fork arrivals are burstier than Poisson, so the M/M/1-based figures are estimates, not
+  // guarantees; at moderate load they stay within 15%.
+  CHECK(r.mean_latency == doctest::Approx(bounds.approx).epsilon(0.15));
+  CHECK(r.mean_latency <= 1.15 * bounds.upper);
+}

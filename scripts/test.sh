@@ -7,13 +7,16 @@
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build: unit tests and examples;
 #   4. ThreadSanitizer build with clang 14 (the other stages use g++ 12, so both compilers
 #      build every test): unit tests and examples.
-# MOA_TEST_STAGES selects stages (default: "format plain asan tsan").
+#   5. llama: builds a real llama.cpp server and a tiny model (scripts/llama-server.sh; cached,
+#      ~1 min the first time), then runs the tests labelled `llama` against it, with ASan+UBSan.
+#   6. fuzz: libFuzzer (clang 14) on the HTTP backend's parsers for MOA_FUZZ_SECONDS (60).
+# MOA_TEST_STAGES selects stages (default: "format plain asan tsan llama fuzz").
 set -euo pipefail
 MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$MOA_ROOT"
 source scripts/setup.sh
 
-stages="${MOA_TEST_STAGES:-format plain asan tsan}"
+stages="${MOA_TEST_STAGES:-format plain asan tsan llama fuzz}"
 jobs="$(nproc)"
 started=$SECONDS
 
@@ -50,6 +53,33 @@ for s in $stages; do
       build_and_test tsan "compile_fail|packaging" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCMAKE_CXX_COMPILER=clang++-14 \
         -DMOA_DEV_SANITIZE=thread -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF
+      ;;
+    llama)
+      stage "llama.cpp server: build (cached), integration tests (ASan+UBSan)"
+      bash scripts/llama-server.sh build
+      export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+      export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+      export MOA_LLAMA_REQUIRED=1  # here a missing server fails the tests instead of skipping them
+      cmake -S . -B build/llama -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DMOA_DEV_SANITIZE=address -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF \
+        -DMOA_LLAMA_DIR="$(bash scripts/llama-server.sh dir)" >/dev/null
+      cmake --build build/llama -j "$jobs" --target moa_openai_llama_tests openai_moa moa_cli
+      (cd build/llama && ctest -j "$jobs" --output-on-failure --timeout 600 -L llama)
+      ;;
+    fuzz)
+      stage "libFuzzer on the HTTP backend's parsers (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
+      cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_COMPILER=clang++-14 -DMOA_DEV_FUZZ=ON -DMOA_BUILD_EXAMPLES=OFF \
+        -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF >/dev/null
+      cmake --build build/fuzz -j "$jobs" --target moa_fuzz_openai
+      corpus=build/fuzz/corpus
+      mkdir -p "$corpus"
+      for f in tests/fixtures/openai/*.body; do  # first byte: the stream's piece size
+        { printf '\0'; cat "$f"; } >"$corpus/$(basename "$f").whole"
+        { printf '\7'; cat "$f"; } >"$corpus/$(basename "$f").pieces"
+      done
+      build/fuzz/tests/moa_fuzz_openai -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -15  # pipefail: its status
       ;;
     *) echo "moa: unknown test stage '$s'" >&2; exit 2 ;;
   esac

@@ -15,6 +15,9 @@
 #include <vector>
 
 #include <moa/moa.hpp>
+#if MOA_CLI_OPENAI
+#include <moa/backends/openai.hpp>
+#endif
 
 #include "cli/common.hpp"
 
@@ -36,6 +39,11 @@ struct run_settings {
   std::size_t quorum = 1;
   bool strict = false;
   std::string dot_file;
+  // Real endpoints (OpenAI-compatible); empty: the embedded synthetic models.
+  std::vector<std::string> endpoints;
+  std::string model;
+  std::string api_key_env = "OPENAI_API_KEY";
+  int max_tokens = 256;
 };
 
 inline nlohmann::json to_json(const moa::result& r) {
@@ -67,7 +75,18 @@ inline nlohmann::json to_json(const moa::result& r) {
 inline int run_command(const run_settings& s) {
   std::vector<moa::any_backend> backends;
   const std::size_t count = std::max(s.proposers, s.aggregator + 1);
-  for (std::size_t i = 0; i < count; ++i)
+#if MOA_CLI_OPENAI
+  // Model i is endpoint i modulo the number of endpoints: one endpoint can play every model.
+  for (std::size_t i = 0; i < count && !s.endpoints.empty(); ++i) {
+    moa::openai_options o;
+    o.base_url = s.endpoints[i % s.endpoints.size()];
+    o.model = s.model;
+    o.api_key_env = s.api_key_env;
+    o.name = model_name(i);
+    backends.emplace_back(moa::openai_backend(std::move(o)));
+  }
+#endif
+  for (std::size_t i = backends.size(); i < count; ++i)
     backends.emplace_back(moa::synthetic_backend({.name = model_name(i),
                                                   .latency = s.latency.model(),
                                                   .error_rate = s.error_rate,
@@ -98,12 +117,17 @@ inline int run_command(const run_settings& s) {
       std::fprintf(stderr, "\r[%zu/%zu calls]", ++done, total);
     };
 
+  auto request = moa::make_request(s.prompt);
+  if (!s.endpoints.empty()) {
+    request.sampling.max_tokens = s.max_tokens;
+    request.sampling.seed = s.seed;
+  }
   moa::result r;
   if (s.executor == "inline") {
-    r = pipeline.run(moa::inline_executor{}, s.prompt, opt);
+    r = pipeline.run(moa::inline_executor{}, request, opt);
   } else {
     moa::concurrent_executor executor(s.threads);
-    r = pipeline.run(executor, s.prompt, opt);
+    r = pipeline.run(executor, request, opt);
   }
   if (progress) std::fprintf(stderr, "\r%*s\r", 24, "");
 
@@ -171,6 +195,19 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
   cmd->add_flag("--strict", settings->strict,
                 "Fail the run when the aggregator fails (default: degraded answer)");
   cmd->add_option("--dot", settings->dot_file, "Write the run as Graphviz DOT to this file");
+#if MOA_CLI_OPENAI
+  cmd->add_option("--endpoint", settings->endpoints,
+                  "OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (repeatable; model i "
+                  "uses endpoint i mod count; replaces the synthetic models)")
+      ->allow_extra_args(false);
+  cmd->add_option("--model", settings->model, "Model name sent to the endpoints");
+  cmd->add_option("--api-key-env", settings->api_key_env,
+                  "Environment variable holding the API key")
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", settings->max_tokens, "Tokens per answer (with --endpoint)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+#endif
   cmd->callback([settings, &exit_code] { exit_code = run_command(*settings); });
 }
 

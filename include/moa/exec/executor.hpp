@@ -58,6 +58,7 @@ class inline_executor {
     std::optional<group_id> built;
     std::optional<std::string> skip_reason;
     call_list used;
+    std::size_t trimmed = 0;
     bool deadline_hit = false;
     // Inline calls run back to back, so the end of one call is the start of the next: one clock
     // read per call instead of two.
@@ -79,11 +80,12 @@ class inline_executor {
         continue;
       }
       if (built != call.group) {
-        skip_reason =
-            detail::build_group(p, call.group, res.trace, prompt, opt, work.messages, used);
+        skip_reason = detail::build_group(p, call.group, res.trace, prompt, opt, work.messages,
+                                          used, trimmed);
         built = call.group;
       }
       rec.references = used;
+      rec.trimmed_tokens = trimmed;
       if (skip_reason) {
         rec.status = call_status::skipped;
         rec.error = *skip_reason;
@@ -242,10 +244,11 @@ class concurrent_executor {
     // returned in `mine` for the current thread (if it has none yet); the rest go to the pool.
     void ready(group_id g, std::optional<call_id>& mine) {
       auto& grp = groups_[g];
-      const auto skip =
-          detail::build_group(plan_, g, records_, prompt_, opt_, grp.messages, grp.used);
+      const auto skip = detail::build_group(plan_, g, records_, prompt_, opt_, grp.messages,
+                                            grp.used, grp.trimmed);
       for (call_id c : plan_.calls_of(g)) {
         records_[c].references = grp.used;
+        records_[c].trimmed_tokens = grp.trimmed;
         if (skip) {
           const bool stopped = stop_.stop_requested();
           records_[c].status = stopped ? call_status::cancelled : call_status::skipped;
@@ -312,6 +315,7 @@ class concurrent_executor {
     struct group_state {
       std::vector<message> messages;
       call_list used;
+      std::size_t trimmed = 0;
     };
 
     // Copies, so that threads still running after an abandoned run never see dangling state.

@@ -99,6 +99,8 @@ struct call_record {
   std::string text{};      ///< the answer (kept even when it was not used, e.g. timed out)
   std::string error{};     ///< why it failed, for every status but ok
   call_list references{};  ///< the calls whose answers it received, in order
+  /// Estimated tokens cut from its references by aggregation_prompt::token_budget (0: none).
+  std::uint64_t trimmed_tokens = 0;
 
   [[nodiscard]] bool ok() const noexcept { return status == call_status::ok; }
   [[nodiscard]] clock::duration duration() const noexcept { return end - start; }
@@ -124,6 +126,7 @@ inline std::ostream& operator<<(std::ostream& os, std::span<const call_record> t
        << ms(r.start).count() << std::setw(10) << ms(r.end).count() << std::setw(8)
        << r.usage.prompt_tokens << std::setw(8) << r.usage.completion_tokens << "  "
        << (refs.str().empty() ? "-" : refs.str());
+    if (r.trimmed_tokens > 0) os << "  [references trimmed by ~" << r.trimmed_tokens << " tok]";
     if (!r.error.empty()) os << "  (" << r.error << ')';
     os << '\n';
   }

@@ -12,7 +12,9 @@
 /// auto messages = prompt.inject(conversation, refs);
 /// @endcode
 
+#include <algorithm>
 #include <charconv>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -30,7 +32,52 @@ struct reference {
   std::string_view text;    ///< the answer
   std::string_view source;  ///< the backend that gave it
   std::uint32_t call = 0;   ///< its call in the plan
+  bool truncated = false;   ///< cut by the context budget (rendered with a trailing "[...]")
 };
+
+/// @brief moa's token estimate for context budgets: one token per 4 bytes, rounded up.
+///
+/// Why bytes and not words: a budget must not be underestimated, and BPE tokenisers average about
+/// 4 bytes per token on English prose (OpenAI's rule of thumb) but fewer on code, numbers and
+/// non-Latin scripts, where a word count would be far too low. Leave headroom (say 20%) between
+/// the budget and the model's real context for the instructions, the conversation and the answer.
+constexpr std::size_t estimate_context_tokens(std::string_view text) noexcept {
+  return (text.size() + 3) / 4;
+}
+
+/// @brief Shortens references so that their estimated tokens (estimate_context_tokens) sum to at
+/// most `budget`, and returns the estimated tokens removed.
+///
+/// Fair share by water-filling: references shorter than an equal share of what is left are kept
+/// whole, the others are cut to the same length, so one long answer cannot crowd out the rest.
+/// Cuts fall on UTF-8 character boundaries; a cut reference is marked `truncated`.
+inline std::size_t trim_references(std::span<reference> refs, std::size_t budget) {
+  std::vector<std::size_t> sizes;
+  sizes.reserve(refs.size());
+  std::size_t total = 0;
+  for (const auto& r : refs) total += sizes.emplace_back(estimate_context_tokens(r.text));
+  if (total <= budget) return 0;
+  // Water level: the largest share such that sum(min(size, share)) <= budget.
+  std::sort(sizes.begin(), sizes.end());
+  std::size_t left = budget, share = 0;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    share = left / (sizes.size() - i);
+    if (sizes[i] > share) break;
+    left -= sizes[i];
+  }
+  std::size_t removed = 0;
+  for (auto& r : refs) {
+    const auto before = estimate_context_tokens(r.text);
+    if (before <= share) continue;
+    std::size_t bytes = share * 4;
+    // Never split a UTF-8 sequence: back off over continuation bytes (10xxxxxx).
+    while (bytes > 0 && (static_cast<unsigned char>(r.text[bytes]) & 0xC0) == 0x80) --bytes;
+    r.text = r.text.substr(0, bytes);
+    r.truncated = true;
+    removed += before - estimate_context_tokens(r.text);
+  }
+  return removed;
+}
 
 /// @brief The aggregation prompt and the way references are laid out.
 struct aggregation_prompt {
@@ -47,6 +94,12 @@ struct aggregation_prompt {
   std::function<std::vector<message>(std::span<const message>, std::span<const reference>)>
       custom{};
 
+  /// Context budget of the references, in estimated tokens (estimate_context_tokens); 0: none.
+  /// Over budget, references are shortened by trim_references before the layout (`custom` too
+  /// receives them trimmed), and the executors record the estimated tokens removed in
+  /// call_record::trimmed_tokens.
+  std::size_t token_budget = 0;
+
   /// The system message holding the instructions and the numbered references.
   [[nodiscard]] std::string render(std::span<const reference> refs) const {
     // Sized exactly and written in place: this runs once per input group on the hot path, where
@@ -57,7 +110,9 @@ struct aggregation_prompt {
       return d;
     };
     std::size_t size = instructions.size() + 1;
-    for (std::size_t i = 0; i < refs.size(); ++i) size += digits(i + 1) + 5 + refs[i].text.size();
+    constexpr std::string_view cut = " [...]";
+    for (std::size_t i = 0; i < refs.size(); ++i)
+      size += digits(i + 1) + 5 + refs[i].text.size() + (refs[i].truncated ? cut.size() : 0);
     std::string out(size, '\0');
     char* at = out.data();
     auto put = [&at](std::string_view s) {
@@ -71,6 +126,7 @@ struct aggregation_prompt {
       at = std::to_chars(at, at + digits(i + 1), i + 1).ptr;
       put("] ");
       put(refs[i].text);
+      if (refs[i].truncated) put(cut);
       *at++ = '\n';
     }
     return out;
@@ -81,6 +137,21 @@ struct aggregation_prompt {
   /// instructions keep the first word.
   [[nodiscard]] std::vector<message> inject(std::span<const message> conversation,
                                             std::span<const reference> refs) const {
+    std::size_t trimmed = 0;
+    return inject(conversation, refs, trimmed);
+  }
+
+  /// As above, applying token_budget; `trimmed_tokens` receives the estimated tokens removed.
+  [[nodiscard]] std::vector<message> inject(std::span<const message> conversation,
+                                            std::span<const reference> refs,
+                                            std::size_t& trimmed_tokens) const {
+    trimmed_tokens = 0;
+    std::vector<reference> cut;
+    if (token_budget > 0) {
+      cut.assign(refs.begin(), refs.end());
+      trimmed_tokens = trim_references(cut, token_budget);
+      if (trimmed_tokens > 0) refs = cut;
+    }
     if (custom) return custom(conversation, refs);
     std::vector<message> out;
     out.reserve(conversation.size() + 1);

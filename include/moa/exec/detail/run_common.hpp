@@ -62,13 +62,16 @@ inline void describe_call(call_record& rec, const plan& p, call_id c,
 }
 
 /// Builds the messages of group g from the successful inputs, or says why the group is skipped.
-/// `records` must hold the finished records of every input.
+/// `records` must hold the finished records of every input. `trimmed` receives the estimated
+/// tokens the context budget cut from the references.
 inline std::optional<std::string> build_group(const plan& p, group_id g,
                                               std::span<const call_record> records,
                                               const request& prompt, const run_options& opt,
-                                              std::vector<message>& messages, call_list& used) {
+                                              std::vector<message>& messages, call_list& used,
+                                              std::size_t& trimmed) {
   const auto inputs = p.inputs_of(g);
   used = call_list();
+  trimmed = 0;
   if (inputs.empty()) {
     messages = prompt.messages;
     return std::nullopt;
@@ -97,7 +100,7 @@ inline std::optional<std::string> build_group(const plan& p, group_id g,
     return "only " + std::to_string(n) + " of its " + std::to_string(inputs.size()) +
            " inputs succeeded (quorum " + std::to_string(needed) + ")";
   const auto& tmpl = opt.prompt ? *opt.prompt : default_prompt();
-  messages = tmpl.inject(prompt.messages, refs.first(n));
+  messages = tmpl.inject(prompt.messages, refs.first(n), trimmed);
   return std::nullopt;
 }
 

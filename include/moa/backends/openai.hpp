@@ -1,0 +1,569 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// A backend for OpenAI-compatible chat-completion endpoints: llama.cpp's llama-server, vLLM,
+/// Ollama, hosted services. `POST {base_url}/chat/completions`, non-streaming or streaming
+/// (server-sent events), with retries, deadlines, cancellation and typed errors.
+///
+/// The only moa header that needs libcurl and nlohmann-json (link `CURL::libcurl` and
+/// `nlohmann_json::nlohmann_json`). The wire format lives in moa/backends/openai/protocol.hpp and
+/// the errors in moa/backends/openai/errors.hpp; see docs/HTTP.md for the whole story.
+///
+/// | concern      | behaviour                                                                  |
+/// |--------------|----------------------------------------------------------------------------|
+/// | transport    | libcurl, one easy+multi handle pair per concurrent call, pooled and reused |
+/// |              | (keep-alive); the call runs on the caller's thread, no hidden threads     |
+/// | deadline     | request::deadline bounds every attempt and the waits between them         |
+/// | cancellation | request::stop aborts the transfer at once (curl_multi_wakeup)              |
+/// | retries      | connection errors, 429, 5xx: exponential backoff with jitter, Retry-After |
+/// | errors       | http_error (status, server message, request id), context_length_error,     |
+/// |              | timeout_error, cancelled_error                                             |
+
+#include <curl/curl.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "moa/backends/openai/errors.hpp"
+#include "moa/backends/openai/protocol.hpp"
+#include "moa/core/backend.hpp"
+#include "moa/core/error.hpp"
+#include "moa/core/message.hpp"
+#include "moa/exec/result.hpp"
+
+namespace moa {
+
+/// @brief When and how often a failed call is tried again.
+///
+/// Retried: no connection (refused, reset, DNS), HTTP 429 and 5xx, a stream that broke before
+/// its first token. Never retried: other 4xx (the request is wrong; repeating it cannot help), a
+/// context-length error, a stream that already delivered tokens (they reached the callback).
+/// The wait before attempt n+1 is `min(max_backoff, initial_backoff * multiplier^(n-1))`, of
+/// which a random fraction up to `jitter` is taken off (so that clients that failed together do
+/// not retry together), and at least the server's `Retry-After`. No wait passes the request's
+/// deadline: the last error is thrown instead.
+struct retry_policy {
+  int max_attempts = 3;  ///< attempts in all, the first included; 1 disables retries
+  std::chrono::milliseconds initial_backoff{200};
+  std::chrono::milliseconds max_backoff{5000};
+  double multiplier = 2.0;
+  double jitter = 0.5;  ///< in [0, 1]
+  /// A longer Retry-After is not waited for: the error is thrown at once.
+  std::chrono::milliseconds max_retry_after{30000};
+
+  /// The wait after `attempt` failed attempts (attempt >= 1), for a uniform draw `u` in [0, 1).
+  [[nodiscard]] std::chrono::nanoseconds backoff(int attempt, double u) const noexcept {
+    double d = static_cast<double>(std::chrono::nanoseconds(initial_backoff).count());
+    const double cap = static_cast<double>(std::chrono::nanoseconds(max_backoff).count());
+    for (int i = 1; i < attempt && d < cap; ++i) d *= multiplier;
+    d = std::min(d, cap);
+    d *= 1.0 - std::clamp(jitter, 0.0, 1.0) * std::clamp(u, 0.0, 1.0);
+    return std::chrono::nanoseconds(static_cast<std::int64_t>(d));
+  }
+};
+
+/// @brief Settings of an openai_backend.
+struct openai_options {
+  /// Up to and including the API version: moa posts to `{base_url}/chat/completions`.
+  std::string base_url = "http://127.0.0.1:8080/v1";
+  std::string model{};    ///< sent as `model`; omitted when empty (llama.cpp serves one model)
+  std::string api_key{};  ///< sent as `Authorization: Bearer ...`; empty: read api_key_env
+  /// The environment variable holding the key when api_key is empty (nothing sent if unset).
+  std::string api_key_env = "OPENAI_API_KEY";
+  std::string name{};  ///< the name in traces; empty: the model, else the base URL
+  retry_policy retry{};
+  std::chrono::milliseconds connect_timeout{10000};
+  /// Merged into every request body last (JSON merge patch): server-specific parameters such as
+  /// `{"ignore_eos": true, "top_k": 40}`, or overrides of moa's (`null` removes a field).
+  nlohmann::json extra = nlohmann::json::object();
+  bool stream_usage = true;  ///< ask streams for a final usage chunk (stream_options.include_usage)
+  std::size_t max_response_bytes = std::size_t{64} << 20;  ///< a larger answer is an error
+  std::vector<std::string> headers{};                      ///< extra HTTP headers, "Name: value"
+};
+
+namespace openai::detail {
+
+inline void global_init() {
+  // curl_global_init is not thread-safe on every libcurl build: do it once, before any handle.
+  static const bool done = [] {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+      MOA_THROW(backend_error("moa::openai: curl_global_init failed"));
+    return true;
+  }();
+  (void)done;
+}
+
+struct curl_slist_deleter {
+  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
+};
+using header_list = std::unique_ptr<curl_slist, curl_slist_deleter>;
+
+/// A transfer's pair of handles. The multi handle gives the call a poll it can wake (stop) and
+/// bound (deadline); it also keeps the connection cache, so a reused pair reuses its connection.
+struct handle {
+  CURL* easy = curl_easy_init();
+  CURLM* multi = curl_multi_init();
+  handle() {
+    if (!easy || !multi) MOA_THROW(backend_error("moa::openai: cannot create a curl handle"));
+  }
+  handle(const handle&) = delete;
+  handle& operator=(const handle&) = delete;
+  ~handle() {
+    curl_multi_cleanup(multi);
+    curl_easy_cleanup(easy);
+  }
+};
+
+/// What one attempt collects while curl runs its callbacks.
+struct transfer {
+  CURL* easy = nullptr;
+  const openai_options* opt = nullptr;
+  openai::wire_context ctx{};
+  bool want_stream = false;
+  token_callback* on_token = nullptr;
+  clock::time_point started{};
+  clock::time_point first_token{};
+
+  bool decided = false;    // status known and the body's kind chosen
+  bool streaming = false;  // the body is parsed as SSE as it comes
+  std::string body{};      // the whole body when not streaming
+  std::string retry_after{};
+  std::string content_type{};
+  openai::sse_parser sse{};
+  openai::stream_accumulator acc{};
+  std::exception_ptr error{};  // thrown by a parser or the token callback, rethrown after curl
+  bool too_large = false;
+
+  void decide() {
+    decided = true;
+    long status = 0;
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    ctx.status = static_cast<int>(status);
+    // Parse as a stream only a 2xx event stream: an error answer to a stream request is JSON.
+    streaming = want_stream && status >= 200 && status < 300 &&
+                openai::detail::lower(content_type).find("text/event-stream") != std::string::npos;
+    if (streaming) acc = openai::stream_accumulator(ctx);
+  }
+
+  static std::size_t on_write(char* data, std::size_t size, std::size_t n, void* self) noexcept {
+    auto& t = *static_cast<transfer*>(self);
+    const std::string_view bytes(data, size * n);
+    try {
+      if (!t.decided) t.decide();
+      if (t.streaming) {
+        t.sse.feed(bytes, [&t](std::string_view event) {
+          t.acc.on_data(event, [&t](std::string_view token) {
+            if (t.first_token == clock::time_point{}) t.first_token = clock::now();
+            if (t.on_token) (*t.on_token)(token);
+          });
+        });
+      } else {
+        if (t.body.size() + bytes.size() > t.opt->max_response_bytes) {
+          t.too_large = true;
+          return 0;
+        }
+        t.body.append(bytes);
+      }
+    } catch (...) {
+      t.error = std::current_exception();
+      return 0;  // aborts the transfer; the exception is rethrown by the caller
+    }
+    return bytes.size();
+  }
+
+  static std::size_t on_header(char* data, std::size_t size, std::size_t n, void* self) noexcept {
+    auto& t = *static_cast<transfer*>(self);
+    std::string_view line(data, size * n);
+    try {
+      if (line.substr(0, 5) == "HTTP/") {  // a new answer (after 100 Continue): forget the last
+        t.retry_after.clear();
+        t.content_type.clear();
+        return line.size();
+      }
+      const auto colon = line.find(':');
+      if (colon == std::string_view::npos) return line.size();
+      const auto name = openai::detail::lower(line.substr(0, colon));
+      auto value = line.substr(colon + 1);
+      while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+        value.remove_prefix(1);
+      while (!value.empty() &&
+             (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
+        value.remove_suffix(1);
+      if (name == "x-request-id" || name == "request-id")
+        t.ctx.request_id = std::string(value);
+      else if (name == "retry-after")
+        t.retry_after = std::string(value);
+      else if (name == "content-type")
+        t.content_type = std::string(value);
+    } catch (...) {
+      return 0;  // out of memory on a header: abort
+    }
+    return line.size();
+  }
+};
+
+/// Seconds a `Retry-After` value asks for: delta-seconds or an HTTP date; -1 when absent or bad.
+inline double parse_retry_after(const std::string& value) {
+  if (value.empty()) return -1.0;
+  if (std::all_of(value.begin(), value.end(), [](unsigned char c) { return std::isdigit(c); }))
+    return std::strtod(value.c_str(), nullptr);
+  const auto when = curl_getdate(value.c_str(), nullptr);
+  if (when < 0) return -1.0;
+  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  return std::max<double>(0.0, static_cast<double>(when - now));
+}
+
+inline double uniform01() {
+  thread_local std::mt19937_64 gen{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(gen);
+}
+
+}  // namespace openai::detail
+
+/// @brief A backend for an OpenAI-compatible `POST {base_url}/chat/completions` endpoint.
+///
+/// Thread-safe: copies share one pool of connections, and concurrent calls each take their own
+/// pair of curl handles from it (the pool grows to the peak number of concurrent calls). Each call
+/// runs on the calling thread: the client starts no threads of its own (the base URL should name
+/// an IP address or a host in /etc/hosts: libcurl's threaded DNS resolver starts a short-lived
+/// thread per lookup).
+///
+/// @code{.cpp}
+/// moa::openai_backend llama({.base_url = "http://127.0.0.1:8080/v1", .name = "llama"});
+/// moa::openai_backend gpt({.base_url = "https://api.example.com/v1", .model = "gpt-4o-mini",
+///                          .api_key_env = "OPENAI_API_KEY"});
+/// auto pipe = moa::make_pipeline<classic>(llama, gpt, llama);
+/// moa::response r = llama.generate(moa::make_request("Why is the sky blue?"));
+/// @endcode
+class openai_backend {
+ public:
+  explicit openai_backend(openai_options opt = {}) : s_(std::make_shared<shared>(std::move(opt))) {}
+
+  response generate(const request& r) const { return call(r, nullptr); }
+
+  /// Streams the answer: `on_token` receives each piece of content as the server sends it.
+  response generate_stream(const request& r, token_callback on_token) const {
+    return call(r, &on_token);
+  }
+
+  [[nodiscard]] std::string_view name() const noexcept { return s_->name; }
+  [[nodiscard]] const openai_options& options() const noexcept { return s_->opt; }
+  /// The URL requests go to.
+  [[nodiscard]] const std::string& endpoint() const noexcept { return s_->url; }
+
+  /// Counters since construction, shared by copies.
+  struct statistics {
+    std::uint64_t calls = 0;     ///< generate / generate_stream calls
+    std::uint64_t attempts = 0;  ///< HTTP attempts, retries included
+    std::uint64_t retries = 0;   ///< attempts after a retryable failure
+    std::size_t handles = 0;     ///< curl handle pairs created (peak concurrency)
+  };
+  [[nodiscard]] statistics stats() const noexcept {
+    return {s_->calls.load(), s_->attempts.load(), s_->retries.load(), s_->created.load()};
+  }
+
+ private:
+  struct shared {
+    explicit shared(openai_options o) : opt(std::move(o)) {
+      if (opt.retry.max_attempts < 1)
+        MOA_THROW(invalid_argument("moa::openai_backend: retry.max_attempts must be at least 1"));
+      if (opt.base_url.empty())
+        MOA_THROW(invalid_argument(
+            "moa::openai_backend: base_url is empty; give e.g. http://127.0.0.1:8080/v1"));
+      openai::detail::global_init();
+      std::string base = opt.base_url;
+      while (!base.empty() && base.back() == '/') base.pop_back();
+      url = base + "/chat/completions";
+      name = !opt.name.empty() ? opt.name : !opt.model.empty() ? opt.model : base;
+      key = opt.api_key;
+      if (key.empty() && !opt.api_key_env.empty())
+        if (const char* k = std::getenv(opt.api_key_env.c_str())) key = k;
+    }
+
+    std::unique_ptr<openai::detail::handle> acquire() {
+      {
+        std::lock_guard lock(mutex);
+        if (!free.empty()) {
+          auto h = std::move(free.back());
+          free.pop_back();
+          return h;
+        }
+      }
+      created.fetch_add(1, std::memory_order_relaxed);
+      return std::make_unique<openai::detail::handle>();
+    }
+    void release(std::unique_ptr<openai::detail::handle> h) {
+      std::lock_guard lock(mutex);
+      free.push_back(std::move(h));
+    }
+
+    openai_options opt;
+    std::string url, name, key;
+    std::mutex mutex;
+    std::vector<std::unique_ptr<openai::detail::handle>> free;
+    std::atomic<std::uint64_t> calls{0}, attempts{0}, retries{0};
+    std::atomic<std::size_t> created{0};
+  };
+
+  // Returns the handle to the pool on every path, exceptions included.
+  struct lease {
+    shared& s;
+    std::unique_ptr<openai::detail::handle> h;
+    ~lease() {
+      if (h) s.release(std::move(h));
+    }
+  };
+
+  [[noreturn]] void throw_timeout(int attempts) const {
+    MOA_THROW(timeout_error("moa::openai: " + s_->url + ": no complete answer before the call's " +
+                            "deadline (after " + std::to_string(attempts) +
+                            " attempt(s)); raise the run's call_timeout or lower max_tokens"));
+  }
+  [[noreturn]] void throw_cancelled() const {
+    MOA_THROW(cancelled_error("moa::openai: " + s_->url + ": the call was cancelled"));
+  }
+
+  response call(const request& r, token_callback* on_token) const {
+    s_->calls.fetch_add(1, std::memory_order_relaxed);
+    const std::string body = openai::build_request_body(r, s_->opt.model, on_token != nullptr,
+                                                        s_->opt.extra, s_->opt.stream_usage);
+    const auto& policy = s_->opt.retry;
+    for (int attempt = 1;; ++attempt) {
+      if (r.stop.stop_requested()) throw_cancelled();
+      if (clock::now() >= r.deadline) throw_timeout(attempt - 1);
+      s_->attempts.fetch_add(1, std::memory_order_relaxed);
+      std::size_t delivered = 0;
+      try {
+        return attempt_once(r, body, on_token, delivered);
+      } catch (const http_error& e) {
+        auto info = e.info();
+        info.attempts = attempt;
+        const bool again = e.retryable() && delivered == 0 && attempt < policy.max_attempts;
+        auto wait = policy.backoff(attempt, openai::detail::uniform01());
+        if (info.retry_after_s >= 0) {
+          const auto ra = std::chrono::duration<double>(info.retry_after_s);
+          if (ra > policy.max_retry_after) rethrow(std::move(info));
+          wait = std::max(wait, std::chrono::duration_cast<std::chrono::nanoseconds>(ra));
+        }
+        if (!again || clock::now() + wait >= r.deadline) rethrow(std::move(info));
+        s_->retries.fetch_add(1, std::memory_order_relaxed);
+        sleep_until(clock::now() + wait, r.stop);
+      }
+    }
+  }
+
+  [[noreturn]] static void rethrow(http_error_info info) {
+    if (info.kind == http_failure::context_length) MOA_THROW(context_length_error(std::move(info)));
+    MOA_THROW(http_error(std::move(info)));
+  }
+
+  void sleep_until(clock::time_point until, const std::stop_token& stop) const {
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::unique_lock lock(m);
+    cv.wait_until(lock, stop, until, [] { return false; });
+    if (stop.stop_requested()) throw_cancelled();
+  }
+
+  response attempt_once(const request& r, const std::string& body, token_callback* on_token,
+                        std::size_t& delivered) const {
+    lease l{*s_, s_->acquire()};
+    CURL* easy = l.h->easy;
+    CURLM* multi = l.h->multi;
+    const auto& opt = s_->opt;
+
+    openai::detail::transfer t;
+    t.easy = easy;
+    t.opt = &opt;
+    t.ctx.url = s_->url;
+    t.want_stream = on_token != nullptr;
+    t.on_token = on_token;
+    t.started = clock::now();
+
+    openai::detail::header_list headers;
+    auto add_header = [&headers](const std::string& h) {
+      curl_slist* next = curl_slist_append(headers.get(), h.c_str());
+      if (!next) MOA_THROW(backend_error("moa::openai: out of memory building headers"));
+      (void)headers.release();
+      headers.reset(next);
+    };
+    add_header("Content-Type: application/json");
+    add_header(t.want_stream ? "Accept: text/event-stream" : "Accept: application/json");
+    add_header("Expect:");  // no 100-continue round trip for large prompts
+    if (!s_->key.empty()) add_header("Authorization: Bearer " + s_->key);
+    for (const auto& h : opt.headers) add_header(h);
+
+    curl_easy_reset(easy);
+    curl_easy_setopt(easy, CURLOPT_URL, s_->url.c_str());
+    curl_easy_setopt(easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers.get());
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &openai::detail::transfer::on_write);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &t);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &openai::detail::transfer::on_header);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, &t);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);  // signals and threads do not mix
+    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");  // whatever the build decodes
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     static_cast<long>(std::max<std::int64_t>(1, opt.connect_timeout.count())));
+    char curl_message[CURL_ERROR_SIZE] = {};
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, curl_message);
+
+    if (curl_multi_add_handle(multi, easy) != CURLM_OK)
+      MOA_THROW(backend_error("moa::openai: curl_multi_add_handle failed"));
+    struct detach {
+      CURLM* m;
+      CURL* e;
+      ~detach() { curl_multi_remove_handle(m, e); }
+    } detach_guard{multi, easy};
+
+    // A stop request wakes the poll below at once, from whatever thread requests it.
+    std::stop_callback wake(r.stop, [multi] { curl_multi_wakeup(multi); });
+    CURLcode result = CURLE_OK;
+    for (;;) {
+      int running = 0;
+      if (const auto mc = curl_multi_perform(multi, &running); mc != CURLM_OK)
+        MOA_THROW(backend_error(std::string("moa::openai: curl_multi_perform: ") +
+                                curl_multi_strerror(mc)));
+      if (running == 0) {
+        int left = 0;
+        while (CURLMsg* msg = curl_multi_info_read(multi, &left))
+          if (msg->msg == CURLMSG_DONE) result = msg->data.result;
+        break;
+      }
+      delivered = t.acc.chunks();
+      if (r.stop.stop_requested()) throw_cancelled();
+      const auto now = clock::now();
+      if (now >= r.deadline) throw_timeout(1);
+      // Wake at least every second even without traffic, and at the deadline.
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(r.deadline - now);
+      const int wait_ms = static_cast<int>(std::clamp<std::int64_t>(left.count() + 1, 1, 1000));
+      curl_multi_poll(multi, nullptr, 0, wait_ms, nullptr);
+    }
+    delivered = t.acc.chunks();
+    if (t.error) std::rethrow_exception(t.error);
+    if (r.stop.stop_requested()) throw_cancelled();
+    if (!t.decided && result == CURLE_OK) t.decide();  // an empty body
+
+    if (t.too_large) {
+      auto info = openai::detail::info_from(t.ctx, http_failure::too_large,
+                                            std::to_string(opt.max_response_bytes) + " bytes");
+      MOA_THROW(http_error(std::move(info)));
+    }
+    if (result != CURLE_OK) {
+      if (result == CURLE_OPERATION_TIMEDOUT && clock::now() >= r.deadline) throw_timeout(1);
+      std::string what = curl_message[0] ? curl_message : curl_easy_strerror(result);
+      // A broken stream that already delivered content is cut, not a connection problem to
+      // retry: what was delivered cannot be taken back.
+      const bool cut = t.streaming && t.acc.chunks() > 0;
+      if (!cut && !retryable_curl(result))  // a bad URL, an unsupported scheme: not transient
+        MOA_THROW(backend_error("moa::openai: " + s_->url + ": " + what + " (curl error " +
+                                std::to_string(static_cast<int>(result)) +
+                                "); check base_url and the options"));
+      auto info = openai::detail::info_from(
+          t.ctx, cut ? http_failure::stream_cut : http_failure::connection,
+          what + " (curl error " + std::to_string(static_cast<int>(result)) + ")");
+      if (!t.decided) info.status = 0;
+      MOA_THROW(http_error(std::move(info)));
+    }
+
+    response out;
+    if (t.ctx.status < 200 || t.ctx.status >= 300) {
+      openai::throw_status_error(t.body, t.ctx, 1,
+                                 openai::detail::parse_retry_after(t.retry_after));
+    } else if (t.streaming) {
+      // An event left open at the end (no blank line after it) is not dispatched: if it was
+      // the last, the accumulator reports the stream as cut.
+      out = t.acc.finish();
+      if (t.first_token != clock::time_point{})
+        out.timings.time_to_first_token = t.first_token - t.started;
+    } else {
+      out = openai::parse_response(t.body, t.ctx);
+      if (on_token && !out.text.empty()) (*on_token)(out.text);  // the server did not stream
+    }
+    out.timings.generation = clock::now() - t.started;
+    if (out.model.empty()) out.model = s_->name;
+    return out;
+  }
+
+  static bool retryable_curl(CURLcode c) noexcept {
+    switch (c) {
+      case CURLE_COULDNT_RESOLVE_HOST:
+      case CURLE_COULDNT_RESOLVE_PROXY:
+      case CURLE_COULDNT_CONNECT:
+      case CURLE_OPERATION_TIMEDOUT:  // the connect timeout, the deadline being still ahead
+      case CURLE_SEND_ERROR:
+      case CURLE_RECV_ERROR:
+      case CURLE_GOT_NOTHING:
+      case CURLE_PARTIAL_FILE:
+      case CURLE_SSL_CONNECT_ERROR:
+      case CURLE_HTTP2:
+      case CURLE_HTTP2_STREAM:
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  std::shared_ptr<shared> s_;
+};
+
+static_assert(StreamingBackend<openai_backend>);
+static_assert(NamedBackend<openai_backend>);
+
+namespace openai {
+
+/// @brief Token usage of a run, per model (the backend name in the trace) and in all.
+struct usage_report {
+  struct entry {
+    std::string model;
+    moa::usage usage{};
+    std::size_t calls = 0;  ///< calls of the run on this model
+  };
+  std::vector<entry> per_model;  ///< in order of first appearance in the trace
+  moa::usage total{};
+};
+
+/// @brief Sums the usage the servers reported, per model (backend name) and for the run.
+inline usage_report summarize_usage(const result& r) {
+  usage_report out;
+  for (const auto& call : r.trace) {
+    auto it = std::find_if(out.per_model.begin(), out.per_model.end(),
+                           [&](const auto& e) { return e.model == call.backend_name; });
+    if (it == out.per_model.end()) {
+      out.per_model.push_back({call.backend_name, {}, 0});
+      it = std::prev(out.per_model.end());
+    }
+    it->usage += call.usage;
+    ++it->calls;
+    out.total += call.usage;
+  }
+  return out;
+}
+
+}  // namespace openai
+
+}  // namespace moa

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// A one-thread HTTP server on 127.0.0.1 that answers each request with the next scripted reply:
+// recorded llama-server bodies (tests/fixtures/openai) under statuses and framings that a healthy
+// local server will not produce on demand (429 with Retry-After, 503, a connection cut mid-stream,
+// silence). It only replays bytes; everything else is the real client and libcurl.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace moa_test {
+
+inline std::string read_fixture(const std::string& name) {
+  std::ifstream in(std::string(MOA_OPENAI_FIXTURES) + "/" + name, std::ios::binary);
+  if (!in) throw std::runtime_error("missing fixture " + name);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+/// One scripted answer.
+struct reply {
+  std::string head{};      // status line and headers, without the blank line
+  std::string body{};      // sent after the headers
+  std::size_t cut_at = 0;  // > 0: close the connection after this many body bytes
+  bool hang = false;       // send nothing; wait until the client goes away or the server stops
+  std::chrono::milliseconds delay{0};  // before answering
+};
+
+/// A complete answer with Content-Length and Connection: close.
+inline reply http(int status, std::string body, std::string headers = {},
+                  std::string type = "application/json") {
+  std::string head = "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Type: " + type +
+                     "\r\nContent-Length: " + std::to_string(body.size()) +
+                     "\r\nConnection: close\r\n" + headers;
+  return {std::move(head), std::move(body)};
+}
+
+/// An event stream framed by the end of the connection (no length), as some servers do.
+inline reply sse(std::string body, std::size_t cut_at = 0) {
+  return {"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n",
+          std::move(body), cut_at};
+}
+
+/// An event stream in one HTTP chunk, as llama-server does; `cut_at` breaks the chunk framing.
+inline reply chunked_sse(const std::string& body, std::size_t cut_at = 0) {
+  std::ostringstream hex;
+  hex << std::hex << body.size();
+  return {
+      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+      "Connection: close\r\n",
+      hex.str() + "\r\n" + body + "\r\n0\r\n\r\n", cut_at};
+}
+
+class replay_server {
+ public:
+  explicit replay_server(std::vector<reply> script) : script_(std::move(script)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    socklen_t len = sizeof addr;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::listen(fd_, 16) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len))
+      throw std::runtime_error("replay_server: cannot listen on 127.0.0.1");
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  replay_server(const replay_server&) = delete;
+  replay_server& operator=(const replay_server&) = delete;
+  ~replay_server() {
+    stop_.store(true);
+    thread_.join();
+    ::close(fd_);
+  }
+
+  [[nodiscard]] std::string base_url() const {
+    return "http://127.0.0.1:" + std::to_string(port_) + "/v1";
+  }
+  [[nodiscard]] int requests() const { return served_.load(); }
+  [[nodiscard]] std::string last_request() const {
+    std::lock_guard lock(mutex_);
+    return last_;
+  }
+
+ private:
+  bool wait_readable(int fd, int ms) const {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, ms) > 0;
+  }
+
+  void serve() {
+    while (!stop_.load()) {
+      if (!wait_readable(fd_, 20)) continue;
+      const int c = ::accept(fd_, nullptr, nullptr);
+      if (c < 0) continue;
+      handle(c);
+      ::close(c);
+    }
+  }
+
+  void handle(int c) {
+    // Read the request: headers, then Content-Length bytes (bounded: 100 x 20 ms idle).
+    std::string in;
+    char buf[4096];
+    std::size_t need = std::string::npos;
+    for (int idle = 0; idle < 100 && !stop_.load();) {
+      if (need != std::string::npos && in.size() >= need) break;
+      if (!wait_readable(c, 20)) {
+        ++idle;
+        continue;
+      }
+      const auto n = ::recv(c, buf, sizeof buf, 0);
+      if (n <= 0) return;
+      in.append(buf, static_cast<std::size_t>(n));
+      if (need == std::string::npos) {
+        const auto end = in.find("\r\n\r\n");
+        if (end == std::string::npos) continue;
+        std::size_t length = 0;
+        const auto cl = in.find("Content-Length: ");
+        if (cl != std::string::npos && cl < end) length = std::stoul(in.substr(cl + 16));
+        need = end + 4 + length;
+      }
+    }
+    {
+      std::lock_guard lock(mutex_);
+      last_ = in;
+    }
+    const auto index = static_cast<std::size_t>(served_.fetch_add(1));
+    const reply& r = script_[std::min(index, script_.size() - 1)];
+    if (r.delay.count() > 0) std::this_thread::sleep_for(r.delay);
+    if (r.hang) {
+      // Until the client closes (readable with 0 bytes) or the server stops.
+      while (!stop_.load())
+        if (wait_readable(c, 20) && ::recv(c, buf, sizeof buf, 0) <= 0) return;
+      return;
+    }
+    std::string out = r.head + "\r\n" + (r.cut_at > 0 ? r.body.substr(0, r.cut_at) : r.body);
+    std::size_t sent = 0;
+    while (sent < out.size()) {
+      const auto n = ::send(c, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      sent += static_cast<std::size_t>(n);
+    }
+  }
+
+  std::vector<reply> script_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> served_{0};
+  mutable std::mutex mutex_;
+  std::string last_;
+  std::thread thread_;
+};
+
+}  // namespace moa_test

@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -21,6 +22,9 @@
 #include <moa/swarm/search.hpp>
 #include <moa/topology/dag.hpp>
 #include <nlohmann/json.hpp>
+#if MOA_CLI_OPENAI
+#include <moa/backends/openai.hpp>
+#endif
 
 #include "cli/planted_swarm.hpp"
 
@@ -39,7 +43,34 @@ struct search_settings {
   std::string json_path = "-";
   std::string dot_path{};
   bool quiet = false;
+  // Real endpoints: one model per endpoint, scored on a dataset of (prompt, reference) pairs.
+  std::vector<std::string> endpoints{};
+  std::string model{};
+  std::string api_key_env = "OPENAI_API_KEY";
+  int max_tokens = 64;
+  std::string dataset_path{};
+  std::string score = "exact";
 };
+
+/// Reads a dataset: one JSON object a line, {"prompt": "...", "reference": "..."}.
+inline std::vector<moa::swarm::example> read_dataset(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw CLI::ValidationError("--dataset", "cannot open " + path);
+  std::vector<moa::swarm::example> data;
+  std::string line;
+  for (std::size_t number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() ||
+        !j.contains("reference") || !j["reference"].is_string())
+      throw CLI::ValidationError("--dataset", path + ":" + std::to_string(number) +
+                                                  ": expected {\"prompt\": \"...\", "
+                                                  "\"reference\": \"...\"} on one line");
+    data.push_back({j["prompt"].get<std::string>(), j["reference"].get<std::string>()});
+  }
+  if (data.empty()) throw CLI::ValidationError("--dataset", path + " holds no examples");
+  return data;
+}
 
 /// The best topology as JSON: nodes (with their models), edges, sink, utility, search stats.
 inline nlohmann::json topology_json(const moa::swarm::topology_search_result& r,
@@ -62,17 +93,51 @@ inline nlohmann::json topology_json(const moa::swarm::topology_search_result& r,
 }
 
 inline void run_search(const search_settings& s) {
-  if (s.models < 1 || s.models > 16)
-    throw CLI::ValidationError("--models", "between 1 and 16 synthetic models");
   std::vector<std::string> names;
-  for (std::size_t i = 0; i < s.models; ++i) names.push_back(model_name(i));
-  planted_swarm bed(s.models, s.plant_seed, names);
+  std::function<double(const moa::dag_topology&)> utility;
+  std::unique_ptr<planted_swarm> bed;
   moa::inline_executor ex;
-  moa::swarm::executor_answerer answer(ex, bed.refs);
-  const std::vector<moa::swarm::example> data = {{"Why is the sky blue?", ""},
-                                                 {"What is 17 * 23?", ""}};
-  moa::swarm::dataset_utility utility(
-      data, answer, [&](std::string_view a, std::string_view) { return bed.score(a); });
+  std::vector<moa::any_backend> remote;
+  std::vector<moa::backend_ref> remote_refs;
+  std::size_t models = s.models;
+  if (!s.endpoints.empty()) {
+#if MOA_CLI_OPENAI
+    if (s.dataset_path.empty())
+      throw CLI::ValidationError("--dataset",
+                                 "a search over --endpoint models needs a dataset to "
+                                 "score topologies on (JSON lines with prompt and "
+                                 "reference)");
+    models = s.endpoints.size();
+    for (std::size_t i = 0; i < models; ++i) {
+      moa::openai_options o;
+      o.base_url = s.endpoints[i];
+      o.model = s.model;
+      o.api_key_env = s.api_key_env;
+      o.name = model_name(i);
+      o.extra = {{"max_tokens", s.max_tokens}};
+      names.push_back(o.name);
+      remote.emplace_back(moa::openai_backend(std::move(o)));
+    }
+    for (std::size_t i = 0; i < models; ++i) remote_refs.emplace_back(remote[i], names[i]);
+    moa::swarm::dataset_utility accuracy(
+        read_dataset(s.dataset_path), moa::swarm::executor_answerer(ex, remote_refs),
+        s.score == "choice" ? moa::swarm::score_fn(moa::swarm::multiple_choice)
+                            : moa::swarm::score_fn(moa::swarm::exact_match));
+    utility = std::move(accuracy);
+#else
+    throw CLI::ValidationError("--endpoint", "this moa was built without libcurl");
+#endif
+  } else {
+    if (s.models < 1 || s.models > 16)
+      throw CLI::ValidationError("--models", "between 1 and 16 synthetic models");
+    for (std::size_t i = 0; i < s.models; ++i) names.push_back(model_name(i));
+    bed = std::make_unique<planted_swarm>(s.models, s.plant_seed, names);
+    const std::vector<moa::swarm::example> data = {{"Why is the sky blue?", ""},
+                                                   {"What is 17 * 23?", ""}};
+    utility = moa::swarm::dataset_utility(
+        data, moa::swarm::executor_answerer(ex, bed->refs),
+        [b = bed.get()](std::string_view a, std::string_view) { return b->score(a); });
+  }
   moa::swarm::topology_search_options opt;
   opt.pso.particles = s.particles;
   opt.pso.max_iterations = s.iterations;
@@ -83,7 +148,7 @@ inline void run_search(const search_settings& s) {
   opt.pso.target_utility = 1.0;
   opt.decode.top_p = s.top_p;
   auto r =
-      moa::swarm::search_topology(s.models, utility, opt, [&](const moa::swarm::pso_progress& p) {
+      moa::swarm::search_topology(models, utility, opt, [&](const moa::swarm::pso_progress& p) {
         if (!s.quiet)
           std::fprintf(
               stderr,
@@ -144,6 +209,25 @@ inline void add_search_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dot", settings->dot_path, "Where to write the best topology as DOT");
   cmd->add_flag("--quiet", settings->quiet, "No progress lines");
+#if MOA_CLI_OPENAI
+  cmd->add_option("--endpoint", settings->endpoints,
+                  "OpenAI-compatible base URL of a model (repeat: one model per endpoint; "
+                  "replaces the synthetic models, needs --dataset)");
+  cmd->add_option("--model", settings->model, "Model name sent to the endpoints");
+  cmd->add_option("--api-key-env", settings->api_key_env,
+                  "Environment variable holding the API key")
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", settings->max_tokens, "Tokens per answer")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--dataset", settings->dataset_path,
+                  "JSON lines {\"prompt\": ..., \"reference\": ...} that score a topology")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--score", settings->score,
+                  "exact (exact match) or choice (multiple-choice letter)")
+      ->check(CLI::IsMember({"exact", "choice"}))
+      ->capture_default_str();
+#endif
   cmd->callback([settings] { run_search(*settings); });
 }
 

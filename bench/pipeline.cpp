@@ -177,7 +177,10 @@ void bm_pool(benchmark::State& state, shape s) {
   per_call_counters(state, f.calls);
 }
 
-// Makespan / critical path with 5 ms constant backends (3 layers x 4 + aggregator: 4 x 5 ms).
+// Makespan / critical path with 5 ms constant backends (3 layers x 4 + aggregator). The critical
+// path is measured, as the issue defines it: the sum over layers of the longest call, plus the
+// aggregator; what the makespan adds to it is the executor's doing (dispatch, wake-ups, joins).
+// The nominal 4 x 5 ms is reported too: the difference is the backend's own sleep overshoot.
 void bm_critical_path(benchmark::State& state) {
   const shape s{"3x4", 3, 4};
   std::vector<moa::synthetic_backend> backends;
@@ -191,15 +194,25 @@ void bm_critical_path(benchmark::State& state) {
   t.layers.assign(s.layers, {0, 1, 2, 3});
   const auto plan = t.make_plan();
   moa::concurrent_executor ex(s.width);
-  double worst = 0, sum = 0;
+  double worst = 0, sum = 0, nominal = 0;
   for (auto _ : state) {
     const auto r = ex.execute(plan, refs, moa::make_request("critical path"));
-    const double ratio = std::chrono::duration<double>(r.elapsed).count() / 0.020;
-    worst = std::max(worst, ratio);
-    sum += ratio;
+    std::map<std::uint32_t, double> longest;  // layer -> longest call, seconds
+    for (const auto& c : r.trace) {
+      const double d = std::chrono::duration<double>(c.duration()).count();
+      longest[c.layer] = std::max(longest[c.layer], d);
+    }
+    double critical = 0;
+    for (const auto& [layer, d] : longest) critical += d;
+    const double makespan = std::chrono::duration<double>(r.elapsed).count();
+    worst = std::max(worst, makespan / critical);
+    sum += makespan / critical;
+    nominal += makespan / 0.020;
   }
-  state.counters["makespan_over_critical_path"] = sum / double(state.iterations());
+  const auto n = double(state.iterations());
+  state.counters["makespan_over_critical_path"] = sum / n;
   state.counters["worst"] = worst;
+  state.counters["makespan_over_nominal_20ms"] = nominal / n;
 }
 
 // Prints each moa figure next to the baselines of the same shape.

@@ -119,13 +119,26 @@ struct network_options {
   }
 };
 
+/// The configured network, loaded and checked, with its analytic report: what both commands
+/// start from.
+struct analysed_network {
+  Eigen::VectorXd lambda;
+  Eigen::VectorXd alpha;
+  Eigen::MatrixXd inclusion;
+  moa::queueing::stability_report report;
+
+  explicit analysed_network(network_options& o)
+      : lambda((o.load(), o.per_device(o.lambda, "lambda"))),
+        alpha(o.per_device(o.alpha, "alpha")),
+        inclusion(o.inclusion()),
+        report(moa::queueing::analyse(lambda, alpha,
+                                      moa::queueing::gossip_visits(o.layers, inclusion))) {}
+};
+
 inline void stability_command(network_options& o, const std::string& format) {
-  o.load();
   namespace q = moa::queueing;
-  const Eigen::VectorXd lambda = o.per_device(o.lambda, "lambda");
-  const Eigen::VectorXd alpha = o.per_device(o.alpha, "alpha");
-  const Eigen::MatrixXd p = o.inclusion();
-  const auto r = q::analyse(lambda, alpha, q::gossip_visits(o.layers, p));
+  const analysed_network net(o);
+  const auto& [lambda, alpha, p, r] = net;
   const double scv = o.model(1.0).scv();
   if (format == "json") {
     auto j = q::to_json(r);
@@ -173,12 +186,9 @@ struct simulate_options {
 };
 
 inline void simulate_command(network_options& o, const simulate_options& s) {
-  o.load();
   namespace q = moa::queueing;
-  const Eigen::VectorXd lambda = o.per_device(o.lambda, "lambda");
-  const Eigen::VectorXd alpha = o.per_device(o.alpha, "alpha");
-  const Eigen::MatrixXd p = o.inclusion();
-  const auto base = q::analyse(lambda, alpha, q::gossip_visits(o.layers, p));
+  const analysed_network net(o);
+  const auto& [lambda, alpha, p, base] = net;
   std::vector<double> scales{1.0};
   if (!s.sweep.empty()) {
     double from = 0, to = 0;

@@ -22,12 +22,27 @@ started=$SECONDS
 
 stage() { printf '\n=== %s (%ds elapsed) ===\n' "$1" $((SECONDS - started)); }
 
+# Totals over every ctest run, printed at the end as "N passed, N failed".
+passed=0
+failed=0
+run_ctest() {  # dir, ctest arguments...
+  local dir=$1 log
+  shift
+  log="$dir/ctest-output.log"
+  (cd "$dir" && ctest -j "$jobs" --output-on-failure --timeout 600 "$@") | tee "$log"
+  local total bad
+  total=$(sed -n 's/.* tests failed out of \([0-9]*\)$/\1/p' "$log" | tail -1)
+  bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of.*/\1/p' "$log" | tail -1)
+  passed=$((passed + ${total:-0} - ${bad:-0}))
+  failed=$((failed + ${bad:-0}))
+}
+
 build_and_test() {  # name, ctest label filter, cmake options...
   local name=$1 exclude=$2
   shift 2
   cmake -S . -B "build/$name" -G Ninja "$@" >/dev/null
   cmake --build "build/$name" -j "$jobs"
-  (cd "build/$name" && ctest -j "$jobs" --output-on-failure --timeout 600 ${exclude:+-LE "$exclude"})
+  run_ctest "build/$name" ${exclude:+-LE "$exclude"}
 }
 
 for s in $stages; do
@@ -64,7 +79,7 @@ for s in $stages; do
         -DMOA_DEV_SANITIZE=address -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF \
         -DMOA_LLAMA_DIR="$(bash scripts/llama-server.sh dir)" >/dev/null
       cmake --build build/llama -j "$jobs" --target moa_openai_llama_tests openai_moa moa_cli
-      (cd build/llama && ctest -j "$jobs" --output-on-failure --timeout 600 -L llama)
+      run_ctest build/llama -L llama
       ;;
     fuzz)
       stage "libFuzzer on the HTTP backend's parsers (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
@@ -85,3 +100,4 @@ for s in $stages; do
   esac
 done
 stage "all stages passed"
+echo "moa: $passed passed, $failed failed"

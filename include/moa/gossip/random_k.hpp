@@ -2,14 +2,27 @@
 #pragma once
 
 /// @file
-/// Gossip strategies.
+/// Gossip strategies: the catalogue. Each has a runtime form (k, and its data, given at run
+/// time) and a compile-time form (k in the type, for moa::gossip_topology's checks).
 ///
-/// | strategy          | picks                                    | when to use                   |
-/// |-------------------|------------------------------------------|-------------------------------|
-/// | `uniform_gossip`  | k distinct peers uniformly among n - 1   | the paper's protocol; equal
-/// devices | | `random_k<K>`     | the same, with k fixed at compile time   | static topologies |
+/// | runtime (header)                    | compile time       | picks per layer               |
+/// |-------------------------------------|--------------------|-------------------------------|
+/// | `uniform_gossip` (random_k.hpp)     | `random_k<K>`      | k uniformly among the n - 1   |
+/// | `graph_gossip` (graph.hpp)          | `neighbours_k<K>`  | k of the origin's neighbours  |
+/// | `round_robin_gossip` (round_robin)  | `round_robin_k<K>` | the next k in cyclic order    |
+/// | `least_loaded_gossip` (load_aware)  | `power_of_d<K, D>` | k shortest queues of d drawn  |
+/// | `queueing::matrix_gossip`           | -                  | by inclusion probabilities    |
 ///
-/// More strategies (graph neighbours, round-robin, load-aware) live beside these.
+/// When to use:
+/// - uniform: the paper's protocol; equal devices and equal users; what the closed-form
+///   stability analysis assumes;
+/// - graph: devices that can only reach some others (radio range, regions);
+/// - round robin: equal devices, and the fewest surprises (no sampling noise in the load);
+/// - load aware: devices of different speeds, or bursty users: steers calls away from long
+///   queues and can reach the capacity bound where uniform gossip is bound by the slowest device;
+/// - matrix: a static steering computed offline (for example from the traffic equations).
+///
+/// moa/gossip/strategies.hpp includes them all.
 
 #include <cstddef>
 #include <cstdint>

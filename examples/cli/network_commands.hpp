@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// `moa network`: the in-process network on synthetic models, per-device statistics against the
+// analytic prediction. `moa device`: one device process of the ZeroMQ network (built when the
+// program is compiled with MOA_CLI_ZMQ=1, i.e. cppzmq was found).
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <moa/backends/synthetic.hpp>
+#include <moa/gossip/strategies.hpp>
+#include <moa/net/network.hpp>
+#include <moa/queueing/formulas.hpp>
+#include <moa/queueing/stability.hpp>
+#if MOA_CLI_ZMQ
+#include <atomic>
+#include <csignal>
+#include <stop_token>
+#include <thread>
+
+#include <moa/net/zmq_device.hpp>
+#endif
+
+namespace moa::cli {
+
+struct network_settings {
+  std::uint32_t devices = 4;
+  std::uint32_t layers = 2;
+  std::size_t k = 2;
+  std::vector<double> alpha_ms{1.0};  // one for all, or one per device
+  double load = 0.8;                  // fraction of the uniform-gossip stability limit
+  double lambda = 0;                  // per user per ms; overrides load when > 0
+  std::size_t prompts = 2000;
+  std::string gossip = "uniform";
+  std::string latency = "constant";
+  std::size_t capacity = 0;
+  std::uint64_t seed = 1;
+};
+
+template <class Run>
+auto with_gossip(const std::string& name, std::size_t k, Run&& run) {
+  if (name == "round-robin") return run(moa::round_robin_gossip(k));
+  if (name == "least-loaded") return run(moa::least_loaded_gossip{k, 0});
+  if (name == "power-of-2")
+    return run(moa::least_loaded_gossip{k, std::max<std::size_t>(k + 1, 2)});
+  return run(moa::uniform_gossip{k});
+}
+
+inline int network_command(const network_settings& s) {
+  const std::uint32_t n = s.devices;
+  std::vector<double> alpha(n);
+  for (std::uint32_t i = 0; i < n; ++i)
+    alpha[i] = s.alpha_ms.size() == 1 ? s.alpha_ms[0] : s.alpha_ms.at(i);
+  if (s.alpha_ms.size() != 1 && s.alpha_ms.size() != n)
+    throw moa::invalid_argument("--alpha-ms has " + std::to_string(s.alpha_ms.size()) +
+                                " values for " + std::to_string(n) +
+                                " devices; give one for all or one per device");
+  const double limit = moa::queueing::heterogeneous_limit(s.layers, s.k, alpha);
+  const double lambda = s.lambda > 0 ? s.lambda : s.load * limit;
+  std::vector<double> rates(n, lambda);
+  std::vector<double> rho(n);
+  const auto verdict = moa::queueing::uniform_stability(n, s.layers, s.k, rates, alpha, rho);
+  const double scv = s.latency == "exponential" ? 1.0 : 0.0;
+
+  std::vector<moa::any_backend> models;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const auto mean = std::chrono::nanoseconds(static_cast<std::int64_t>(alpha[i] * 1e6));
+    models.emplace_back(
+        moa::synthetic_backend({.name = "d" + std::to_string(i),
+                                .latency = scv > 0 ? moa::latency_model::exponential(mean)
+                                                   : moa::latency_model::constant(mean),
+                                .seed = s.seed + i}));
+  }
+  const auto arrivals = moa::net::poisson_arrivals(rates, s.prompts, s.seed);
+  moa::net::network_options opt;
+  opt.layers = s.layers;
+  opt.device.capacity = s.capacity;
+  opt.seed = s.seed;
+  opt.keep_records = false;
+  std::cout << "network: n=" << n << " M=" << s.layers << " k=" << s.k << " gossip=" << s.gossip
+            << ", lambda=" << lambda << " per user per ms (" << lambda / limit
+            << " x the uniform limit " << limit << "), " << s.prompts << " prompts\n";
+  const auto r = with_gossip(s.gossip, s.k, [&](auto g) {
+    moa::net::network<decltype(g)> net(std::move(models), g, opt);
+    return net.run(arrivals);
+  });
+  std::cout << std::fixed << std::setprecision(3);
+  std::cout << "device  rho(uniform)  util(live)  L(M/G/1)  L(live)  served  refused  max queue\n";
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const auto& d = r.devices[i];
+    const double arrival = rho[i] / alpha[i];
+    const auto q = moa::queueing::mg1(arrival, alpha[i], scv);
+    std::cout << std::setw(6) << i << std::setw(14) << rho[i] << std::setw(12) << d.utilisation
+              << std::setw(10) << q.number_in_system << std::setw(9) << d.mean_queue << std::setw(8)
+              << d.completed << std::setw(9) << d.refused << std::setw(11) << d.max_in_system
+              << '\n';
+  }
+  std::cout << "prompts: " << r.submitted << " submitted, " << r.complete << " complete, "
+            << r.degraded << " degraded, " << r.failed << " failed; refusals " << r.refusals
+            << ", re-routed " << r.reroutes << '\n'
+            << "latency: mean " << r.mean_latency << " ms, max " << r.max_latency
+            << " ms; throughput " << r.throughput << " prompts/ms over " << r.window << " ms\n"
+            << "analytic (uniform gossip): " << (verdict.stable ? "STABLE" : "UNSTABLE")
+            << ", bottleneck device " << verdict.bottleneck << " at rho " << verdict.max_utilisation
+            << '\n';
+  return r.accounted() ? 0 : 1;
+}
+
+/// Adds `moa network`.
+inline void add_network_command(CLI::App& app, int& exit_code) {
+  auto s = std::make_shared<network_settings>();
+  auto* cmd = app.add_subcommand(
+      "network",
+      "Runs the in-process network (n devices, synthetic models, millisecond service times) and "
+      "prints per-device statistics against the analytic prediction");
+  cmd->add_option("-n,--devices", s->devices, "Devices")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("-M,--layers", s->layers, "Layers")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("-k,--fanout", s->k, "Peers per layer")->capture_default_str();
+  cmd->add_option("--alpha-ms", s->alpha_ms, "Mean service time in ms (one, or one per device)")
+      ->capture_default_str()
+      ->delimiter(',');
+  cmd->add_option("--load", s->load, "Fraction of the uniform stability limit")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--lambda", s->lambda, "Prompts per user per ms (overrides --load)");
+  cmd->add_option("--prompts", s->prompts, "Prompts in all")->capture_default_str();
+  cmd->add_option("--gossip", s->gossip, "uniform, round-robin, least-loaded or power-of-2")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"uniform", "round-robin", "least-loaded", "power-of-2"}));
+  cmd->add_option("--latency", s->latency, "constant or exponential service times")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"constant", "exponential"}));
+  cmd->add_option("--capacity", s->capacity, "Queue capacity per device (0: unbounded)")
+      ->capture_default_str();
+  cmd->add_option("--seed", s->seed, "Seed")->capture_default_str();
+  cmd->callback([s, &exit_code] { exit_code = network_command(*s); });
+}
+
+#if MOA_CLI_ZMQ
+struct device_settings {
+  std::uint32_t index = 0;
+  std::vector<std::string> addresses;
+  std::string bind;
+  std::uint32_t layers = 2;
+  std::size_t k = 2;
+  std::string gossip = "uniform";
+  double alpha_ms = 1.0;
+  std::string latency = "constant";
+  std::size_t capacity = 0;
+  double peer_timeout_ms = 5000;
+  double dead_after_ms = 1000;
+  std::uint64_t seed = 1;
+};
+
+// Set by SIGTERM/SIGINT; a watcher thread turns it into a stop request (a signal handler may
+// only touch lock-free atomics).
+inline std::atomic<bool>& device_signalled() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+inline int device_command(const device_settings& s) {
+  const auto mean = std::chrono::nanoseconds(static_cast<std::int64_t>(s.alpha_ms * 1e6));
+  moa::synthetic_backend model({.name = "d" + std::to_string(s.index),
+                                .latency = s.latency == "exponential"
+                                               ? moa::latency_model::exponential(mean)
+                                               : moa::latency_model::constant(mean),
+                                .seed = s.seed + s.index});
+  moa::net::zmq_device_options opt;
+  opt.index = s.index;
+  opt.addresses = s.addresses;
+  opt.bind = s.bind;
+  opt.layers = s.layers;
+  opt.device.capacity = s.capacity;
+  opt.peer_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.peer_timeout_ms));
+  opt.dead_after = std::chrono::milliseconds(static_cast<std::int64_t>(s.dead_after_ms));
+  opt.seed = s.seed;
+  std::signal(SIGTERM, [](int) { device_signalled().store(true); });
+  std::signal(SIGINT, [](int) { device_signalled().store(true); });
+  std::stop_source stop;
+  std::jthread watcher([&stop](std::stop_token st) {
+    while (!st.stop_requested() && !device_signalled().load())
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    stop.request_stop();
+  });
+  std::cerr << "moa device " << s.index << ": serving at " << s.addresses.at(s.index) << " with "
+            << s.addresses.size() - 1 << " peers" << std::endl;
+  with_gossip(s.gossip, s.k, [&](auto g) {
+    moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
+    dev.run(stop.get_token());
+    return 0;
+  });
+  std::cerr << "moa device " << s.index << ": stopped" << std::endl;
+  return 0;
+}
+
+/// Adds `moa device`.
+inline void add_device_command(CLI::App& app, int& exit_code) {
+  auto s = std::make_shared<device_settings>();
+  auto* cmd = app.add_subcommand(
+      "device",
+      "Runs one device of a ZeroMQ network of processes: its synthetic model, its address and "
+      "its peers' (every device's endpoint, in order; this one is --index)");
+  cmd->add_option("--index", s->index, "This device's position in --peers")->required();
+  cmd->add_option("--peers", s->addresses, "Every device's endpoint, e.g. tcp://10.0.0.7:5550")
+      ->required()
+      ->delimiter(',');
+  cmd->add_option("--bind", s->bind,
+                  "Endpoint to bind (default: this device's, e.g. tcp://*:5550)");
+  cmd->add_option("-M,--layers", s->layers, "Layers")->capture_default_str();
+  cmd->add_option("-k,--fanout", s->k, "Peers per layer")->capture_default_str();
+  cmd->add_option("--gossip", s->gossip, "uniform, round-robin, least-loaded or power-of-2")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"uniform", "round-robin", "least-loaded", "power-of-2"}));
+  cmd->add_option("--alpha-ms", s->alpha_ms, "Mean service time of the model (ms)")
+      ->capture_default_str();
+  cmd->add_option("--latency", s->latency, "constant or exponential")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"constant", "exponential"}));
+  cmd->add_option("--capacity", s->capacity, "Queue capacity (0: unbounded)")
+      ->capture_default_str();
+  cmd->add_option("--peer-timeout-ms", s->peer_timeout_ms, "Per-peer deadline")
+      ->capture_default_str();
+  cmd->add_option("--dead-after-ms", s->dead_after_ms, "Silence after which a peer is dead")
+      ->capture_default_str();
+  cmd->add_option("--seed", s->seed, "Seed")->capture_default_str();
+  cmd->callback([s, &exit_code] { exit_code = device_command(*s); });
+}
+#endif
+
+}  // namespace moa::cli

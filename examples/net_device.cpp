@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: MIT
+// moa_device: one device of a ZeroMQ network of processes, the same as `moa device`, as a program
+// of its own (what tests/network_processes.cpp starts, and what a deployment runs per host).
+//
+//   host A: moa_device device --index 0 --peers tcp://A:5550,tcp://B:5550 --bind tcp://*:5550
+//   host B: moa_device device --index 1 --peers tcp://A:5550,tcp://B:5550 --bind tcp://*:5550
+//
+//       +----------+   call / answer / refused / ping   +----------+
+//       | device 0 | <--------------------------------> | device 1 |   ... no coordinator
+//       +----------+                                    +----------+
+//            ^ submit / result / stats / stop (clients)
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "cli/network_commands.hpp"
+
+// libzmq is not built with ThreadSanitizer: the synchronisation inside its I/O threads is
+// invisible to TSan, which then reports races inside libzmq (eventfd/epoll) that are not there.
+// Our own data never crosses threads through ZeroMQ without a mutex (see zmq_device.hpp).
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+extern "C" const char* __tsan_default_suppressions() {
+  return "called_from_lib:libzmq.so.5\nrace:libzmq.so.5\n";
+}
+#endif
+#endif
+
+int main(int argc, char** argv) {
+  CLI::App app{"moa_device: one device of a ZeroMQ network of MoA devices"};
+  app.require_subcommand(1);
+  int exit_code = 0;
+  moa::cli::add_device_command(app, exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  } catch (const moa::error& e) {
+    std::cerr << "moa_device: error: " << e.what() << '\n';
+    return 2;
+  } catch (const std::exception& e) {  // zmq::error_t: address in use, bad endpoint
+    std::cerr << "moa_device: error: " << e.what() << '\n';
+    return 2;
+  }
+  return exit_code;
+}

@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// The messages of the ZeroMQ network of processes, and their encoding (JSON through
+/// nlohmann-json; a peer is untrusted input, so decoding validates every field and never throws).
+///
+/// | type      | from -> to        | carries                                                     |
+/// |-----------|-------------------|-------------------------------------------------------------|
+/// | `call`    | origin -> peer    | prompt, origin, call, layer, role, messages, budget_ms      |
+/// | `answer`  | peer -> origin    | prompt, call, status, text, error, usage                    |
+/// | `refused` | peer -> origin    | prompt, call (the peer's queue is full)                     |
+/// | `ping`    | device -> peers   | nothing more: every message carries its sender and its load |
+/// | `submit`  | client -> device  | messages, tag: a prompt born at that device                 |
+/// | `result`  | device -> client  | tag, status, text (the answer), error, missing, latency_ms  |
+/// | `stats`   | client <-> device | request; the reply is a `result` whose text is JSON stats   |
+/// | `stop`    | client -> device  | the device leaves its loop and exits                        |
+///
+/// Every message carries `from` (the sender's device index, or a client's) and `load` (its
+/// number of calls in system): load-aware gossip runs on these, and any message is a heartbeat.
+
+#include <nlohmann/json.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "moa/core/message.hpp"
+#include "moa/exec/result.hpp"
+
+namespace moa::net::wire {
+
+enum class kind : std::uint8_t { call, answer, refused, ping, submit, result, stats, stop };
+
+constexpr std::string_view to_string(kind k) noexcept {
+  constexpr std::string_view names[] = {"call",   "answer", "refused", "ping",
+                                        "submit", "result", "stats",   "stop"};
+  return names[static_cast<std::size_t>(k)];
+}
+
+/// @brief One message of the protocol. Fields a type does not use keep their defaults.
+struct envelope {
+  wire::kind type = kind::ping;
+  std::uint32_t from = 0;
+  std::uint64_t load = 0;
+  std::uint64_t prompt = 0;
+  std::uint32_t origin = 0;
+  std::uint32_t call = 0;
+  std::uint32_t layer = 0;
+  call_role role = call_role::proposer;
+  std::vector<message> messages{};
+  double budget_ms = 0;  ///< call: time the origin still waits for it (0: no deadline)
+  call_status status = call_status::ok;
+  std::string text{};
+  std::string error{};
+  std::uint64_t prompt_tokens = 0, completion_tokens = 0;
+  std::string tag{};
+  std::uint32_t missing = 0;
+  double latency_ms = 0;
+};
+
+inline std::string encode(const envelope& e) {
+  nlohmann::json j = {{"type", to_string(e.type)}, {"from", e.from}, {"load", e.load}};
+  switch (e.type) {
+    case kind::call:
+      j["messages"] = nlohmann::json::array();
+      for (const auto& m : e.messages)
+        j["messages"].push_back({{"role", moa::to_string(m.role)}, {"content", m.content}});
+      j["layer"] = e.layer;
+      j["role"] = moa::to_string(e.role);
+      j["budget_ms"] = e.budget_ms;
+      [[fallthrough]];
+    case kind::answer:
+    case kind::refused:
+      j["prompt"] = e.prompt;
+      j["origin"] = e.origin;
+      j["call"] = e.call;
+      if (e.type == kind::answer) {
+        j["status"] = moa::to_string(e.status);
+        j["text"] = e.text;
+        j["error"] = e.error;
+        j["usage"] = {e.prompt_tokens, e.completion_tokens};
+      }
+      break;
+    case kind::submit:
+      j["messages"] = nlohmann::json::array();
+      for (const auto& m : e.messages)
+        j["messages"].push_back({{"role", moa::to_string(m.role)}, {"content", m.content}});
+      j["tag"] = e.tag;
+      break;
+    case kind::result:
+      j["tag"] = e.tag;
+      j["status"] = e.error.empty() && e.missing == 0 ? "ok"
+                    : e.text.empty()                  ? "failed"
+                                                      : "degraded";
+      j["text"] = e.text;
+      j["error"] = e.error;
+      j["missing"] = e.missing;
+      j["latency_ms"] = e.latency_ms;
+      break;
+    case kind::ping:
+    case kind::stats:
+    case kind::stop:
+      break;
+  }
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+/// @brief A decoded message, or why the bytes are not one.
+struct decoded {
+  std::optional<envelope> message;
+  std::string error;
+};
+
+namespace detail {
+
+template <class T>
+bool take(const nlohmann::json& j, const char* key, T& out, std::string& error) {
+  const auto it = j.find(key);
+  if (it == j.end()) {
+    error = std::string("missing field '") + key + "'";
+    return false;
+  }
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (!it->is_string()) {
+      error = std::string("field '") + key + "' is not a string";
+      return false;
+    }
+    out = it->template get<std::string>();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!it->is_number()) {
+      error = std::string("field '") + key + "' is not a number";
+      return false;
+    }
+    out = it->template get<T>();
+    if (!(out >= 0) || out > 1e12) {
+      error = std::string("field '") + key + "' is out of range";
+      return false;
+    }
+  } else {
+    if (!it->is_number_unsigned() ||
+        it->template get<std::uint64_t>() > std::numeric_limits<T>::max()) {
+      error = std::string("field '") + key + "' is not an unsigned integer in range";
+      return false;
+    }
+    out = static_cast<T>(it->template get<std::uint64_t>());
+  }
+  return true;
+}
+
+inline bool take_messages(const nlohmann::json& j, std::vector<message>& out, std::string& error) {
+  const auto it = j.find("messages");
+  if (it == j.end() || !it->is_array()) {
+    error = "field 'messages' is missing or not an array";
+    return false;
+  }
+  for (const auto& m : *it) {
+    if (!m.is_object()) {
+      error = "a message is not an object";
+      return false;
+    }
+    std::string r, content;
+    if (!take(m, "role", r, error) || !take(m, "content", content, error)) return false;
+    message msg;
+    if (r == "system")
+      msg.role = role::system;
+    else if (r == "user")
+      msg.role = role::user;
+    else if (r == "assistant")
+      msg.role = role::assistant;
+    else {
+      error = "unknown message role '" + r.substr(0, 32) + "'";
+      return false;
+    }
+    msg.content = std::move(content);
+    out.push_back(std::move(msg));
+  }
+  return true;
+}
+
+}  // namespace detail
+
+/// @brief Decodes one message; never throws. Unknown fields are ignored (newer senders).
+inline decoded decode(std::string_view bytes) {
+  decoded out;
+  const auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+  if (j.is_discarded()) return {std::nullopt, "not JSON (or truncated)"};
+  if (!j.is_object()) return {std::nullopt, "not a JSON object"};
+  envelope e;
+  std::string& err = out.error;
+  std::string type;
+  if (!detail::take(j, "type", type, err)) return out;
+  bool known = false;
+  for (int k = 0; k <= int(kind::stop); ++k)
+    if (type == to_string(kind(k))) {
+      e.type = kind(k);
+      known = true;
+    }
+  if (!known) return {std::nullopt, "unknown message type '" + type.substr(0, 32) + "'"};
+  if (!detail::take(j, "from", e.from, err) || !detail::take(j, "load", e.load, err)) return out;
+  const bool per_call = e.type == kind::call || e.type == kind::answer || e.type == kind::refused;
+  if (per_call &&
+      (!detail::take(j, "prompt", e.prompt, err) || !detail::take(j, "origin", e.origin, err) ||
+       !detail::take(j, "call", e.call, err)))
+    return out;
+  if (e.type == kind::call) {
+    std::string r;
+    if (!detail::take_messages(j, e.messages, err) || !detail::take(j, "layer", e.layer, err) ||
+        !detail::take(j, "role", r, err) || !detail::take(j, "budget_ms", e.budget_ms, err))
+      return out;
+    if (r != "proposer" && r != "aggregator") return {std::nullopt, "unknown call role"};
+    e.role = r == "proposer" ? call_role::proposer : call_role::aggregator;
+  }
+  if (e.type == kind::answer) {
+    std::string s;
+    if (!detail::take(j, "status", s, err) || !detail::take(j, "text", e.text, err) ||
+        !detail::take(j, "error", e.error, err))
+      return out;
+    bool found = false;
+    for (int k = 0; k <= int(call_status::skipped); ++k)
+      if (s == moa::to_string(call_status(k))) {
+        e.status = call_status(k);
+        found = true;
+      }
+    if (!found) return {std::nullopt, "unknown call status"};
+    const auto u = j.find("usage");
+    if (u == j.end() || !u->is_array() || u->size() != 2 || !(*u)[0].is_number_unsigned() ||
+        !(*u)[1].is_number_unsigned())
+      return {std::nullopt, "field 'usage' is not a pair of token counts"};
+    e.prompt_tokens = (*u)[0].get<std::uint64_t>();
+    e.completion_tokens = (*u)[1].get<std::uint64_t>();
+  }
+  if (e.type == kind::submit &&
+      (!detail::take_messages(j, e.messages, err) || !detail::take(j, "tag", e.tag, err)))
+    return out;
+  if (e.type == kind::result) {
+    if (!detail::take(j, "tag", e.tag, err) || !detail::take(j, "text", e.text, err) ||
+        !detail::take(j, "error", e.error, err) || !detail::take(j, "missing", e.missing, err) ||
+        !detail::take(j, "latency_ms", e.latency_ms, err))
+      return out;
+  }
+  out.message = std::move(e);
+  return out;
+}
+
+}  // namespace moa::net::wire

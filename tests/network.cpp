@@ -1,0 +1,417 @@
+// SPDX-License-Identifier: MIT
+// Gossip strategies, devices and the in-process network; the live network is checked against the
+// discrete-event simulator on the same configuration.
+//
+// Timing: the live network sleeps through millisecond service times, so these tests measure wall
+// time. They stay robust on loaded CI machines (and under TSan) by comparing the live network
+// with a simulator fed the same arrivals, the same per-prompt plans and the service times the
+// devices really delivered (common random numbers): what remains is the protocol, which is what
+// is under test. Tolerances are statistical and generous elsewhere.
+#include <doctest/doctest.h>
+
+// g++ 12 at -O3 warns falsely on string concatenation inlined from synthetic_backend's
+// constructor (-Wrestrict, GCC PR 105651).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wrestrict"
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <numeric>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "moa/backends/synthetic.hpp"
+#include "moa/gossip/strategies.hpp"
+#include "moa/net/device.hpp"
+#include "moa/net/network.hpp"
+#include "moa/queueing/simulator.hpp"
+#include "moa/queueing/stability.hpp"
+#include "moa/topology/gossip.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+std::vector<std::uint32_t> pick(const auto& g, std::uint32_t origin, std::uint32_t n,
+                                moa::rng& random, std::span<const double> load = {}) {
+  std::vector<std::uint32_t> out(g.fanout());
+  const std::size_t got = g.select({origin, n, 1, &random, load}, out);
+  out.resize(got);
+  return out;
+}
+
+void check_peers(const std::vector<std::uint32_t>& peers, std::uint32_t origin, std::uint32_t n) {
+  std::set<std::uint32_t> seen(peers.begin(), peers.end());
+  CHECK(seen.size() == peers.size());
+  for (auto p : peers) {
+    CHECK(p != origin);
+    CHECK(p < n);
+  }
+}
+
+std::vector<moa::any_backend> synthetic_devices(std::span<const double> service_ms,
+                                                bool exponential = false, std::uint64_t seed = 7) {
+  std::vector<moa::any_backend> out;
+  for (std::size_t i = 0; i < service_ms.size(); ++i) {
+    const auto mean = std::chrono::nanoseconds(std::int64_t(service_ms[i] * 1e6));
+    out.emplace_back(
+        moa::synthetic_backend({.name = "d" + std::to_string(i),
+                                .latency = exponential ? moa::latency_model::exponential(mean)
+                                                       : moa::latency_model::constant(mean),
+                                .seed = seed + i}));
+  }
+  return out;
+}
+
+// Replays the plans a live run used, prompt by prompt, for the simulator (gossip shape: M layers
+// of k + 1 calls, then the aggregator).
+struct replayed_plans {
+  std::vector<std::vector<std::uint32_t>> devices;
+  std::uint32_t layers = 0;
+  std::size_t next = 0;
+  moa::plan p;
+  const moa::plan& operator()(std::uint32_t, moa::rng&) {
+    const auto& d = devices.at(next++);
+    const std::size_t width = (d.size() - 1) / layers;
+    p.clear();
+    std::vector<moa::call_id> previous;
+    std::size_t at = 0;
+    for (std::uint32_t layer = 1; layer <= layers; ++layer) {
+      const auto g = p.add_group(previous);
+      previous.clear();
+      for (std::size_t i = 0; i < width; ++i)
+        previous.push_back(p.add_call(d[at++], g, layer, moa::call_role::proposer));
+    }
+    p.add_call(d[at], p.add_group(previous), layers + 1, moa::call_role::aggregator);
+    p.seal();
+    return p;
+  }
+};
+
+struct comparison {
+  double live_queue = 0, sim_queue = 0, live_latency = 0, sim_latency = 0;
+};
+
+// The simulator on the live run's own configuration: same arrivals, same plans, and each device's
+// measured service times.
+comparison simulate_like(const moa::net::network_report& live,
+                         std::span<const moa::net::arrival> arrivals, std::uint32_t layers) {
+  moa::queueing::sim_config cfg;
+  cfg.devices = live.devices.size();
+  for (const auto& a : arrivals) cfg.trace.push_back({a.time, a.origin});
+  for (const auto& d : live.devices)
+    cfg.service.push_back(moa::queueing::service_model::empirical(d.service));
+  cfg.horizon = live.window;
+  cfg.warmup = 0;
+  replayed_plans source;
+  source.layers = layers;
+  for (const auto& r : live.prompts) source.devices.push_back(r.devices());
+  const auto sim = moa::queueing::simulate(cfg, source);
+  comparison c;
+  for (std::size_t i = 0; i < live.devices.size(); ++i) {
+    c.live_queue += live.devices[i].mean_queue;
+    c.sim_queue += sim.devices[i].mean_queue;
+  }
+  c.live_latency = live.mean_latency;
+  c.sim_latency = sim.mean_latency;
+  return c;
+}
+
+}  // namespace
+
+// --- gossip strategies --------------------------------------------------------------------------
+
+TEST_CASE("Gossip.graph_picks_only_neighbours") {
+  auto ring = moa::graph_gossip::ring(6, 2);  // i - 1 and i + 1
+  moa::rng random(3);
+  std::vector<int> hits(6, 0);
+  for (int t = 0; t < 2000; ++t) {
+    auto peers = pick(ring, 2, 6, random);
+    REQUIRE(peers.size() == 2);
+    check_peers(peers, 2, 6);
+    for (auto p : peers) ++hits[p];
+  }
+  CHECK(hits[1] == 2000);
+  CHECK(hits[3] == 2000);
+  CHECK(hits[0] + hits[4] + hits[5] == 0);
+
+  // A star: the hub's leaves take turns uniformly, a leaf only ever gossips to the hub.
+  moa::graph_gossip star({{1, 2, 3, 4}, {0}, {0}, {0}, {0}}, 1);
+  CHECK(star.fanout_of(1) == 1);
+  std::vector<int> leaf(5, 0);
+  for (int t = 0; t < 4000; ++t) ++leaf[pick(star, 0, 5, random).at(0)];
+  for (int j = 1; j < 5; ++j) CHECK(std::abs(leaf[j] - 1000) < 150);  // ~5 sigma
+  CHECK(pick(star, 3, 5, random) == std::vector<std::uint32_t>{0});
+
+  CHECK_THROWS_WITH_AS(moa::graph_gossip({{0}}, 1), doctest::Contains("itself"),
+                       moa::invalid_argument);
+  CHECK_THROWS_WITH_AS(moa::graph_gossip({{1, 1}, {0}}, 1), doctest::Contains("twice"),
+                       moa::invalid_argument);
+}
+
+TEST_CASE("Gossip.round_robin_is_exactly_even") {
+  moa::round_robin_gossip rr(2);
+  moa::rng random(1);
+  std::vector<int> hits(5, 0);
+  for (int t = 0; t < 8; ++t) {  // 8 layers x 2 peers = 16 picks over 4 others: 4 each
+    auto peers = pick(rr, 1, 5, random);
+    check_peers(peers, 1, 5);
+    for (auto p : peers) ++hits[p];
+  }
+  CHECK(hits == std::vector<int>{4, 0, 4, 4, 4});
+  // Copies share the rotation (a network copies its strategy).
+  moa::round_robin_gossip copy = rr;
+  CHECK(pick(copy, 1, 5, random) == std::vector<std::uint32_t>{0, 2});
+  static_assert(moa::round_robin_k<3>::static_fanout == 3);
+}
+
+TEST_CASE("Gossip.least_loaded_picks_the_shortest_queues") {
+  moa::least_loaded_gossip g{.k = 2, .d = 0};
+  moa::rng random(5);
+  const double load[] = {4, 0, 9, 1, 7};
+  for (int t = 0; t < 50; ++t) {
+    auto peers = pick(g, 0, 5, random, load);
+    std::sort(peers.begin(), peers.end());
+    CHECK(peers == std::vector<std::uint32_t>{1, 3});
+  }
+  // Power of two choices for one peer: never the longest queue of the four others... unless it is
+  // one of both candidates drawn and the other is longer, which cannot happen for the longest.
+  moa::power_of_d<1, 2> two;
+  std::vector<int> hits(5, 0);
+  for (int t = 0; t < 3000; ++t) ++hits[pick(two, 0, 5, random, load).at(0)];
+  CHECK(hits[2] == 0);       // 9: longest, never the shorter of two
+  CHECK(hits[1] > hits[3]);  // 0 beats everything it meets
+  CHECK(hits[3] > hits[4]);
+  // Without loads it is uniform.
+  std::vector<int> flat(5, 0);
+  for (int t = 0; t < 4000; ++t)
+    for (auto p : pick(g, 0, 5, random)) ++flat[p];
+  for (int j = 1; j < 5; ++j) CHECK(std::abs(flat[j] - 2000) < 160);
+}
+
+TEST_CASE("Gossip.strategies_build_plans") {
+  moa::rng random(2);
+  moa::plan p;
+  moa::make_gossip_plan(0, 4, 2, moa::round_robin_k<2>{}, random, p);
+  CHECK(p.size() == 7);
+  moa::make_gossip_plan(1, 4, 2, moa::power_of_d<2, 3>{}, random, p);
+  CHECK(p.size() == 7);
+  moa::make_gossip_plan(0, 6, 1, moa::graph_gossip::ring(6, 2), random, p);
+  CHECK(p.size() == 4);
+  using edge = moa::gossip_topology<moa::devices<4>, moa::layers<2>, moa::power_of_d<2>>;
+  static_assert(edge::calls_per_prompt == 7);
+}
+
+// --- device -------------------------------------------------------------------------------------
+
+TEST_CASE("Network.device_refuses_when_full_and_measures_time_averages" * doctest::timeout(30)) {
+  moa::net::device d({.capacity = 2, .record_service = true});
+  std::atomic<int> served{0}, handed_back{0};
+  auto owner = std::make_shared<int>(0);
+  // Two calls of 40 ms on one server: in system 2 for 40 ms then 1 for 40 ms -> mean 1.5.
+  static std::atomic<int>* counters[2];
+  counters[0] = &served;
+  counters[1] = &handed_back;
+  auto task = [&](std::uint64_t ms) {
+    return moa::net::device::task{
+        [](void*, std::uint64_t sleep_ms, bool s) {
+          if (s) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+            ++*counters[0];
+          } else {
+            ++*counters[1];
+          }
+        },
+        owner, ms};
+  };
+  const auto t0 = moa::clock::now();
+  d.reset_stats(t0);
+  REQUIRE(d.try_push(task(40)) == moa::net::device::refusal::none);
+  REQUIRE(d.try_push(task(40)) == moa::net::device::refusal::none);
+  CHECK(d.try_push(task(40)) == moa::net::device::refusal::full);
+  d.start();
+  while (served.load() < 2) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(5ms);
+  const auto s = d.stats(moa::clock::now());
+  CHECK(s.refused == 1);
+  CHECK(s.completed == 2);
+  CHECK(s.max_in_system == 2);
+  CHECK(s.service.size() == 2);
+  // area = 2 * T1 + 1 * T2 over a window slightly longer than T1 + T2.
+  const double expected = (2 * s.service[0] + s.service[1]) / s.window;
+  CHECK(s.mean_queue == doctest::Approx(expected).epsilon(0.05));
+  CHECK(s.utilisation > 0.8);
+  // A killed device hands its queue back and refuses everything.
+  REQUIRE(d.try_push(task(200)) == moa::net::device::refusal::none);
+  REQUIRE(d.try_push(task(1)) == moa::net::device::refusal::none);
+  std::this_thread::sleep_for(20ms);
+  d.kill();
+  CHECK(handed_back.load() >= 1);
+  CHECK(d.try_push(task(1)) == moa::net::device::refusal::dead);
+  CHECK(!d.alive());
+  CHECK_THROWS_AS(moa::net::device({.capacity = 1, .concurrency = 2}), moa::invalid_argument);
+}
+
+// --- in-process network ------------------------------------------------------------------------
+
+TEST_CASE("Network.plan_references_and_traces" * doctest::timeout(30)) {
+  const double ms[] = {0.2, 0.2, 0.2, 0.2};
+  moa::net::network net(synthetic_devices(ms), moa::uniform_gossip{2}, {.layers = 2});
+  const moa::net::arrival arrivals[] = {{0, 0}, {1, 1}, {2, 2}, {3, 3}};
+  const auto r = net.run(arrivals);
+  REQUIRE(r.prompts.size() == 4);
+  CHECK(r.complete == 4);
+  for (const auto& p : r.prompts) {
+    REQUIRE(p.result.trace.size() == 7);
+    CHECK(p.result.ok());
+    CHECK(p.result.answer.starts_with("d" + std::to_string(p.origin) + " answers"));
+    const auto d = p.devices();
+    CHECK(d[0] == p.origin);  // the origin answers every layer and aggregates
+    CHECK(d[3] == p.origin);
+    CHECK(d[6] == p.origin);
+    CHECK(p.result.trace[3].references == std::vector<moa::call_id>{0, 1, 2});
+    CHECK(p.result.trace[6].references == std::vector<moa::call_id>{3, 4, 5});
+    CHECK(p.result.trace[6].role == moa::call_role::aggregator);
+    CHECK(p.result.trace[3].start >= p.result.trace[2].end);  // join before the next layer
+  }
+  CHECK_THROWS_AS(net.submit(9, {}), moa::invalid_argument);
+}
+
+TEST_CASE("Network.matches_the_simulator_at_0_8_of_the_limit" * doctest::timeout(120)) {
+  constexpr std::uint32_t n = 4, layers = 2, k = 2;
+  constexpr double alpha = 1.0;  // ms
+  const double limit = moa::queueing::theorem1_limit(layers, k, alpha);
+  const std::vector<double> lambda(n, 0.8 * limit);
+  const std::vector<double> ms(n, alpha);
+  const auto arrivals = moa::net::poisson_arrivals(lambda, 2000, 11);
+  moa::net::network net(synthetic_devices(ms), moa::uniform_gossip{k},
+                        {.layers = layers, .device = {.record_service = true}});
+  const auto live = net.run(arrivals);
+
+  // Every prompt accounted for, and answered.
+  CHECK(live.submitted == 2000);
+  CHECK(live.accounted());
+  CHECK(live.complete == 2000);
+  REQUIRE(live.prompts.size() == 2000);
+  for (std::size_t i = 0; i < live.prompts.size(); ++i) CHECK(live.prompts[i].id == i);
+
+  const auto c = simulate_like(live, arrivals, layers);
+  double service = 0;
+  for (const auto& d : live.devices) service += d.mean_service / n;
+  MESSAGE("mean service " << service << " ms (configured " << alpha << "); queue: live "
+                          << c.live_queue << " sim " << c.sim_queue << "; latency: live "
+                          << c.live_latency << " sim " << c.sim_latency);
+  CHECK(c.live_queue == doctest::Approx(c.sim_queue).epsilon(0.10));
+  CHECK(c.live_latency == doctest::Approx(c.sim_latency).epsilon(0.10));
+  // Utilisation matches the traffic equations at the delivered service time (generous: the
+  // arrival count over a finite window fluctuates).
+  for (const auto& d : live.devices)
+    CHECK(d.utilisation == doctest::Approx(0.8 * d.mean_service / alpha).epsilon(0.15));
+}
+
+TEST_CASE("Network.bounded_queues_at_1_2_of_the_limit" * doctest::timeout(120)) {
+  constexpr std::uint32_t n = 4, layers = 2, k = 2;
+  constexpr std::size_t capacity = 4;
+  const double limit = moa::queueing::theorem1_limit(layers, k, 1.0);
+  const std::vector<double> lambda(n, 1.2 * limit);
+  const std::vector<double> ms(n, 1.0);
+  const auto arrivals = moa::net::poisson_arrivals(lambda, 800, 12);
+  moa::net::network net(synthetic_devices(ms), moa::uniform_gossip{k},
+                        {.layers = layers, .device = {.capacity = capacity}});
+  const auto r = net.run(arrivals);
+  CHECK(r.submitted == 800);
+  CHECK(r.accounted());
+  CHECK(r.prompts.size() == 800);
+  std::uint64_t refused = 0;
+  for (const auto& d : r.devices) {
+    CHECK(d.max_in_system <= capacity);
+    refused += d.refused;
+  }
+  CHECK(r.refusals > 0);
+  CHECK(refused == r.refusals);
+  MESSAGE("complete " << r.complete << ", degraded " << r.degraded << ", failed " << r.failed
+                      << ", refusals " << r.refusals << ", re-routed " << r.reroutes);
+  for (const auto& p : r.prompts) {
+    if (p.failed()) {
+      CHECK(!p.result.error.empty());
+    } else if (p.degraded()) {
+      CHECK(!p.missing.empty());
+      CHECK(!p.result.answer.empty());
+      for (auto c : p.missing) CHECK(!p.result.trace[c].error.empty());
+    }
+  }
+}
+
+TEST_CASE("Network.killed_device_is_routed_around" * doctest::timeout(120)) {
+  constexpr std::uint32_t n = 4, layers = 2, k = 2;
+  const double limit = moa::queueing::theorem1_limit(layers, k, 1.0);
+  const std::vector<double> lambda(n, 0.4 * limit);
+  const std::vector<double> ms(n, 1.0);
+  const auto arrivals = moa::net::poisson_arrivals(lambda, 600, 13);
+  moa::net::network net(synthetic_devices(ms), moa::uniform_gossip{k},
+                        {.layers = layers, .peer_timeout = 200ms});
+  const double kill_at = arrivals[arrivals.size() / 3].time;
+  std::jthread killer([&] {
+    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(kill_at));
+    net.kill(3);
+  });
+  const auto r = net.run(arrivals);
+  killer.join();
+  CHECK(r.accounted());
+  REQUIRE(r.prompts.size() == 600);
+  CHECK(r.lost + r.refusals + r.reroutes > 0);
+  std::size_t late_survivors = 0;
+  for (const auto& p : r.prompts) {
+    // The kill lands near kill_at (the killer's clock starts a little before the run's).
+    const bool after = p.born > kill_at + 20;
+    if (p.origin == 3) {
+      // Born at the dead device: answered before it died, or refused with an explicit error.
+      CHECK((p.result.has_answer() || p.result.error.find("dead") != std::string::npos));
+      if (after) CHECK(p.failed());
+    } else {
+      CHECK_MESSAGE(p.result.has_answer(), p.result.error);  // calls to the dead re-routed
+    }
+    if (after && p.origin != 3) {
+      ++late_survivors;
+      for (auto d : p.devices()) CHECK(d != 3);
+    }
+  }
+  CHECK(late_survivors > 100);
+  CHECK(r.devices[3].completed < r.devices[0].completed);
+}
+
+TEST_CASE("Network.silent_peer_is_skipped_at_its_deadline" * doctest::timeout(60)) {
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 4; ++i)
+    models.emplace_back(moa::synthetic_backend({.name = std::string(1, 'd') + char('0' + i),
+                                                .latency = moa::latency_model::constant(200us),
+                                                .timeout_rate = i == 2 ? 1.0 : 0.0,
+                                                .hang_limit = 5s}));
+  moa::net::network net(std::move(models), moa::uniform_gossip{2},
+                        {.layers = 1, .device = {.concurrency = 4}, .peer_timeout = 30ms});
+  std::vector<moa::net::arrival> arrivals;
+  for (int i = 0; i < 40; ++i) arrivals.push_back({2.0 * i, std::uint32_t(i % 4 == 2 ? 0 : i % 4)});
+  const auto r = net.run(arrivals);
+  CHECK(r.accounted());
+  CHECK(r.timeouts > 0);
+  for (const auto& p : r.prompts) {
+    CHECK(p.result.has_answer());
+    bool used_silent = false;
+    for (const auto& c : p.result.trace) used_silent = used_silent || c.backend == 2;
+    if (used_silent) {
+      CHECK(p.degraded());
+      CHECK(p.latency < 200);  // skipped at 30 ms, not waited for 5 s
+      for (auto c : p.missing)
+        CHECK(p.result.trace[c].error.find("peer deadline") != std::string::npos);
+    } else {
+      CHECK(p.complete());
+    }
+  }
+}

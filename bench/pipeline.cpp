@@ -7,7 +7,9 @@
 //   build/bench/bench_pipeline --benchmark_filter=3x4
 //
 // Also measured: thread wakes per dispatched call, and with 5 ms backends the makespan of a
-// 3-layer x 4 run divided by its critical path (4 x 5 ms).
+// 3-layer x 4 run divided by its critical path (4 x 5 ms). The asynchronous executor and the
+// aggregation policies are measured with moa/bench/overhead.hpp (the header users benchmark their
+// own layouts with); its figures follow the ratio table.
 #include <benchmark/benchmark.h>
 #include <sys/prctl.h>
 
@@ -22,18 +24,14 @@
 #include <thread>
 #include <vector>
 
+#include <moa/aggregator.hpp>
+#include <moa/bench/overhead.hpp>
 #include <moa/moa.hpp>
 
 namespace {
 
 // Returns a one-character answer: no allocation, no work.
-struct zero_cost {
-  moa::response generate(const moa::request&) const {
-    moa::response r;
-    r.text = "x";
-    return r;
-  }
-};
+using zero_cost = moa::bench::zero_cost_backend;
 
 struct shape {
   const char* name;
@@ -69,6 +67,17 @@ void bm_inline(benchmark::State& state, shape s) {
   fixture f(s);
   moa::inline_executor ex;
   for (auto _ : state) benchmark::DoNotOptimize(ex.execute(f.plan, f.refs, f.prompt));
+  per_call_counters(state, f.calls);
+}
+
+// The asynchronous executor, one run at a time, with asynchronous zero-cost backends.
+void bm_async_executor(benchmark::State& state, shape s) {
+  fixture f(s);
+  std::vector<moa::bench::zero_cost_async_backend> backends(s.width);
+  std::vector<moa::async_backend_ref> refs;
+  for (std::size_t i = 0; i < s.width; ++i) refs.emplace_back(backends[i], "b" + std::to_string(i));
+  moa::async_executor ex(s.width);
+  for (auto _ : state) benchmark::DoNotOptimize(ex.execute(f.plan, refs, f.prompt));
   per_call_counters(state, f.calls);
 }
 
@@ -204,6 +213,8 @@ void bm_critical_path(benchmark::State& state) {
     }
     double critical = 0;
     for (const auto& [layer, d] : longest) critical += d;
+    // The same definition as moa::bench::critical_path (longest chain) for a layered plan.
+    benchmark::DoNotOptimize(moa::bench::critical_path(plan, r.trace));
     const double makespan = std::chrono::duration<double>(r.elapsed).count();
     worst = std::max(worst, makespan / critical);
     sum += makespan / critical;
@@ -231,8 +242,9 @@ class ratio_reporter : public benchmark::ConsoleReporter {
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
-    std::printf("\n%-6s %16s %16s %16s %16s %12s %12s\n", "shape", "inline ns/call",
-                "concurrent ns/c", "async ns/call", "pool ns/call", "conc/pool", "conc/async");
+    std::printf("\n%-6s %16s %16s %16s %16s %12s %12s %16s\n", "shape", "inline ns/call",
+                "concurrent ns/c", "async ns/call", "pool ns/call", "conc/pool", "conc/async",
+                "async-exec ns/c");
     for (const auto& s : shapes) {
       auto get = [&](const char* kind) {
         auto it = ns_per_call_.find(std::string(kind) + "/" + s.name);
@@ -240,14 +252,65 @@ class ratio_reporter : public benchmark::ConsoleReporter {
       };
       const double in = get("inline"), co = get("concurrent"), as = get("async"), po = get("pool");
       if (co == 0) continue;
-      std::printf("%-6s %16.1f %16.1f %16.1f %16.1f %12.2f %12.2f\n", s.name, in, co, as, po,
-                  po > 0 ? co / po : 0.0, as > 0 ? co / as : 0.0);
+      std::printf("%-6s %16.1f %16.1f %16.1f %16.1f %12.2f %12.2f %16.1f\n", s.name, in, co, as, po,
+                  po > 0 ? co / po : 0.0, as > 0 ? co / as : 0.0, get("async_executor"));
     }
   }
 
  private:
   std::map<std::string, double> ns_per_call_;
 };
+
+// The targets, measured with moa/bench/overhead.hpp:
+// - the asynchronous path, 10,000 concurrent runs of 2 layers x 3 with asynchronous zero-latency
+//   backends on 2 threads, per call against the concurrent executor on the same shape and threads;
+// - what majority vote and judge parsing add per run beyond the calls (inline path, 2x3).
+void report_targets() {
+  moa::layered_topology t;
+  t.layers.assign(2, {0, 1, 2});
+  const auto plan = t.make_plan();
+  namespace mb = moa::bench;
+  const auto conc = mb::measure_overhead(plan, mb::path::concurrent_executor,
+                                         {.runs = 5000, .warmup = 500, .threads = 2});
+  const auto thru =
+      mb::measure_overhead(plan, mb::path::async_executor,
+                           {.runs = 10000, .warmup = 2000, .threads = 2, .in_flight = 10000});
+  const auto thru_sync = mb::measure_overhead(
+      plan, mb::path::async_executor,
+      {.runs = 10000, .warmup = 2000, .threads = 2, .in_flight = 10000, .async_backends = false});
+  std::printf("\nasync path, 2x3 (%zu calls/run), 2 threads (ns per call)\n", plan.size());
+  std::printf("  concurrent executor, one run at a time:            %10.1f\n",
+              conc.throughput_ns_per_call);
+  std::printf(
+      "  async executor, 10,000 in flight, async backends:  %10.1f  (%.2fx; run p50 %.0f "
+      "us, p99 %.0f us; %zu failed)\n",
+      thru.throughput_ns_per_call, thru.throughput_ns_per_call / conc.throughput_ns_per_call,
+      thru.per_run_ns.p50 / 1e3, thru.per_run_ns.p99 / 1e3, thru.failed_runs);
+  std::printf("  async executor, 10,000 in flight, sync backends:   %10.1f  (%.2fx)\n",
+              thru_sync.throughput_ns_per_call,
+              thru_sync.throughput_ns_per_call / conc.throughput_ns_per_call);
+
+  auto per_run = [&](moa::any_aggregator policy, std::string answer) {
+    // Median of 5 repetitions of the mean per-run time: robust to a noisy neighbour.
+    std::vector<double> means;
+    for (int rep = 0; rep < 5; ++rep)
+      means.push_back(mb::measure_overhead(
+                          plan, mb::path::inline_executor,
+                          {.runs = 20000, .warmup = 2000, .answer = answer, .aggregation = policy})
+                          .per_run_ns.mean);
+    std::sort(means.begin(), means.end());
+    return means[2];
+  };
+  const double synth = per_run({}, "x");
+  const double synth_judge_text = per_run({}, "[1]");
+  const double vote = per_run(moa::any_aggregator(moa::vote_policy{}), "x");
+  const double judge = per_run(moa::any_aggregator(moa::judge_policy{}), "[1]");
+  std::printf("\npolicies, inline 2x3 (ns per run; the sink's zero-cost call is replaced)\n");
+  std::printf("  synthesis (one zero-cost sink call):  %8.1f\n", synth);
+  std::printf("  majority vote (no call):              %8.1f  (%+.1f)\n", vote, vote - synth);
+  std::printf("  judge selection (one judge call):     %8.1f  (%+.1f vs synthesis)\n", judge,
+              judge - synth_judge_text);
+}
 
 }  // namespace
 
@@ -264,6 +327,9 @@ int main(int argc, char** argv) {
         ->UseRealTime();
     benchmark::RegisterBenchmark((std::string("pool/") + s.name).c_str(), bm_pool, s)
         ->UseRealTime();
+    benchmark::RegisterBenchmark((std::string("async_executor/") + s.name).c_str(),
+                                 bm_async_executor, s)
+        ->UseRealTime();
   }
   benchmark::RegisterBenchmark("critical_path/3x4_5ms", bm_critical_path)
       ->UseRealTime()
@@ -273,5 +339,6 @@ int main(int argc, char** argv) {
   ratio_reporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
+  report_targets();
   return 0;
 }

@@ -13,6 +13,8 @@
 
 #include <moa/moa.hpp>
 
+#include "cli/bench_command.hpp"
+#include "cli/network_commands.hpp"
 #include "cli/queueing_commands.hpp"
 #include "cli/run_command.hpp"
 #include "cli/search_command.hpp"
@@ -30,6 +32,11 @@ int main(int argc, char** argv) {
   moa::cli::add_search_command(app);
   moa::cli::add_stability_command(app);
   moa::cli::add_simulate_command(app);
+  moa::cli::add_bench_command(app, exit_code);
+  moa::cli::add_network_command(app, exit_code);
+#if MOA_CLI_ZMQ
+  moa::cli::add_device_command(app, exit_code);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

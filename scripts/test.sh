@@ -10,13 +10,15 @@
 #   5. llama: builds a real llama.cpp server and a tiny model (scripts/llama-server.sh; cached,
 #      ~1 min the first time), then runs the tests labelled `llama` against it, with ASan+UBSan.
 #   6. fuzz: libFuzzer (clang 14) on the HTTP backend's parsers for MOA_FUZZ_SECONDS (60).
-# MOA_TEST_STAGES selects stages (default: "format plain asan tsan llama fuzz").
+#   7. fuzz-net: libFuzzer (clang 14) on the ZeroMQ network's message decoder for
+#      MOA_FUZZ_SECONDS (60).
+# MOA_TEST_STAGES selects stages (default: "format plain asan tsan llama fuzz fuzz-net").
 set -euo pipefail
 MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$MOA_ROOT"
 source scripts/setup.sh
 
-stages="${MOA_TEST_STAGES:-format plain asan tsan llama fuzz}"
+stages="${MOA_TEST_STAGES:-format plain asan tsan llama fuzz fuzz-net}"
 jobs="$(nproc)"
 started=$SECONDS
 
@@ -94,6 +96,18 @@ for s in $stages; do
         { printf '\7'; cat "$f"; } >"$corpus/$(basename "$f").pieces"
       done
       build/fuzz/tests/moa_fuzz_openai -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -15  # pipefail: its status
+      ;;
+    fuzz-net)
+      stage "libFuzzer on the network's message decoder (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
+      cmake -S . -B build/fuzz-net -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_COMPILER=clang++-14 -DMOA_DEV_FUZZ=ON -DMOA_BUILD_TESTS=OFF \
+        -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF >/dev/null
+      cmake --build build/fuzz-net -j "$jobs" --target moa_fuzz_net
+      corpus=build/fuzz-net/corpus
+      mkdir -p "$corpus"
+      cp tests/fixtures/net/*.json "$corpus"/
+      build/fuzz-net/examples/moa_fuzz_net -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -15  # pipefail: its status
       ;;
     *) echo "moa: unknown test stage '$s'" >&2; exit 2 ;;

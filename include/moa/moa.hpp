@@ -28,6 +28,9 @@
 
 #include "moa/prompt/aggregation.hpp"
 
+#include "moa/aggregator.hpp"
+
+#include "moa/exec/async.hpp"
 #include "moa/exec/executor.hpp"
 #include "moa/exec/result.hpp"
 #include "moa/exec/run_options.hpp"

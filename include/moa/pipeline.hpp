@@ -29,6 +29,7 @@
 
 #include "moa/core/backend.hpp"
 #include "moa/core/message.hpp"
+#include "moa/exec/async.hpp"
 #include "moa/exec/executor.hpp"
 #include "moa/exec/result.hpp"
 #include "moa/exec/run_options.hpp"
@@ -56,8 +57,11 @@ class pipeline_core {
     return to_dot(plan_, n, trace);
   }
 
+  /// The aggregation policy runs get unless their run_options name one (empty: synthesis).
+  [[nodiscard]] const any_aggregator& policy() const noexcept { return policy_; }
+
   result run(const request& prompt, const run_options& opt = {}) const {
-    return inline_executor{}.execute(plan_, refs_, prompt, opt, owner_);
+    return run(inline_executor{}, prompt, opt);
   }
   result run(std::string prompt, const run_options& opt = {}) const {
     return run(make_request(std::move(prompt)), opt);
@@ -67,6 +71,12 @@ class pipeline_core {
   }
   template <Executor E>
   result run(const E& executor, const request& prompt, const run_options& opt = {}) const {
+    if (policy_ && !opt.aggregation) {
+      // Only runs of a pipeline with a policy pay for this copy.
+      auto with_policy = opt;
+      with_policy.aggregation = policy_;
+      return executor.execute(plan_, refs_, prompt, with_policy, owner_);
+    }
     return executor.execute(plan_, refs_, prompt, opt, owner_);
   }
   template <Executor E>
@@ -74,16 +84,40 @@ class pipeline_core {
     return run(executor, make_request(std::move(prompt)), opt);
   }
 
+  /// Starts a run on an async_executor; the future holds its result.
+  std::future<result> run_async(const async_executor& executor, const request& prompt,
+                                const run_options& opt = {}) const {
+    if (policy_ && !opt.aggregation) {
+      auto with_policy = opt;
+      with_policy.aggregation = policy_;
+      return executor.execute_async(plan_, refs_, prompt, with_policy, owner_);
+    }
+    return executor.execute_async(plan_, refs_, prompt, opt, owner_);
+  }
+  /// Starts a run on an async_executor; `on_done` receives its result.
+  void run_async(const async_executor& executor, const request& prompt, const run_options& opt,
+                 std::function<void(result)> on_done) const {
+    if (policy_ && !opt.aggregation) {
+      auto with_policy = opt;
+      with_policy.aggregation = policy_;
+      return executor.execute_async(plan_, refs_, prompt, with_policy, owner_, std::move(on_done));
+    }
+    executor.execute_async(plan_, refs_, prompt, opt, owner_, std::move(on_done));
+  }
+
  protected:
   pipeline_core() = default;
-  void bind(moa::plan p, std::span<const backend_ref> refs, std::shared_ptr<const void> owner) {
+  void bind(moa::plan p, std::span<const backend_ref> refs, std::shared_ptr<const void> owner,
+            any_aggregator policy = {}) {
     plan_ = std::move(p);
     refs_ = refs;
     owner_ = std::move(owner);
+    policy_ = std::move(policy);
   }
 
  private:
   moa::plan plan_;
+  any_aggregator policy_;
   std::span<const backend_ref> refs_;
   // Owns the backends and refs_; shared with runs still in flight after an abandoned deadline.
   std::shared_ptr<const void> owner_;
@@ -122,7 +156,12 @@ class pipeline : public detail::pipeline_core {
   static constexpr std::size_t backend_count = sizeof...(Bs);
 
   explicit pipeline(Bs... backends) : store_(std::make_shared<storage>(std::move(backends)...)) {
-    bind(Topology::make_plan(), store_->refs, store_);
+    any_aggregator policy;
+    if constexpr (requires { Topology::has_policy; }) {
+      if constexpr (Topology::has_policy)
+        policy = any_aggregator(typename Topology::aggregator_type{});
+    }
+    bind(Topology::make_plan(), store_->refs, store_, std::move(policy));
   }
 
   /// The I-th backend of the pack.
@@ -165,23 +204,28 @@ auto make_pipeline(Bs&&... backends) {
 /// for (auto name : {"a", "b", "c"}) backends.emplace_back(moa::synthetic_backend({.name = name}));
 /// moa::runtime_pipeline pipe(std::move(backends), {.layers = {{0, 1, 2}, {0, 1, 2}}, .aggregator =
 /// 0});
+/// // The same, the final answer by majority vote (moa/aggregate/policies.hpp):
+/// moa::runtime_pipeline voted(std::move(more), topology, moa::any_aggregator(moa::vote_policy{}));
 /// @endcode
 class runtime_pipeline : public detail::pipeline_core {
  public:
-  runtime_pipeline(std::vector<any_backend> backends, const layered_topology& topology)
+  /// `policy` decides the final answer (empty: synthesis by the topology's aggregator, which is
+  /// also the backend a judge-type policy calls by default).
+  runtime_pipeline(std::vector<any_backend> backends, const layered_topology& topology,
+                   any_aggregator policy = {})
       : store_(make_storage(std::move(backends))) {
     topology.validate(store_->backends.size());
-    bind(topology.make_plan(), store_->refs, store_);
+    bind(topology.make_plan(), store_->refs, store_, std::move(policy));
   }
 
-  runtime_pipeline(std::vector<any_backend> backends, moa::plan p)
+  runtime_pipeline(std::vector<any_backend> backends, moa::plan p, any_aggregator policy = {})
       : store_(make_storage(std::move(backends))) {
     if (!p.sealed()) p.seal();
     if (p.backend_span() > store_->backends.size())
       MOA_THROW(topology_error("moa::runtime_pipeline: the plan calls backend " +
                                std::to_string(p.backend_span() - 1) + " but only " +
                                std::to_string(store_->backends.size()) + " backends were given"));
-    bind(std::move(p), store_->refs, store_);
+    bind(std::move(p), store_->refs, store_, std::move(policy));
   }
 
   [[nodiscard]] any_backend& backend(std::size_t i) { return store_->backends.at(i); }

@@ -55,6 +55,7 @@ class inline_executor {
     work.sampling = prompt.sampling;
     work.stop = opt.stop.stop_possible() ? opt.stop : prompt.stop;
     const auto& stop = work.stop;
+    const auto policy = detail::make_policy_run(opt, p, backends, t0, deadline, stop);
     std::optional<group_id> built;
     std::optional<std::string> skip_reason;
     call_list used;
@@ -81,7 +82,7 @@ class inline_executor {
       }
       if (built != call.group) {
         skip_reason = detail::build_group(p, call.group, res.trace, prompt, opt, work.messages,
-                                          used, trimmed);
+                                          used, trimmed, policy.get());
         built = call.group;
       }
       rec.references = used;
@@ -93,7 +94,10 @@ class inline_executor {
       }
       work.context = {c, call.layer, call.role};
       work.deadline = std::min(deadline, detail::saturating_add(now, opt.call_timeout));
-      detail::invoke(backends[call.backend], work, rec, c == p.sink() ? &opt.on_token : nullptr);
+      if (c == p.sink() && policy)
+        detail::invoke_policy(*policy, p, c, res.trace, prompt, opt, rec);
+      else
+        detail::invoke(backends[call.backend], work, rec, c == p.sink() ? &opt.on_token : nullptr);
       now = clock::now();
       rec.end = now - t0;
       detail::enforce_limits(rec, now, work.deadline, stop);
@@ -102,6 +106,7 @@ class inline_executor {
     }
     res.elapsed = now - t0;
     detail::conclude(res, p, opt, deadline_hit, stop.stop_requested());
+    if (policy) detail::attach_report(res, *policy);
     return res;
   }
 };
@@ -158,6 +163,7 @@ class concurrent_executor {
           groups_(p.group_count()),
           remaining_(static_cast<std::uint32_t>(p.size())) {
       stop_ = opt.stop.stop_possible() ? opt.stop : prompt.stop;
+      policy_ = detail::make_policy_run(opt_, plan_, backends_, t0_, deadline_, stop_);
       for (group_id g = 0; g < p.group_count(); ++g)
         pending_[g].store(static_cast<std::uint32_t>(p.inputs_of(g).size()),
                           std::memory_order_relaxed);
@@ -220,6 +226,7 @@ class concurrent_executor {
       }
       deadline_hit = deadline_hit || deadline_hit_.load(std::memory_order_relaxed);
       detail::conclude(res, plan_, opt_, deadline_hit, cancelled);
+      if (policy_) detail::attach_report(res, *policy_);
       return res;
     }
 
@@ -245,7 +252,7 @@ class concurrent_executor {
     void ready(group_id g, std::optional<call_id>& mine) {
       auto& grp = groups_[g];
       const auto skip = detail::build_group(plan_, g, records_, prompt_, opt_, grp.messages,
-                                            grp.used, grp.trimmed);
+                                            grp.used, grp.trimmed, policy_.get());
       for (call_id c : plan_.calls_of(g)) {
         records_[c].references = grp.used;
         records_[c].trimmed_tokens = grp.trimmed;
@@ -284,8 +291,11 @@ class concurrent_executor {
         req.stop = stop_;
         req.context = {c, call.layer, call.role};
         req.deadline = std::min(deadline_, detail::saturating_add(now, opt_.call_timeout));
-        detail::invoke(backends_[call.backend], req, rec,
-                       c == plan_.sink() ? &opt_.on_token : nullptr);
+        if (c == plan_.sink() && policy_)
+          detail::invoke_policy(*policy_, plan_, c, records_, prompt_, opt_, rec);
+        else
+          detail::invoke(backends_[call.backend], req, rec,
+                         c == plan_.sink() ? &opt_.on_token : nullptr);
         const auto end = clock::now();
         rec.end = end - t0_;
         detail::enforce_limits(rec, end, req.deadline, stop_);
@@ -332,6 +342,7 @@ class concurrent_executor {
     std::unique_ptr<std::atomic<std::uint8_t>[]> phase_;
     std::unique_ptr<std::atomic<std::uint32_t>[]> pending_;
     std::vector<group_state> groups_;
+    std::unique_ptr<detail::policy_run> policy_;  // null without an aggregation policy
     std::atomic<std::uint32_t> remaining_;
     std::atomic<bool> abandoned_{false};
     std::atomic<bool> deadline_hit_{false};

@@ -161,6 +161,25 @@ constexpr std::string_view to_string(run_status s) noexcept {
   return "?";
 }
 
+/// @brief What an aggregation policy (moa/aggregator.hpp) decided during a run, and the calls it
+/// made that are not calls of the plan (judges, rankers, moderators). Absent (null) in the
+/// result of a run without a policy.
+struct aggregation_report {
+  std::string policy{};  ///< the policy's name, e.g. "majority_vote"
+  /// Backend calls the policy made, in the order made. Their `call` ids continue after the plan's
+  /// (plan size, plan size + 1, ...), so they never collide with a trace index.
+  std::vector<call_record> calls{};
+  std::vector<std::string> notes{};    ///< every decision, in order, in words
+  std::vector<call_id> chosen{};       ///< the plan calls whose answers the final answer came from
+  std::size_t calls_saved = 0;         ///< plan calls skipped because a moderator stopped early
+  std::size_t references_dropped = 0;  ///< answers a selection did not pass on to the next layer
+  std::uint32_t stopped_before_layer = 0;  ///< the first layer skipped by the moderator; 0: none
+  bool fallback = false;                   ///< a policy fell back (a judge named no valid answer)
+  /// Usage of the policy's calls that the trace does not already count (calls made between
+  /// layers); result::usage includes it.
+  moa::usage extra_usage{};
+};
+
 /// @brief The outcome of one run: an answer, a degraded answer (flagged, with what was missing)
 /// or an explicit error. Never silently empty.
 struct result {
@@ -170,6 +189,8 @@ struct result {
   moa::trace trace{};
   moa::usage usage{};  ///< summed over every call that reported usage
   clock::duration elapsed{0};
+  /// What the aggregation policy decided (null when the run had none).
+  std::shared_ptr<const aggregation_report> aggregation{};
 
   /// True when there is an answer from the sink.
   [[nodiscard]] bool ok() const noexcept { return status == run_status::ok; }

@@ -10,6 +10,7 @@
 #include <stop_token>
 #include <string_view>
 
+#include "moa/aggregate/any_aggregator.hpp"
 #include "moa/core/message.hpp"
 #include "moa/exec/result.hpp"
 #include "moa/prompt/aggregation.hpp"
@@ -48,8 +49,13 @@ struct run_options {
   /// Called after every call, in completion order. The concurrent executor calls it from its
   /// workers, one call at a time; never after execute() has returned.
   std::function<void(const call_record&)> on_call{};
-  /// Streams the sink's answer token by token (through generate_stream).
+  /// Streams the sink's answer token by token (through generate_stream). Not used when an
+  /// aggregation policy decides the answer.
   std::function<void(std::string_view)> on_token{};
+  /// Decides the final answer (and, for sparse policies, what each layer passes on); empty: the
+  /// sink is an ordinary call of its backend. Pipelines of a topology with a policy set it.
+  /// See moa/aggregate/policies.hpp.
+  any_aggregator aggregation{};
 };
 
 }  // namespace moa

@@ -31,6 +31,8 @@ class thread_pool {
     void (*run)(void*, std::uint32_t) = nullptr;
     std::shared_ptr<void> owner;
     std::uint32_t arg = 0;
+    /// Runs it: a task is also a plain callable, for schedulers that take any (moa::Scheduler).
+    void operator()() const { run(owner.get(), arg); }
   };
 
   /// Counters for tests and benchmarks.
@@ -77,6 +79,9 @@ class thread_pool {
     }
     if (wake) ready_.notify_one();
   }
+
+  /// The same as submit(): makes the pool a moa::Scheduler (moa/exec/async.hpp).
+  void post(task t) { submit(std::move(t)); }
 
   [[nodiscard]] std::size_t size() const noexcept { return workers_.size(); }
 

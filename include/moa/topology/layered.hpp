@@ -20,8 +20,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
+#include "moa/aggregate/aggregator_concepts.hpp"
 #include "moa/topology/check.hpp"
 #include "moa/topology/plan.hpp"
 
@@ -56,6 +58,10 @@ template <std::size_t Index>
 struct aggregator {
   static constexpr std::size_t index = Index;
 };
+
+/// @brief Synthesis by backend `Index`: the default aggregation, the same as aggregator<Index>.
+template <std::size_t Index>
+using synthesis = aggregator<Index>;
 
 namespace detail {
 
@@ -105,7 +111,7 @@ template <class... Ps>
 inline constexpr bool is_layers_policy<layer_list<Ps...>> = true;
 
 template <class T>
-inline constexpr bool is_aggregator_policy = false;
+inline constexpr bool is_aggregator_policy = StaticAggregatorPolicy<T>;
 template <std::size_t I>
 inline constexpr bool is_aggregator_policy<aggregator<I>> = true;
 
@@ -131,11 +137,17 @@ struct topology {
                 "moa::topology: the first argument must be moa::layers<M, moa::proposers<...>> or "
                 "moa::layer_list<moa::proposers<...>, ...>");
   static_assert(detail::is_aggregator_policy<Aggregator>,
-                "moa::topology: the second argument must be moa::aggregator<index>");
+                "moa::topology: the second argument must be moa::aggregator<index> or an "
+                "aggregation policy (a default-constructible type with `using moa_policy = "
+                "moa::aggregator_tag;`, `std::string aggregate(moa::policy_context&) const` and "
+                "`static constexpr std::size_t index`); see moa/aggregate/aggregator_concepts.hpp");
 
   using table = detail::layer_table<Layers>;
   static constexpr std::size_t layer_count = Layers::count;
   static constexpr std::size_t aggregator_index = Aggregator::index;
+  /// The aggregation policy (moa/aggregate/policies.hpp), or aggregator<I> for plain synthesis.
+  using aggregator_type = Aggregator;
+  static constexpr bool has_policy = !std::is_same_v<Aggregator, aggregator<Aggregator::index>>;
   static constexpr std::size_t calls_per_prompt = table::flat.size() + 1;
 
   /// The smallest backend pack this topology fits.

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,7 +45,50 @@ struct run_settings {
   std::string model;
   std::string api_key_env = "OPENAI_API_KEY";
   int max_tokens = 256;
+  // Aggregation policy (moa/aggregate/policies.hpp); "synthesis" is the plain aggregator.
+  std::string policy = "synthesis";
+  std::string extract = "whole";
+  std::optional<std::uint32_t> judge;
+  std::size_t top = 2;
+  std::size_t keep = 2;
+  bool moderate = false;
 };
+
+inline moa::answer_extractor make_extractor(const std::string& name) {
+  if (name == "number") return moa::last_number{};
+  if (name == "letter") return moa::option_letter{};
+  return moa::whole_answer{};
+}
+
+inline moa::any_aggregator make_policy(const run_settings& s) {
+  if (s.policy == "vote")
+    return moa::any_aggregator(moa::vote_policy{.extract = make_extractor(s.extract)});
+  if (s.policy == "judge")
+    return moa::any_aggregator(
+        moa::judge_policy{.judge = s.judge, .extract = make_extractor(s.extract)});
+  if (s.policy == "rank-fuse")
+    return moa::any_aggregator(moa::rank_fuse_policy{.judge = s.judge, .top = s.top});
+  if (s.policy == "sparse") {
+    moa::sparse_policy p{.judge = s.judge, .keep = s.keep};
+    if (s.moderate) p.moderator = moa::agreement{.extract = make_extractor(s.extract)};
+    return moa::any_aggregator(std::move(p));
+  }
+  return {};
+}
+
+inline nlohmann::json to_json(const moa::aggregation_report& a) {
+  nlohmann::json calls = nlohmann::json::array();
+  for (const auto& c : a.calls)
+    calls.push_back({{"call", c.call},
+                     {"backend", c.backend_name},
+                     {"status", std::string(moa::to_string(c.status))},
+                     {"text", c.text},
+                     {"error", c.error}});
+  return {{"policy", a.policy},           {"notes", a.notes},
+          {"chosen", a.chosen},           {"calls", calls},
+          {"calls_saved", a.calls_saved}, {"references_dropped", a.references_dropped},
+          {"fallback", a.fallback}};
+}
 
 inline nlohmann::json to_json(const moa::result& r) {
   nlohmann::json calls = nlohmann::json::array();
@@ -69,7 +113,8 @@ inline nlohmann::json to_json(const moa::result& r) {
           {"usage",
            {{"prompt_tokens", r.usage.prompt_tokens},
             {"completion_tokens", r.usage.completion_tokens}}},
-          {"trace", calls}};
+          {"trace", calls},
+          {"aggregation", r.aggregation ? to_json(*r.aggregation) : nlohmann::json(nullptr)}};
 }
 
 inline int run_command(const run_settings& s) {
@@ -99,10 +144,15 @@ inline int run_command(const run_settings& s) {
   // Validate against the proposer count the user asked for, so an aggregator outside it is
   // reported rather than silently given a backend of its own.
   topology.validate(std::max<std::size_t>(s.proposers, 1));
+  if (s.judge && *s.judge >= count)
+    MOA_THROW(moa::invalid_argument(
+        "--judge " + std::to_string(*s.judge) + " names no backend: " + std::to_string(count) +
+        " are given (0.." + std::to_string(count - 1) + "); raise --proposers or lower --judge"));
   moa::runtime_pipeline pipeline(std::move(backends), topology);
 
   moa::run_options opt;
   opt.quorum = s.quorum;
+  opt.aggregation = make_policy(s);
   if (s.strict) opt.on_aggregator_failure = moa::aggregator_fallback::fail;
   using ms = std::chrono::duration<double, std::milli>;
   if (s.timeout_ms > 0)
@@ -140,8 +190,15 @@ inline int run_command(const run_settings& s) {
     if (!r.error.empty()) std::cout << "error: " << r.error << '\n';
     std::cout << "tokens: " << r.usage.prompt_tokens << " in, " << r.usage.completion_tokens
               << " out; " << std::chrono::duration<double, std::milli>(r.elapsed).count()
-              << " ms\n\n"
-              << r.trace;
+              << " ms\n";
+    if (r.aggregation) {
+      const auto& a = *r.aggregation;
+      std::cout << "policy: " << a.policy << " (" << a.calls.size() << " calls of its own";
+      if (a.calls_saved > 0) std::cout << ", " << a.calls_saved << " plan calls saved";
+      std::cout << (a.fallback ? ", fell back" : "") << ")\n";
+      for (const auto& note : a.notes) std::cout << "  " << note << '\n';
+    }
+    std::cout << '\n' << r.trace;
   }
   return r.has_answer() ? 0 : 1;
 }
@@ -194,6 +251,24 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1, 64));
   cmd->add_flag("--strict", settings->strict,
                 "Fail the run when the aggregator fails (default: degraded answer)");
+  cmd->add_option("--policy", settings->policy,
+                  "How the final answer is made: synthesis, vote, judge, rank-fuse or sparse")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"synthesis", "vote", "judge", "rank-fuse", "sparse"}));
+  cmd->add_option("--extract", settings->extract,
+                  "What vote and the sparse moderator compare: whole (answer), number, letter")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"whole", "number", "letter"}));
+  cmd->add_option("--judge", settings->judge,
+                  "Backend that judges or ranks (judge, rank-fuse, sparse; default: --aggregator)");
+  cmd->add_option("--top", settings->top, "rank-fuse: answers fused")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--keep", settings->keep, "sparse: answers passed on per layer")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--moderate", settings->moderate,
+                "sparse: stop early when every answer agrees (by --extract)");
   cmd->add_option("--dot", settings->dot_file, "Write the run as Graphviz DOT to this file");
 #if MOA_CLI_OPENAI
   cmd->add_option("--endpoint", settings->endpoints,

@@ -5,14 +5,15 @@
 /// The catalogue of aggregation policies: how a run turns the last layer's answers into one, and
 /// (sparse) which answers each layer passes on.
 ///
-/// | policy (runtime / compile-time)                 | backend calls at the sink   | output |
-/// |-------------------------------------------------|-----------------------------|--------|
-/// | `aggregator<I>` (no policy)                     | 1: synthesis by I           | a new answer |
-/// | `vote_policy` / `majority_vote<Extractor>`      | 0                           | the winning
-/// answer | | `judge_policy` / `judge_select<I>`              | 1: the judge picks by index | one
-/// of the answers | | `rank_fuse_policy` / `rank_fuse<J, F, Top>`     | 2: J ranks, F fuses the top
-/// | a new answer | | `sparse_policy` / `sparse<J, Keep, Moderator>`  | 1 per layer (J keeps Keep)
-/// + synthesis | a new answer |
+/// The policies, each with its runtime form / compile-time form, the backend calls it makes at
+/// the sink, and what it returns:
+/// - `aggregator<I>` (no policy): 1 call, synthesis by I; a new answer.
+/// - `vote_policy` / `majority_vote<Extractor>`: no call; the winning answer.
+/// - `judge_policy` / `judge_select<I>`: 1 call, the judge picks by index; one of the answers.
+/// - `rank_fuse_policy` / `rank_fuse<J, F, Top>`: 2 calls, J ranks and F fuses the top; a new
+///   answer.
+/// - `sparse_policy` / `sparse<J, Keep, Moderator>`: 1 ranking call per layer (J keeps Keep) plus
+///   the synthesis; a new answer.
 ///
 /// When to use:
 /// - **synthesis** (`moa::aggregator<I>`, the default): open-ended answers (explanations, code,

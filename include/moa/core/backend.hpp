@@ -6,12 +6,10 @@
 ///
 /// Customisation points (each a niebloid: a member function is tried first, then a free function
 /// found by ADL):
-/// | point                                  | required | fallback                                |
-/// |----------------------------------------|----------|-----------------------------------------|
-/// | `moa::generate(b, request)`            | yes      | none: a type without it is no backend   |
-/// | `moa::generate_stream(b, request, cb)` | no       | generate(), then the whole text as one
-/// token | | `moa::backend_name(b)`                 | no       | the name the pipeline gives
-/// ("backend#i") |
+/// - `moa::generate(b, request)`, required: a type without it is no backend;
+/// - `moa::generate_stream(b, request, cb)`, optional: falls back to generate(), then the whole
+///   text as one token;
+/// - `moa::backend_name(b)`, optional: falls back to the name the pipeline gives ("backend#i").
 ///
 /// A backend is any type for which `moa::generate(b, req)` returns a moa::response:
 /// @code{.cpp}

@@ -6,6 +6,10 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <set>
 #include <sstream>
 #include <stop_token>
 #include <string>
@@ -15,12 +19,15 @@
 
 #include <moa/backends/openai.hpp>
 #include <moa/backends/synthetic.hpp>
+#include <moa/exec/async.hpp>
 #include <moa/pipeline.hpp>
 
 #include "openai_replay.hpp"
 
 using namespace std::chrono_literals;
+using moa_test::completions;
 using moa_test::read_fixture;
+using moa_test::thread_count;
 
 namespace {
 
@@ -60,6 +67,17 @@ moa::openai_options fast_retries(std::string url) {
   o.retry.initial_backoff = 5ms;
   o.retry.max_backoff = 20ms;
   return o;
+}
+
+// One asynchronous call, waited for: its answer or its exception, as generate would give them.
+moa::response call_async(const moa::openai_backend& b, const moa::request& r,
+                         std::chrono::milliseconds limit = 30s) {
+  auto c = std::make_shared<completions>(1);
+  b.generate_async(r, moa::completion(c, 0));
+  REQUIRE(c->wait_all(limit));
+  c->rethrow(0);
+  CHECK(c->slots[0].times == 1);
+  return std::move(*c->slots[0].answer);
 }
 
 }  // namespace
@@ -523,5 +541,253 @@ TEST_SUITE("openai") {
       table << r.trace;
       CHECK(table.str().find("references trimmed by ~") != std::string::npos);
     }
+  }
+
+  TEST_CASE("OpenAI.async_many_calls_share_one_io_thread" * doctest::timeout(120)) {
+    // 64 calls in flight at once: the server answers one at a time, so they overlap for a while;
+    // the process gains at most the one I/O thread (and one spare for libcurl), not 64.
+    constexpr std::size_t n = 64;
+    moa_test::reply slow = moa_test::http(200, read_fixture("completion.body"));
+    slow.delay = 5ms;
+    moa_test::replay_server srv({slow});
+    moa::openai_backend b(fast_retries(srv.base_url()));
+    const auto before = thread_count();
+    auto c = std::make_shared<completions>(n);
+    std::vector<moa::request> requests(n, moa::make_request("hello"));
+    for (std::size_t i = 0; i < n; ++i)
+      b.generate_async(requests[i], moa::completion(c, static_cast<std::uint32_t>(i)));
+    std::size_t peak = thread_count();
+    while (!c->wait_all(2ms)) peak = std::max(peak, thread_count());
+    CHECK(peak <= before + 2);
+    std::set<std::thread::id> threads;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& s = c->slots[i];
+      CHECK(s.times == 1);
+      REQUIRE_MESSAGE(s.answer.has_value(), "call " << i << " failed");
+      CHECK(s.answer->text == recorded_text);
+      CHECK(s.answer->usage == moa::usage{34, 8});
+      threads.insert(s.thread);
+    }
+    CHECK(threads.size() == 1);  // every completion came from the one I/O thread
+    CHECK(threads.count(std::this_thread::get_id()) == 0);
+    CHECK(b.stats().calls == n);
+    CHECK(b.stats().attempts == n);
+    CHECK(srv.requests() == static_cast<int>(n));
+  }
+
+  TEST_CASE("OpenAI.async_retries_and_typed_errors" * doctest::timeout(60)) {
+    SUBCASE("503 then success: retried on a timer") {
+      moa_test::replay_server srv({moa_test::http(503, R"({"error":{"message":"loading"}})"),
+                                   moa_test::http(200, read_fixture("completion.body"))});
+      moa::openai_backend b(fast_retries(srv.base_url()));
+      CHECK(call_async(b, moa::make_request("x")).text == recorded_text);
+      CHECK(b.stats().attempts == 2);
+      CHECK(b.stats().retries == 1);
+    }
+    SUBCASE("bounded: the last 503 carries the attempts") {
+      moa_test::replay_server srv({moa_test::http(503, R"({"error":{"message":"overloaded"}})")});
+      moa::openai_backend b(fast_retries(srv.base_url()));
+      try {
+        (void)call_async(b, moa::make_request("x"));
+        FAIL("no throw");
+      } catch (const moa::http_error& e) {
+        CHECK(e.status() == 503);
+        CHECK(e.attempts() == 3);
+        CHECK(e.server_message() == "overloaded");
+      }
+      CHECK(srv.requests() == 3);
+    }
+    SUBCASE("400 is an http_error with the server's message, not retried") {
+      moa_test::replay_server srv({moa_test::http(400, read_fixture("error_bad_param.body"))});
+      moa::openai_backend b(fast_retries(srv.base_url()));
+      try {
+        (void)call_async(b, moa::make_request("x"));
+        FAIL("no throw");
+      } catch (const moa::http_error& e) {
+        CHECK(e.status() == 400);
+        CHECK(e.server_message().find("max_tokens") != std::string::npos);
+        CHECK(e.server_type() == "invalid_request_error");
+      }
+      CHECK(srv.requests() == 1);
+    }
+    SUBCASE("a context error keeps its type") {
+      moa_test::replay_server srv({moa_test::http(400, read_fixture("error_context.body"))});
+      moa::openai_backend b(fast_retries(srv.base_url()));
+      CHECK_THROWS_AS(call_async(b, moa::make_request("x")), moa::context_length_error);
+    }
+    SUBCASE("429 honours Retry-After") {
+      moa_test::replay_server srv(
+          {moa_test::http(429, R"({"error":{"message":"slow down"}})", "Retry-After: 1\r\n"),
+           moa_test::http(200, read_fixture("completion.body"))});
+      moa::openai_backend b(fast_retries(srv.base_url()));
+      const auto t0 = std::chrono::steady_clock::now();
+      CHECK(call_async(b, moa::make_request("x")).text == recorded_text);
+      CHECK(std::chrono::steady_clock::now() - t0 >= 950ms);
+    }
+    SUBCASE("connection refused is retried, then typed") {
+      std::string url;
+      {
+        moa_test::replay_server gone({moa_test::http(200, "")});
+        url = gone.base_url();
+      }
+      moa::openai_backend b(fast_retries(url));
+      try {
+        (void)call_async(b, moa::make_request("x"));
+        FAIL("no throw");
+      } catch (const moa::http_error& e) {
+        CHECK(e.kind() == moa::http_failure::connection);
+        CHECK(e.attempts() == 3);
+      }
+    }
+    SUBCASE("streamed, tokens in order on the I/O thread, usage from the last chunk") {
+      moa_test::replay_server srv({moa_test::chunked_sse(read_fixture("stream.body"))});
+      moa::openai_backend b(fast_retries(srv.base_url()));
+      std::string seen;
+      auto cb = [&](std::string_view t) { seen += t; };
+      auto c = std::make_shared<completions>(1);
+      b.generate_stream_async(moa::make_request("x"), moa::token_callback(cb),
+                              moa::completion(c, 0));
+      REQUIRE(c->wait_all(30s));
+      c->rethrow(0);
+      CHECK(seen == recorded_text);
+      CHECK(c->slots[0].answer->text == recorded_text);
+      CHECK(c->slots[0].answer->usage.completion_tokens == 8);
+      CHECK(c->slots[0].answer->timings.time_to_first_token > 0ns);
+    }
+    SUBCASE("a stream cut after tokens is stream_cut, not retried") {
+      const auto body = read_fixture("stream.body");
+      moa_test::replay_server srv({moa_test::sse(body, body.find("grouping"))});
+      moa::openai_backend b(fast_retries(srv.base_url()));
+      std::size_t tokens = 0;
+      auto cb = [&](std::string_view) { ++tokens; };
+      auto c = std::make_shared<completions>(1);
+      b.generate_stream_async(moa::make_request("x"), moa::token_callback(cb),
+                              moa::completion(c, 0));
+      REQUIRE(c->wait_all(30s));
+      CHECK(failure_of([&] { c->rethrow(0); }) == moa::http_failure::stream_cut);
+      CHECK(tokens == 4);
+      CHECK(srv.requests() == 1);
+    }
+  }
+
+  TEST_CASE("OpenAI.async_deadline_and_cancellation" * doctest::timeout(60)) {
+    moa_test::replay_server srv({moa_test::reply{.head = {}, .body = {}, .hang = true}});
+    moa::openai_backend b(fast_retries(srv.base_url()));
+    SUBCASE("the deadline ends a silent call with timeout_error") {
+      auto req = moa::make_request("x");
+      req.deadline = moa::clock::now() + 150ms;
+      const auto t0 = moa::clock::now();
+      CHECK_THROWS_AS(call_async(b, req), moa::timeout_error);
+      CHECK(moa::clock::now() - t0 >= 140ms);
+      CHECK(moa::clock::now() - t0 < 5s);
+    }
+    SUBCASE("a stop request ends the call with cancelled_error") {
+      std::stop_source stop;
+      auto req = moa::make_request("x");
+      req.stop = stop.get_token();
+      auto c = std::make_shared<completions>(1);
+      b.generate_async(req, moa::completion(c, 0));
+      std::this_thread::sleep_for(100ms);
+      CHECK(c->completed() == 0);  // still waiting for the silent server
+      const auto t0 = moa::clock::now();
+      stop.request_stop();
+      REQUIRE(c->wait_all(5s));
+      CHECK(moa::clock::now() - t0 < 3s);
+      CHECK_THROWS_AS(c->rethrow(0), moa::cancelled_error);
+    }
+    SUBCASE("stop requested before the call") {
+      std::stop_source stop;
+      stop.request_stop();
+      auto req = moa::make_request("x");
+      req.stop = stop.get_token();
+      CHECK_THROWS_AS(call_async(b, req), moa::cancelled_error);
+    }
+    SUBCASE("a stop during the wait before a retry") {
+      moa_test::replay_server busy(
+          {moa_test::http(503, R"({"error":{"message":"busy"}})", "Retry-After: 20\r\n")});
+      auto o = fast_retries(busy.base_url());
+      o.retry.max_retry_after = 60s;
+      moa::openai_backend b2(o);
+      std::stop_source stop;
+      auto req = moa::make_request("x");
+      req.stop = stop.get_token();
+      auto c = std::make_shared<completions>(1);
+      b2.generate_async(req, moa::completion(c, 0));
+      for (int i = 0; i < 500 && busy.requests() == 0; ++i) std::this_thread::sleep_for(10ms);
+      std::this_thread::sleep_for(50ms);
+      stop.request_stop();
+      REQUIRE(c->wait_all(5s));
+      CHECK_THROWS_AS(c->rethrow(0), moa::cancelled_error);
+      CHECK(busy.requests() == 1);
+    }
+  }
+
+  TEST_CASE("OpenAI.async_destruction_completes_every_call" * doctest::timeout(60)) {
+    // Calls in flight (a silent server) and one waiting for a retry: destroying the backend
+    // completes each exactly once, with cancelled_error.
+    moa_test::replay_server silent({moa_test::reply{.head = {}, .body = {}, .hang = true}});
+    moa_test::replay_server busy(
+        {moa_test::http(503, R"({"error":{"message":"busy"}})", "Retry-After: 20\r\n")});
+    constexpr std::size_t n = 8;
+    auto c = std::make_shared<completions>(n + 1);
+    {
+      moa::openai_backend b(fast_retries(silent.base_url()));
+      auto o = fast_retries(busy.base_url());
+      o.retry.max_retry_after = 60s;
+      moa::openai_backend waiting(o);
+      for (std::size_t i = 0; i < n; ++i)
+        b.generate_async(moa::make_request("x"), moa::completion(c, static_cast<std::uint32_t>(i)));
+      waiting.generate_async(moa::make_request("x"), moa::completion(c, n));
+      for (int i = 0; i < 500 && (silent.requests() == 0 || busy.requests() == 0); ++i)
+        std::this_thread::sleep_for(10ms);
+      std::this_thread::sleep_for(50ms);
+      CHECK(c->completed() == 0);
+    }                                // both destroyed here
+    CHECK(c->completed() == n + 1);  // the destructors waited for the completions
+    for (std::size_t i = 0; i <= n; ++i) {
+      CHECK(c->slots[i].times == 1);
+      CHECK_THROWS_AS(c->rethrow(i), moa::cancelled_error);
+    }
+  }
+
+  TEST_CASE("OpenAI.async_executor_run_matches_the_sync_path" * doctest::timeout(60)) {
+    moa_test::replay_server srv({moa_test::http(200, read_fixture("completion.body"))});
+    std::vector<moa::openai_backend> backends;
+    for (const char* name : {"a", "b", "c"}) {
+      auto o = fast_retries(srv.base_url());
+      o.name = name;
+      backends.emplace_back(o);
+    }
+    const auto plan = moa::layered_topology{{{0, 1, 2}, {0, 1, 2}}, 0}.make_plan();
+    std::vector<moa::backend_ref> sync;
+    std::vector<moa::async_backend_ref> async;
+    for (auto& b : backends) {
+      sync.emplace_back(b, std::string(b.name()));
+      async.emplace_back(b, std::string(b.name()));
+      CHECK(async.back().is_async());
+    }
+    const auto want = moa::inline_executor{}.execute(plan, sync, moa::make_request("hello"));
+    moa::async_executor ex(2);
+    const auto got = ex.execute_async(plan, async, moa::make_request("hello")).get();
+    INFO(got.trace);
+    REQUIRE(want.status == moa::run_status::ok);
+    CHECK(got.status == want.status);
+    CHECK(got.answer == want.answer);
+    CHECK(got.answer == recorded_text);
+    CHECK(got.usage == want.usage);
+    REQUIRE(got.trace.size() == want.trace.size());
+    for (std::size_t i = 0; i < got.trace.size(); ++i) {
+      CHECK(got.trace[i].status == moa::call_status::ok);
+      CHECK(got.trace[i].backend_name == want.trace[i].backend_name);
+      CHECK(got.trace[i].layer == want.trace[i].layer);
+      CHECK(got.trace[i].references == want.trace[i].references);
+      CHECK(got.trace[i].text == want.trace[i].text);
+      CHECK(got.trace[i].usage == want.trace[i].usage);
+    }
+    CHECK(got.trace[6].references == std::vector<moa::call_id>{3, 4, 5});
+    const auto u = moa::openai::summarize_usage(got);
+    REQUIRE(u.per_model.size() == 3);
+    CHECK(u.per_model[0].calls == 3);
+    CHECK(u.total == got.usage);
   }
 }

@@ -24,13 +24,18 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <set>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
 #include <moa/backends/openai.hpp>
+#include <moa/exec/async.hpp>
 #include <moa/pipeline.hpp>
+
+#include "openai_replay.hpp"
 
 extern char** environ;
 
@@ -452,5 +457,78 @@ TEST_SUITE("llama") {
     CHECK(tokens < 220);
     // The server is still healthy and serves the next call.
     CHECK(b.generate(prompt(4)).usage.completion_tokens == 4);
+  }
+
+  TEST_CASE("Llama.async_calls_share_one_io_thread" * doctest::timeout(180)) {
+    // 12 asynchronous calls on 4 slots, all in flight at once on the one I/O thread; the same
+    // seed gives the same tokens as the synchronous path; a stop ends a long generation.
+    llama_server server(4);
+    moa::openai_backend b(tiny(server));
+    const auto want = b.generate(prompt(16, 0));
+    constexpr std::size_t n = 12;
+    const auto before = moa_test::thread_count();
+    auto c = std::make_shared<moa_test::completions>(n);
+    for (std::size_t i = 0; i < n; ++i)
+      b.generate_async(prompt(16, i), moa::completion(c, static_cast<std::uint32_t>(i)));
+    std::size_t peak = moa_test::thread_count();
+    while (!c->wait_all(5ms)) peak = std::max(peak, moa_test::thread_count());
+    CHECK(peak <= before + 2);
+    std::set<std::thread::id> threads;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& s = c->slots[i];
+      CHECK(s.times == 1);
+      if (s.error) CHECK_NOTHROW(c->rethrow(i));
+      REQUIRE(s.answer.has_value());
+      CHECK(s.answer->usage.completion_tokens == 16);
+      CHECK(s.answer->finish == moa::finish_reason::length);
+      CHECK(s.answer->model == "moa-tiny");
+      threads.insert(s.thread);
+    }
+    CHECK(threads.size() == 1);
+    CHECK(c->slots[0].answer->text == want.text);
+    CHECK(b.stats().attempts == n + 1);
+
+    std::stop_source stop;
+    auto req = prompt(220);
+    req.stop = stop.get_token();
+    std::atomic<std::size_t> tokens{0};
+    auto cb = [&](std::string_view) {
+      if (tokens.fetch_add(1) + 1 == 2) stop.request_stop();
+    };
+    auto s = std::make_shared<moa_test::completions>(1);
+    b.generate_stream_async(req, moa::token_callback(cb), moa::completion(s, 0));
+    REQUIRE(s->wait_all(30s));
+    CHECK_THROWS_AS(s->rethrow(0), moa::cancelled_error);
+    CHECK(tokens.load() < 220);
+    CHECK(b.generate(prompt(4)).usage.completion_tokens == 4);  // the server is still healthy
+  }
+
+  TEST_CASE("Llama.moa_on_the_async_executor" * doctest::timeout(180)) {
+    llama_server s0, s1, s2;
+    std::vector<moa::openai_backend> backends{moa::openai_backend(tiny(s0, "llama-a")),
+                                              moa::openai_backend(tiny(s1, "llama-b")),
+                                              moa::openai_backend(tiny(s2, "llama-c"))};
+    std::vector<moa::backend_ref> sync;
+    std::vector<moa::async_backend_ref> async;
+    for (auto& b : backends) {
+      sync.emplace_back(b, std::string(b.name()));
+      async.emplace_back(b, std::string(b.name()));
+    }
+    const auto plan = moa::layered_topology{{{0, 1, 2}, {0, 1, 2}}, 0}.make_plan();
+    const auto want = moa::concurrent_executor(3).execute(plan, sync, prompt(12, 3));
+    moa::async_executor ex(2);
+    const auto got = ex.execute_async(plan, async, prompt(12, 3)).get();
+    INFO(got.trace);
+    REQUIRE(got.status == moa::run_status::ok);
+    REQUIRE(got.trace.size() == want.trace.size());
+    for (std::size_t i = 0; i < got.trace.size(); ++i) {
+      CHECK(got.trace[i].ok());
+      CHECK(got.trace[i].usage.completion_tokens == 12);
+      CHECK(got.trace[i].backend_name == want.trace[i].backend_name);
+      CHECK(got.trace[i].references == want.trace[i].references);
+    }
+    CHECK(got.trace[6].references.size() == 3);
+    CHECK(got.usage.completion_tokens == 7 * 12);
+    CHECK(moa::openai::summarize_usage(got).per_model[0].calls == 3);
   }
 }

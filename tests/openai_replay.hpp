@@ -14,15 +14,22 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <moa/exec/async.hpp>
 
 namespace moa_test {
 
@@ -78,7 +85,7 @@ class replay_server {
     addr.sin_port = 0;
     socklen_t len = sizeof addr;
     if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::listen(fd_, 16) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len))
+        ::listen(fd_, 128) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len))
       throw std::runtime_error("replay_server: cannot listen on 127.0.0.1");
     port_ = ntohs(addr.sin_port);
     thread_ = std::thread([this] { serve(); });
@@ -170,5 +177,55 @@ class replay_server {
   std::string last_;
   std::thread thread_;
 };
+
+// Collects the completions of asynchronous calls started by hand: each call's outcome, how often
+// it was completed, and on which thread.
+struct completions final : moa::detail::completion_target {
+  struct slot {
+    std::optional<moa::response> answer{};
+    std::exception_ptr error{};
+    int times = 0;
+    std::thread::id thread{};
+  };
+  explicit completions(std::size_t n) : slots(n) {}
+  void complete(std::uint32_t call, moa::response* r, std::exception_ptr e) noexcept override {
+    std::lock_guard lock(mutex);
+    auto& s = slots[call];
+    if (++s.times == 1) {
+      if (r != nullptr)
+        s.answer = std::move(*r);
+      else
+        s.error = e;
+      s.thread = std::this_thread::get_id();
+      ++done;
+    }
+    cv.notify_all();
+  }
+  void on_deadline() noexcept override {}
+  bool wait_all(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, limit, [&] { return done == slots.size(); });
+  }
+  std::size_t completed() {
+    std::lock_guard lock(mutex);
+    return done;
+  }
+  // Rethrows call i's error (after wait_all).
+  void rethrow(std::size_t i) {
+    std::lock_guard lock(mutex);
+    if (slots[i].error) std::rethrow_exception(slots[i].error);
+  }
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<slot> slots;
+  std::size_t done = 0;
+};
+
+/// Threads of this process now.
+inline std::size_t thread_count() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
 
 }  // namespace moa_test

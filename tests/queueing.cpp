@@ -4,12 +4,15 @@
 // sample count, never from wall-clock time.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <moa/core/random.hpp>
+#include <moa/gossip/load_aware.hpp>
 #include <moa/gossip/random_k.hpp>
 #include <moa/queueing/csv.hpp>
 #include <moa/queueing/formulas.hpp>
@@ -49,6 +52,110 @@ q::estimate pooled(const std::vector<q::estimate>& e) {
   }
   const double n = double(e.size());
   return {mean / n, std::sqrt(var) / n};
+}
+
+using least_loaded_source = q::gossip_source<moa::least_loaded_gossip>;
+static_assert(q::LoadAwarePlanSource<least_loaded_source>);
+static_assert(q::LoadAwarePlanSource<q::gossip_source<moa::power_of_d<2, 3>>>);
+// Load-blind strategies keep the engine's load-blind loop (and their exact random streams).
+static_assert(q::ShapedPlanSource<q::gossip_source<moa::uniform_gossip>>);
+static_assert(!q::LoadAwarePlanSource<q::gossip_source<moa::uniform_gossip>>);
+static_assert(!q::LoadAwarePlanSource<q::gossip_source<q::matrix_gossip>>);
+
+// The configuration of docs/NETWORK.md: n = 4, M = 2, k = 2, device 3 three times slower.
+// Uniform gossip is stable below 1/21 = 0.048 per user, the capacity bound is 1/9 = 0.111.
+const std::vector<double> slow_alpha{1, 1, 1, 3};
+constexpr double capacity_bound = 1.0 / 9;
+
+q::sim_config slow_device(double lambda, double horizon, std::uint64_t seed) {
+  q::sim_config cfg;
+  cfg.lambda.assign(4, lambda);
+  for (double a : slow_alpha) cfg.service.push_back(q::service_model::exponential(a));
+  cfg.horizon = horizon;
+  cfg.warmup = horizon / 10;
+  cfg.seed = seed;
+  return cfg;
+}
+
+// Whether the peers written for the calls `peers` of a layer of a prompt born at `origin` are
+// the shortest queues: none longer than a device skipped (neither picked nor the origin).
+bool shortest(std::span<const double> load, std::uint32_t origin,
+              std::span<const std::uint32_t> peers) {
+  double longest_picked = 0, shortest_skipped = INFINITY;
+  for (std::uint32_t d = 0; d < load.size(); ++d) {
+    if (std::find(peers.begin(), peers.end(), d) != peers.end())
+      longest_picked = std::max(longest_picked, load[d]);
+    else if (d != origin)
+      shortest_skipped = std::min(shortest_skipped, load[d]);
+  }
+  return longest_picked <= shortest_skipped;
+}
+
+// A least-loaded gossip_source that checks every draw against the loads the engine hands it,
+// and keeps the loads seen by arrivals.
+struct recording_source {
+  least_loaded_source inner{4, 2, moa::least_loaded_gossip{.k = 2, .d = 0}};
+  std::size_t births = 0, redraws = 0, moved = 0, wrong = 0;
+  std::vector<double> seen;  // the loads at each birth, row-major (birth x device)
+
+  const moa::plan& operator()(std::uint32_t o, moa::rng& r) { return inner(o, r); }
+  const moa::plan* draw(std::uint32_t o, moa::rng& r, std::span<std::uint32_t> d) {
+    return inner.draw(o, r, d);
+  }
+  const moa::plan* draw(std::uint32_t o, moa::rng& r, std::span<std::uint32_t> d,
+                        std::span<const double> load) {
+    const moa::plan* shape = inner.draw(o, r, d, load);
+    ++births;
+    seen.insert(seen.end(), load.begin(), load.end());
+    // Every layer is drawn at birth on the same loads; the shape is origin + 2 peers per layer.
+    if (!shortest(load, o, d.subspan(1, 2)) || !shortest(load, o, d.subspan(4, 2))) ++wrong;
+    return shape;
+  }
+  void redraw(const moa::plan& shape, moa::group_id g, moa::rng& r, std::span<const double> load,
+              std::span<std::uint32_t> d) {
+    const auto calls = shape.calls_of(g);
+    const std::vector<std::uint32_t> before(d.begin(), d.end());
+    inner.redraw(shape, g, r, load, d);
+    for (std::size_t c = 0; c < d.size(); ++c)
+      if (std::find(calls.begin(), calls.end(), c) == calls.end() && d[c] != before[c]) ++wrong;
+    if (calls.size() < 2) return;  // the aggregation
+    ++redraws;
+    const std::uint32_t peers[] = {d[calls[1]], d[calls[2]]};
+    if (!shortest(load, d[calls[0]], peers)) ++wrong;
+    if (peers[0] != before[calls[1]] || peers[1] != before[calls[2]]) ++moved;
+  }
+};
+static_assert(q::LoadAwarePlanSource<recording_source>);
+
+// Mean number in system (all devices) in each half of the measured window, with the standard
+// error of each from 8 batch means: the band a stable run stays in.
+struct halves {
+  double first = 0, second = 0, first_se = 0, second_se = 0;
+};
+halves split_run(const q::time_series& s, double from) {
+  std::vector<double> total;
+  for (std::size_t t = 0; t < s.time.size(); ++t) {
+    if (s.time[t] < from) continue;
+    double sum = 0;
+    for (std::size_t d = 0; d < s.devices; ++d) sum += s.queue[t * s.devices + d];
+    total.push_back(sum);
+  }
+  constexpr std::size_t batches = 8;
+  auto half = [&](std::size_t begin, std::size_t end, double& mean, double& se) {
+    const std::size_t len = (end - begin) / batches;
+    std::vector<double> m(batches, 0.0);
+    for (std::size_t b = 0; b < batches; ++b)
+      for (std::size_t i = 0; i < len; ++i) m[b] += total[begin + b * len + i] / double(len);
+    mean = 0;
+    for (double x : m) mean += x / batches;
+    double ss = 0;
+    for (double x : m) ss += (x - mean) * (x - mean);
+    se = std::sqrt(ss / (batches - 1) / batches);
+  };
+  halves h;
+  half(0, total.size() / 2, h.first, h.first_se);
+  half(total.size() / 2, total.size(), h.second, h.second_se);
+  return h;
 }
 
 }  // namespace
@@ -420,4 +527,132 @@ TEST_CASE("Queueing.latency_estimates_bracket_the_simulation") {
   // guarantees; at moderate load they stay within 15%.
   CHECK(r.mean_latency == doctest::Approx(bounds.approx).epsilon(0.15));
   CHECK(r.mean_latency <= 1.15 * bounds.upper);
+}
+
+TEST_CASE("Queueing.load_aware_source_draws_on_the_loads") {
+  least_loaded_source source(4, 2, moa::least_loaded_gossip{.k = 2, .d = 0});
+  moa::rng random(3);
+  std::vector<std::uint32_t> d(7);
+  const double at_birth[] = {4, 0, 9, 1};
+  const moa::plan* shape = source.draw(0, random, d, at_birth);
+  REQUIRE(shape != nullptr);
+  CHECK(shape->size() == 7);
+  // Layout: layer 1 = calls 0..2, layer 2 = calls 3..5, aggregation = call 6; origin first.
+  auto sorted = [&](std::size_t a, std::size_t b) {
+    std::vector<std::uint32_t> v{d[a], d[b]};
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  CHECK(d[0] == 0);
+  CHECK(sorted(1, 2) == std::vector<std::uint32_t>{1, 3});
+  CHECK(d[3] == 0);
+  CHECK(sorted(4, 5) == std::vector<std::uint32_t>{1, 3});
+  CHECK(d[6] == 0);
+
+  // At the fork of layer 2 the queues have moved: only layer 2's peers are drawn again.
+  const double at_fork[] = {0, 5, 1, 0};
+  const std::vector<std::uint32_t> before = d;
+  source.redraw(*shape, 1, random, at_fork, d);
+  CHECK(sorted(4, 5) == std::vector<std::uint32_t>{2, 3});
+  for (std::size_t c : {0, 1, 2, 3, 6}) CHECK(d[c] == before[c]);
+  // The aggregation has no peers to redraw.
+  const std::vector<std::uint32_t> redrawn = d;
+  source.redraw(*shape, 2, random, at_birth, d);
+  CHECK(d == redrawn);
+
+  // refresh_peers = false keeps the birth draw.
+  least_loaded_source birth_only(4, 2, moa::least_loaded_gossip{.k = 2, .d = 0}, false);
+  CHECK_FALSE(birth_only.refresh_peers());
+  const moa::plan* again = birth_only.draw(0, random, d, at_birth);
+  const std::vector<std::uint32_t> kept = d;
+  birth_only.redraw(*again, 1, random, at_fork, d);
+  CHECK(d == kept);
+}
+
+TEST_CASE("Queueing.least_loaded_never_skips_a_shorter_queue") {
+  // warmup = 0, so that the time average of the number in system and the loads seen by arrivals
+  // cover the same window.
+  q::sim_config cfg = slow_device(0.07, 5e4, 5);
+  cfg.warmup = 0;
+  recording_source source;
+  const auto r = q::simulate(cfg, source);
+  CHECK(source.wrong == 0);
+  CHECK(source.births >= r.prompts);
+  // Every prompt forks layer 2 once, and the queues change between birth and fork.
+  CHECK(source.redraws >= r.prompts);
+  CHECK(source.redraws <= source.births);
+  CHECK(source.moved > source.redraws / 10);
+  // The loads handed over are the simulated numbers in system: by PASTA, Poisson arrivals see
+  // time averages, so their mean is each device's mean queue within a few standard errors (from
+  // 20 batch means of the arrivals' samples).
+  const std::size_t births = source.births, batches = 20, len = births / batches;
+  for (std::size_t dev = 0; dev < 4; ++dev) {
+    CAPTURE(dev);
+    std::vector<double> m(batches, 0.0);
+    for (std::size_t b = 0; b < batches; ++b)
+      for (std::size_t i = 0; i < len; ++i) m[b] += source.seen[(b * len + i) * 4 + dev] / len;
+    double mean = 0, ss = 0;
+    for (double x : m) mean += x / batches;
+    for (double x : m) ss += (x - mean) * (x - mean);
+    const double se = std::sqrt(ss / (batches - 1) / batches);
+    CAPTURE(mean);
+    CAPTURE(se);
+    CHECK(std::abs(mean - r.devices[dev].mean_queue) <= 4 * se);
+  }
+}
+
+TEST_CASE("Queueing.least_loaded_is_stable_where_uniform_is_not") {
+  // lambda = 0.07, 1.47 times uniform's limit 1/21: uniform gives the slow device 7 lambda calls
+  // per unit time against its capacity 1/3.
+  const double lambda = 0.07, horizon = 2e5;
+  q::sim_config cfg = slow_device(lambda, horizon, 11);
+  cfg.sample_period = 20;
+  q::gossip_source uniform(4, 2, moa::uniform_gossip{2});
+  const auto u = q::simulate(cfg, uniform);
+  CHECK_FALSE(u.stable);
+  CHECK(u.devices[3].utilisation > 0.99);
+  CHECK(u.devices[3].growth_rate == doctest::Approx(7 * lambda - 1.0 / 3).epsilon(0.15));
+
+  least_loaded_source aware(4, 2, moa::least_loaded_gossip{.k = 2, .d = 0});
+  const auto a = q::simulate(cfg, aware);
+  CHECK(a.stable);
+  CHECK(std::abs(a.growth_rate) < 0.001);
+  // The slow device serves its own user's 3 calls per prompt (rho = 0.63) plus what the queues
+  // send it; the fast ones take the rest.
+  CHECK(a.devices[3].utilisation > 9 * lambda);
+  CHECK(a.devices[3].utilisation < 0.99);
+  double total = 0;
+  for (const auto& dev : a.devices) total += dev.mean_queue;
+  CHECK(total < 10);
+  CHECK(a.mean_latency < 50);
+
+  // A stable run stays in a band: both halves of the window agree within their batch-means
+  // errors. Uniform's backlog breaks out of it: for a linear ramp the halves differ by 1.7 times
+  // that band however long the run, since the ramp inflates the batch errors too.
+  const halves h = split_run(a.series, cfg.warmup);
+  const double band = 4 * std::hypot(h.first_se, h.second_se);
+  CAPTURE(h.first);
+  CAPTURE(h.second);
+  CAPTURE(band);
+  CHECK(std::abs(h.second - h.first) <= band);
+  const halves g = split_run(u.series, cfg.warmup);
+  CHECK(g.second - g.first > 4 * std::hypot(g.first_se, g.second_se));
+}
+
+TEST_CASE("Queueing.least_loaded_approaches_the_capacity_bound" * doctest::timeout(120)) {
+  // No gossip can beat 1/9: above it the slow device's own user alone overloads it. With exact
+  // queue lengths, least-loaded keeps the network stable up to about 97% of that bound.
+  least_loaded_source aware(4, 2, moa::least_loaded_gossip{.k = 2, .d = 0});
+  const double near = 0.97 * capacity_bound;  // 0.108
+  const auto below = q::simulate(slow_device(near, 1e6, 2), aware);
+  CHECK(below.stable);
+  CHECK(below.devices[3].utilisation > 0.995);  // the slow device is (almost) never idle
+  // The fast devices take every peer call but a sliver: rho(d3) - 9 lambda is what d3 got.
+  CHECK(below.devices[3].utilisation - 9 * near < 0.03);
+
+  const double over = 1.05 * capacity_bound;  // 0.117
+  const auto above = q::simulate(slow_device(over, 2e5, 2), aware);
+  CHECK_FALSE(above.stable);
+  // The slow device's own calls alone exceed its capacity by 3 lambda - 1/3 per unit time.
+  CHECK(above.devices[3].growth_rate >= 0.9 * (3 * over - 1.0 / 3));
 }

@@ -282,36 +282,6 @@ class deadline_timer {
   std::thread thread_;
 };
 
-inline void record_response(call_record& rec, response&& resp) {
-  rec.usage = resp.usage;
-  rec.finish = resp.finish;
-  rec.text = std::move(resp.text);
-  if (rec.text.empty()) {
-    rec.status = call_status::empty;
-    rec.error = "the backend returned an empty answer";
-  } else {
-    rec.status = call_status::ok;
-  }
-}
-
-inline void record_exception(call_record& rec, const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const timeout_error& x) {
-    rec.status = call_status::timed_out;
-    rec.error = x.what();
-  } catch (const cancelled_error& x) {
-    rec.status = call_status::cancelled;
-    rec.error = x.what();
-  } catch (const std::exception& x) {
-    rec.status = call_status::failed;
-    rec.error = x.what();
-  } catch (...) {
-    rec.status = call_status::failed;
-    rec.error = "the backend threw an exception not derived from std::exception";
-  }
-}
-
 /// The state of one asynchronous run; reference-counted by the tasks and completions that touch
 /// it, so late completions land in memory that is still alive.
 class async_run final : public completion_target, public std::enable_shared_from_this<async_run> {
@@ -542,18 +512,8 @@ class async_run final : public completion_target, public std::enable_shared_from
           rec = records_[c];
           continue;
         }
-        const auto& call = plan_[c];
-        rec.call = c;
-        rec.backend = call.backend;
-        rec.backend_name = backend_name(call.backend);
-        rec.layer = call.layer;
-        rec.role = call.role;
-        rec.status = cancelled ? call_status::cancelled : call_status::timed_out;
-        rec.error =
-            std::string(cancelled ? "the run was cancelled" : "the run passed its deadline") +
-            (ph == queued ? " before this call started"
-                          : " while this call was running; its answer will be dropped");
-        rec.start = rec.end = clock::now() - t0_;
+        describe_call(rec, plan_, c, backend_name(plan_[c].backend));
+        record_abandoned(rec, cancelled, ph != queued, clock::now() - t0_);
       }
       res.elapsed = clock::now() - t0_;
       conclude(res, plan_, opt_, !cancelled, cancelled);

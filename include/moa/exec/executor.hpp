@@ -211,12 +211,7 @@ class concurrent_executor {
             continue;
           }
           detail::describe_call(rec, plan_, c, backends_);
-          rec.status = cancelled ? call_status::cancelled : call_status::timed_out;
-          rec.error =
-              std::string(cancelled ? "the run was cancelled" : "the run passed its deadline") +
-              (ph == running ? " while this call was running; its answer will be dropped"
-                             : " before this call started");
-          rec.start = rec.end = clock::now() - t0_;
+          detail::record_abandoned(rec, cancelled, ph == running, clock::now() - t0_);
         }
         res.elapsed = clock::now() - t0_;
       } else {

@@ -8,7 +8,9 @@
 /// a moa::plan from a *plan source*; a call is queued FCFS at its device once every call of its
 /// input group has finished (fork-join), and the plan's last call (the aggregation at the origin,
 /// for gossip) ends the prompt. One server per device, service times from a service_model per
-/// device and role. Any plan runs: gossip, layered, DAG.
+/// device and role. Any plan runs: gossip, layered, DAG. Load-aware gossip (strategies that read
+/// gossip_context::load) runs too: the source sees every device's number in system at birth and
+/// redraws each later layer's peers when that layer is forked (LoadAwarePlanSource).
 ///
 /// Why it is fast (tens of millions of events per second on one core): events are 16-byte PODs
 /// in a binary heap that never holds more than one arrival per user and one completion per
@@ -31,6 +33,8 @@
 /// moa::queueing::gossip_source source(4, /*layers=*/2, moa::uniform_gossip{2});
 /// moa::queueing::run_result r = moa::queueing::simulate(cfg, source);
 /// auto many = moa::queueing::replicate(cfg, source, /*replications=*/8);  // in parallel
+/// moa::queueing::gossip_source aware(4, 2, moa::least_loaded_gossip{.k = 2, .d = 0});
+/// auto steered = moa::queueing::simulate(cfg, aware);  // peers picked on the simulated queues
 /// @endcode
 
 #include <algorithm>
@@ -75,18 +79,51 @@ concept ShapedPlanSource = PlanSource<S> &&
   { s.draw(o, r, d) } -> std::same_as<const moa::plan*>;
 };
 
+/// @brief A ShapedPlanSource whose peers depend on the queues: the engine passes every device's
+/// current number in system (queued + in service) as `load` to `s.draw(o, rng&, devices, load)`
+/// at birth, and, when a later group `g` of a plan drawn that way becomes ready, calls
+/// `s.redraw(shape, g, rng&, load, devices)` just before dispatching it. `devices` holds the
+/// prompt's device per call (earlier groups already served); redraw may rewrite those of the
+/// calls of `g` and must leave the others alone. If the source is also callable as
+/// `s(o, rng&, load)`, its fallback plans see the loads too.
+///
+/// Redrawing at the fork, not at birth, is what the live network does (`refresh_peers`): a
+/// prompt's second layer starts a whole layer of service later, when the birth loads are stale.
+template <class S>
+concept LoadAwarePlanSource = ShapedPlanSource<S> &&
+    requires(S& s, std::uint32_t o, moa::rng& r, std::span<std::uint32_t> d,
+             std::span<const double> load, const moa::plan& shape, group_id g) {
+  { s.draw(o, r, d, load) } -> std::same_as<const moa::plan*>;
+  s.redraw(shape, g, r, load, d);
+};
+
+namespace detail {
+/// Strategies that declare `uses_load = true` (moa/gossip/load_aware.hpp) read gossiped queues.
+template <class G>
+concept reads_load = requires {
+  requires static_cast<bool>(G::uses_load);
+};
+}  // namespace detail
+
 /// @brief Gossip plans for the simulator: M layers of origin + peers, aggregation at the origin,
 /// with any gossip strategy. Draws devices into a fixed shape (fast path) and falls back to
 /// make_gossip_plan when a strategy returns fewer peers than expected.
 ///
+/// With a strategy that reads loads (`uses_load`, such as moa::least_loaded_gossip) it models
+/// LoadAwarePlanSource, as the live network does: layer 1's peers are drawn at birth on the
+/// current queues, and each later layer's peers are drawn again when that layer is forked
+/// (`refresh_peers = false`: only at birth, on the birth queues).
+///
 /// @code{.cpp}
 /// moa::queueing::gossip_source source(8, 2, moa::queueing::matrix_gossip(p));
+/// moa::queueing::gossip_source aware(4, 2, moa::least_loaded_gossip{.k = 2, .d = 0});
 /// @endcode
 template <GossipPolicy G>
 class gossip_source {
  public:
-  gossip_source(std::uint32_t devices, std::uint32_t layers, G gossip = G{})
-      : n_(devices), m_(layers), gossip_(std::move(gossip)) {
+  gossip_source(std::uint32_t devices, std::uint32_t layers, G gossip = G{},
+                bool refresh_peers = true)
+      : n_(devices), m_(layers), gossip_(std::move(gossip)), refresh_(refresh_peers) {
     detail::require_fanout(gossip_.fanout(), n_);
     const std::size_t k = std::min<std::size_t>(gossip_.fanout(), n_ - 1);
     expected_.resize(n_);
@@ -112,17 +149,18 @@ class gossip_source {
     }
   }
 
-  const plan& operator()(std::uint32_t origin, rng& random) {
-    make_gossip_plan(origin, n_, m_, gossip_, random, scratch_);
+  const plan& operator()(std::uint32_t origin, rng& random, std::span<const double> load = {}) {
+    make_gossip_plan(origin, n_, m_, gossip_, random, scratch_, load);
     return scratch_;
   }
 
-  const plan* draw(std::uint32_t origin, rng& random, std::span<std::uint32_t> devices) {
+  const plan* draw(std::uint32_t origin, rng& random, std::span<std::uint32_t> devices,
+                   std::span<const double> load = {}) {
     const std::size_t kk = expected_[origin];
     if (devices.size() < (kk + 1) * m_ + 1) return nullptr;
     std::size_t at = 0;
     for (std::uint32_t layer = 1; layer <= m_; ++layer) {
-      const gossip_context ctx{origin, n_, layer, &random, {}};
+      const gossip_context ctx{origin, n_, layer, &random, load};
       const std::size_t got = gossip_.select(ctx, std::span(peers_).first(kk));
       if (got != kk) return nullptr;
       devices[at++] = origin;
@@ -132,13 +170,29 @@ class gossip_source {
     return &shapes_[kk];
   }
 
+  // Only for strategies that read loads, so that the others do not model LoadAwarePlanSource and
+  // the engine keeps its load-blind loop for them.
+  void redraw(const plan& shape, group_id g, rng& random, std::span<const double> load,
+              std::span<std::uint32_t> devices) requires detail::reads_load<G> {
+    const auto calls = shape.calls_of(g);
+    // The aggregation (one call) has no peers; layer 1 was drawn a moment ago, at birth.
+    if (!refresh_ || calls.size() < 2 || shape[calls[0]].layer < 2) return;
+    const std::size_t want = calls.size() - 1;
+    const std::uint32_t origin = devices[calls[0]];
+    const gossip_context ctx{origin, n_, shape[calls[0]].layer, &random, load};
+    if (gossip_.select(ctx, std::span(peers_).first(want)) != want) return;  // keep the birth draw
+    for (std::size_t i = 0; i < want; ++i) devices[calls[i + 1]] = peers_[i];
+  }
+
   [[nodiscard]] std::uint32_t devices() const noexcept { return n_; }
   [[nodiscard]] std::uint32_t layers() const noexcept { return m_; }
+  [[nodiscard]] bool refresh_peers() const noexcept { return refresh_; }
 
  private:
   std::uint32_t n_;
   std::uint32_t m_;
   G gossip_;
+  bool refresh_;
   std::vector<std::size_t> expected_;
   std::vector<std::uint32_t> peers_;
   std::vector<plan> shapes_;  // by peer count; never resized after construction
@@ -273,6 +327,7 @@ class engine {
     last_key_.assign(n_, nullptr);
     scratch_.resize(4096);
     heap_.reserve(2 * n_ + 2);
+    if constexpr (load_aware) load_.assign(n_, 0.0);
   }
 
   run_result run() {
@@ -321,6 +376,9 @@ class engine {
   static constexpr std::uint32_t invalid = ~std::uint32_t{0};
   static constexpr std::uint32_t slot_bits = 24, slot_mask = (1u << slot_bits) - 1;
   static constexpr std::uint32_t trace_user = ~std::uint32_t{0} - 1;
+  // Everything load-related is compiled only for load-aware sources: the others keep the exact
+  // event loop (and random stream) they had before.
+  static constexpr bool load_aware = LoadAwarePlanSource<Source>;
 
   // service_model flattened to a POD, so the hot path inlines its switch.
   struct sampler {
@@ -581,13 +639,18 @@ class engine {
     std::uint32_t sid = invalid;
     const std::uint32_t* devices = nullptr;
     if constexpr (ShapedPlanSource<Source>) {
-      if (const plan* key = source_.draw(origin, random_, scratch_)) {
+      const plan* key = nullptr;
+      if constexpr (load_aware)
+        key = source_.draw(origin, random_, scratch_, std::span<const double>(load_));
+      else
+        key = source_.draw(origin, random_, scratch_);
+      if (key) {
         sid = shape_of_key(key, origin);
         devices = scratch_.data();
       }
     }
     if (sid == invalid) {
-      const plan& p = source_(origin, random_);
+      const plan& p = fallback_plan(origin);
       sid = shape_of_plan(p, origin);
       const auto calls = p.calls();
       if (scratch_.size() < calls.size()) scratch_.resize(calls.size());
@@ -610,11 +673,32 @@ class engine {
         dispatch(s, rec, ref, s.group_calls[i]);
   }
 
+  const plan& fallback_plan(std::uint32_t origin) {
+    if constexpr (requires { source_(origin, random_, std::span<const double>(load_)); })
+      return source_(origin, random_, std::span<const double>(load_));
+    else
+      return source_(origin, random_);
+  }
+
+  // Called as group g of a prompt becomes ready, before its calls are queued: the loads are
+  // those of this instant, the completion that made g ready already counted.
+  void redraw(const shape& s, std::uint32_t* rec, std::uint32_t g) {
+    if (s.key == nullptr) return;  // a fallback plan: its shape is not the source's to redraw
+    source_.redraw(*s.key, g, random_, std::span<const double>(load_),
+                   std::span<std::uint32_t>(rec, s.calls));
+    for (std::uint32_t i = s.group_call_first[g]; i < s.group_call_first[g + 1]; ++i)
+      if (rec[s.group_calls[i]] >= n_)
+        fail("a redraw of group " + std::to_string(g) + " calls device " +
+             std::to_string(rec[s.group_calls[i]]) + " of a " + std::to_string(n_) +
+             "-device network");
+  }
+
   void dispatch(const shape& s, const std::uint32_t* rec, std::uint32_t ref, std::uint32_t call) {
     const std::uint32_t d = rec[call];
     device& dev = devices_[d];
     touch(dev);
     ++backlog_;
+    if constexpr (load_aware) load_[d] += 1;
     if (dev.in_system++ == 0) {
       dev.current = {ref, call};
       push({now_ + models_[2 * d + s.role[call]](random_), d, completion_kind});
@@ -640,6 +724,7 @@ class engine {
     touch(dev);
     --dev.in_system;
     --backlog_;
+    if constexpr (load_aware) load_[d] -= 1;
     ++dev.completed;
     if (dev.in_system > 0) {
       dev.current = dev.ring[dev.head];
@@ -663,9 +748,11 @@ class engine {
     }
     for (std::uint32_t i = s.consumer_first[done.call]; i < s.consumer_first[done.call + 1]; ++i) {
       const std::uint32_t g = s.consumers[i];
-      if (--rec[s.calls + g] == 0)
+      if (--rec[s.calls + g] == 0) {
+        if constexpr (load_aware) redraw(s, rec, g);
         for (std::uint32_t j = s.group_call_first[g]; j < s.group_call_first[g + 1]; ++j)
           dispatch(s, rec, done.ref, s.group_calls[j]);
+      }
     }
   }
 
@@ -726,6 +813,7 @@ class engine {
   std::vector<std::uint32_t> last_shape_, last_key_shape_;
   std::vector<const plan*> last_key_;
   std::vector<std::uint32_t> scratch_;
+  std::vector<double> load_;  // number in system per device, as doubles for gossip_context::load
   std::size_t trace_cursor_ = 0;
   std::size_t backlog_ = 0;
   std::uint64_t events_ = 0;

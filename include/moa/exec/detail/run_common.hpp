@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "moa/aggregate/aggregator_concepts.hpp"
@@ -54,14 +55,26 @@ inline void check_run(const plan& p, std::span<const backend_ref> backends,
 }
 
 /// Fills the static part of a record from the plan.
-inline void describe_call(call_record& rec, const plan& p, call_id c,
-                          std::span<const backend_ref> backends) {
+inline void describe_call(call_record& rec, const plan& p, call_id c, std::string_view name) {
   const auto& call = p[c];
   rec.call = c;
   rec.backend = call.backend;
-  rec.backend_name = backends[call.backend].name();
+  rec.backend_name = name;
   rec.layer = call.layer;
   rec.role = call.role;
+}
+inline void describe_call(call_record& rec, const plan& p, call_id c,
+                          std::span<const backend_ref> backends) {
+  describe_call(rec, p, c, backends[p[c].backend].name());
+}
+
+/// Records a call that a cancelled or expired run stops waiting for (`now` since the run began).
+inline void record_abandoned(call_record& rec, bool cancelled, bool started, clock::duration now) {
+  rec.status = cancelled ? call_status::cancelled : call_status::timed_out;
+  rec.error = std::string(cancelled ? "the run was cancelled" : "the run passed its deadline") +
+              (started ? " while this call was running; its answer will be dropped"
+                       : " before this call started");
+  rec.start = rec.end = now;
 }
 
 /// The per-run state of an aggregation policy: only runs with a policy make one.
@@ -316,6 +329,38 @@ inline std::optional<std::string> build_group(const plan& p, group_id g,
   return build_group(p, g, records, prompt, opt, messages, used, trimmed, nullptr);
 }
 
+/// Records a backend's answer: ok, or empty (an empty answer is a failure of its own kind).
+inline void record_response(call_record& rec, response&& resp) {
+  rec.usage = resp.usage;
+  rec.finish = resp.finish;
+  rec.text = std::move(resp.text);
+  if (rec.text.empty()) {
+    rec.status = call_status::empty;
+    rec.error = "the backend returned an empty answer";
+  } else {
+    rec.status = call_status::ok;
+  }
+}
+
+/// Records what a backend threw: its deadline, a cancellation, or a failure with its message.
+inline void record_exception(call_record& rec, const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const timeout_error& x) {
+    rec.status = call_status::timed_out;
+    rec.error = x.what();
+  } catch (const cancelled_error& x) {
+    rec.status = call_status::cancelled;
+    rec.error = x.what();
+  } catch (const std::exception& x) {
+    rec.status = call_status::failed;
+    rec.error = x.what();
+  } catch (...) {
+    rec.status = call_status::failed;
+    rec.error = "the backend threw an exception not derived from std::exception";
+  }
+}
+
 /// Calls the backend and records the outcome. Never throws for a backend failure.
 inline void invoke(const backend_ref& backend, const request& req, call_record& rec,
                    const std::function<void(std::string_view)>* on_token) {
@@ -327,27 +372,10 @@ inline void invoke(const backend_ref& backend, const request& req, call_record& 
     } else {
       resp = backend.generate(req);
     }
-    rec.usage = resp.usage;
-    rec.finish = resp.finish;
-    rec.text = std::move(resp.text);
-    if (rec.text.empty()) {
-      rec.status = call_status::empty;
-      rec.error = "the backend returned an empty answer";
-    } else {
-      rec.status = call_status::ok;
-    }
-  } catch (const timeout_error& e) {
-    rec.status = call_status::timed_out;
-    rec.error = e.what();
-  } catch (const cancelled_error& e) {
-    rec.status = call_status::cancelled;
-    rec.error = e.what();
-  } catch (const std::exception& e) {
-    rec.status = call_status::failed;
-    rec.error = e.what();
+    record_response(rec, std::move(resp));
   } catch (...) {
-    rec.status = call_status::failed;
-    rec.error = "the backend threw an exception not derived from std::exception";
+    // Failures are the slow path: one rethrow there keeps a single mapping to call statuses.
+    record_exception(rec, std::current_exception());
   }
 }
 

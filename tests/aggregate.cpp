@@ -14,21 +14,11 @@
 #include <moa/exec/executor.hpp>
 #include <moa/pipeline.hpp>
 
+#include "each_executor.hpp"
+
 namespace {
 
-template <class F>
-void with_each_executor(F check) {
-  {
-    INFO("inline executor");
-    moa::inline_executor ex;
-    check(ex);
-  }
-  {
-    INFO("concurrent executor");
-    moa::concurrent_executor ex(3);
-    check(ex);
-  }
-}
+using moa_test::with_each_executor;
 
 // A backend that always answers `text` (as a proposer) and `judged` when asked as the sink or by
 // a policy (role aggregator).

@@ -16,6 +16,8 @@
 #include <moa/exec/trace_views.hpp>
 #include <moa/pipeline.hpp>
 
+#include "each_executor.hpp"
+
 using namespace std::chrono_literals;
 
 namespace {
@@ -27,20 +29,7 @@ moa::synthetic_backend syn(std::string name, moa::synthetic_options o = {}) {
   return moa::synthetic_backend(std::move(o));
 }
 
-// Runs `check` against both executors.
-template <class F>
-void with_each_executor(F check) {
-  {
-    INFO("inline executor");
-    moa::inline_executor ex;
-    check(ex);
-  }
-  {
-    INFO("concurrent executor");
-    moa::concurrent_executor ex(3);
-    check(ex);
-  }
-}
+using moa_test::with_each_executor;
 
 // A backend that ignores deadlines and stop tokens: only the concurrent executor can stop
 // waiting for it.

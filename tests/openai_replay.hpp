@@ -210,10 +210,15 @@ struct completions final : moa::detail::completion_target {
     std::lock_guard lock(mutex);
     return done;
   }
-  // Rethrows call i's error (after wait_all).
+  // Rethrows call i's error (after wait_all). The slot gives its reference up, so that the
+  // exception dies on this thread: libstdc++'s exception_ptr counts are invisible to TSan.
   void rethrow(std::size_t i) {
-    std::lock_guard lock(mutex);
-    if (slots[i].error) std::rethrow_exception(slots[i].error);
+    std::exception_ptr e;
+    {
+      std::lock_guard lock(mutex);
+      e = std::move(slots[i].error);
+    }
+    if (e) std::rethrow_exception(e);
   }
   std::mutex mutex;
   std::condition_variable cv;

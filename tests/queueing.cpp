@@ -647,12 +647,15 @@ TEST_CASE("Queueing.least_loaded_approaches_the_capacity_bound" * doctest::timeo
   const auto below = q::simulate(slow_device(near, 1e6, 2), aware);
   CHECK(below.stable);
   CHECK(below.devices[3].utilisation > 0.995);  // the slow device is (almost) never idle
-  // The fast devices take every peer call but a sliver: rho(d3) - 9 lambda is what d3 got.
-  CHECK(below.devices[3].utilisation - 9 * near < 0.03);
+  // and it gets a sliver of the 16 lambda peer calls per unit time (uniform: a quarter); the
+  // fast devices absorb the rest.
+  CHECK(below.devices[3].throughput - 3 * near < 0.03 * 16 * near);
 
   const double over = 1.05 * capacity_bound;  // 0.117
   const auto above = q::simulate(slow_device(over, 2e5, 2), aware);
   CHECK_FALSE(above.stable);
-  // The slow device's own calls alone exceed its capacity by 3 lambda - 1/3 per unit time.
-  CHECK(above.devices[3].growth_rate >= 0.9 * (3 * over - 1.0 / 3));
+  CHECK(above.devices[3].utilisation > 0.999);
+  // The slow device's own calls alone exceed its capacity by 3 lambda - 1/3 per unit time. The
+  // fast devices run at rho = 0.97 as well, so the owed calls' split is noisy: a factor of 2.
+  CHECK(above.devices[3].growth_rate == doctest::Approx(3 * over - 1.0 / 3).epsilon(0.5));
 }

@@ -10,8 +10,10 @@
 /// as its authors recommend, so nearby seeds give unrelated streams.
 
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <span>
 
 namespace moa {
 
@@ -77,5 +79,26 @@ class rng {
  private:
   std::uint64_t s_[4]{};
 };
+
+/// @brief Fills `out` with distinct indices drawn uniformly from [0, population) and returns how
+/// many it wrote: min(out.size(), population). Floyd's algorithm: one draw per index, no
+/// allocation, every subset equally likely (their order is not uniform).
+constexpr std::size_t sample_distinct(rng& random, std::size_t population,
+                                      std::span<std::uint32_t> out) noexcept {
+  const std::size_t take = out.size() < population ? out.size() : population;
+  std::size_t written = 0;
+  // For j in [population - take, population): draw t in [0, j]; keep t unless already taken,
+  // else keep j (which cannot have been taken yet).
+  for (std::size_t j = population - take; j < population; ++j) {
+    auto t = static_cast<std::uint32_t>(random.below(j + 1));
+    for (std::size_t i = 0; i < written; ++i)
+      if (out[i] == t) {
+        t = static_cast<std::uint32_t>(j);
+        break;
+      }
+    out[written++] = t;
+  }
+  return written;
+}
 
 }  // namespace moa

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "moa/core/error.hpp"
+#include "moa/core/random.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 
 namespace moa {
@@ -80,17 +81,8 @@ class graph_gossip {
     const auto nb = neighbours(ctx.origin);
     std::size_t take = fanout_of(ctx.origin);
     if (take > out.size()) take = out.size();
-    // Floyd's sampling over neighbour positions, then mapped to device ids.
-    std::size_t written = 0;
-    for (std::size_t j = nb.size() - take; j < nb.size(); ++j) {
-      auto t = static_cast<std::uint32_t>(ctx.random->below(j + 1));
-      for (std::size_t i = 0; i < written; ++i)
-        if (out[i] == t) {
-          t = static_cast<std::uint32_t>(j);
-          break;
-        }
-      out[written++] = t;
-    }
+    // Sample neighbour positions, then map them to device ids.
+    const std::size_t written = sample_distinct(*ctx.random, nb.size(), out.first(take));
     for (std::size_t i = 0; i < written; ++i) out[i] = nb[out[i]];
     return written;
   }

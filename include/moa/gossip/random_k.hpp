@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <span>
 
+#include "moa/core/random.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 
 namespace moa {
@@ -44,18 +45,8 @@ struct uniform_gossip {
     const std::size_t others = ctx.devices ? ctx.devices - 1 : 0;
     const std::size_t want = k < others ? k : others;
     const std::size_t take = want < out.size() ? want : out.size();
-    std::size_t written = 0;
-    // Floyd: for j in [others - take, others), draw t in [0, j]; keep t unless already taken,
-    // then keep j. Indices count the other devices, skipping the origin.
-    for (std::size_t j = others - take; j < others; ++j) {
-      auto t = static_cast<std::uint32_t>(ctx.random->below(j + 1));
-      for (std::size_t i = 0; i < written; ++i)
-        if (out[i] == t) {
-          t = static_cast<std::uint32_t>(j);
-          break;
-        }
-      out[written++] = t;
-    }
+    // Indices count the other devices, skipping the origin.
+    const std::size_t written = sample_distinct(*ctx.random, others, out.first(take));
     for (std::size_t i = 0; i < written; ++i)
       if (out[i] >= ctx.origin) ++out[i];
     return written;

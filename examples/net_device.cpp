@@ -14,17 +14,7 @@
 #include <iostream>
 
 #include "cli/network_commands.hpp"
-
-// libzmq is not built with ThreadSanitizer: the synchronisation inside its I/O threads is
-// invisible to TSan, which then reports races inside libzmq (eventfd/epoll) that are not there.
-// Our own data never crosses threads through ZeroMQ without a mutex (see zmq_device.hpp).
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-extern "C" const char* __tsan_default_suppressions() {
-  return "called_from_lib:libzmq.so.5\nrace:libzmq.so.5\n";
-}
-#endif
-#endif
+#include "cli/zmq_tsan.hpp"  // TSan: libzmq is not instrumented
 
 int main(int argc, char** argv) {
   CLI::App app{"moa_device: one device of a ZeroMQ network of MoA devices"};

@@ -26,21 +26,11 @@
 #include <thread>
 #include <vector>
 
+#include "cli/zmq_tsan.hpp"  // TSan: libzmq is not instrumented
 #include "moa/net/zmq_device.hpp"
 #include "moa/net/zmq_wire.hpp"
 
 extern char** environ;
-
-// libzmq is not built with ThreadSanitizer: the synchronisation inside its I/O threads is
-// invisible to TSan, which then reports races inside libzmq (eventfd/epoll) that are not there.
-// Our own data never crosses threads through ZeroMQ without a mutex (see zmq_device.hpp).
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-extern "C" const char* __tsan_default_suppressions() {
-  return "called_from_lib:libzmq.so.5\nrace:libzmq.so.5\n";
-}
-#endif
-#endif
 
 using namespace std::chrono_literals;
 

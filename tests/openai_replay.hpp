@@ -195,7 +195,7 @@ struct completions final : moa::detail::completion_target {
       if (r != nullptr)
         s.answer = std::move(*r);
       else
-        s.error = e;
+        s.error = std::move(e);
       s.thread = std::this_thread::get_id();
       ++done;
     }

@@ -786,10 +786,12 @@ class openai_backend::io_loop {
       std::erase(calls_, nullptr);
       for (auto& c : ended) {
         c->on_stop.reset();
+        // The error is handed over, not shared: whoever receives it decides on which thread it
+        // dies (libstdc++'s exception_ptr counts are invisible to ThreadSanitizer).
         if (c->answer)
           c->done(std::move(*c->answer));
         else
-          c->done.fail(c->error);
+          c->done.fail(std::move(c->error));
       }
     }
 

@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// Include from exactly one file of a program that links libzmq (it defines a function).
+// libzmq is not built with ThreadSanitizer: the synchronisation inside its I/O threads is
+// invisible to TSan, which then reports races inside libzmq (eventfd/epoll) that are not there.
+// Our own data never crosses threads through ZeroMQ without a mutex (see moa/net/zmq_device.hpp).
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+extern "C" const char* __tsan_default_suppressions() {
+  return "called_from_lib:libzmq.so.5\nrace:libzmq.so.5\n";
+}
+#endif
+#endif

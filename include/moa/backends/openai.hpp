@@ -14,6 +14,7 @@
 /// |--------------|----------------------------------------------------------------------------|
 /// | transport    | libcurl, one easy+multi handle pair per concurrent call, pooled and reused |
 /// |              | (keep-alive); the call runs on the caller's thread, no hidden threads     |
+/// | async        | generate_async: one shared I/O thread drives every call on one curl_multi |
 /// | deadline     | request::deadline bounds every attempt and the waits between them         |
 /// | cancellation | request::stop aborts the transfer at once (curl_multi_wakeup)              |
 /// | retries      | connection errors, 429, 5xx: exponential backoff with jitter, Retry-After |

@@ -130,6 +130,28 @@ struct immediate_backend {
   }
 };
 
+// Streams its answer word by word from inside generate_stream_async, then completes.
+struct streaming_immediate_backend {
+  std::string name;
+  void generate_async(const moa::request& r, const moa::completion& done) const {
+    moa::response resp;
+    resp.text = moa::synthetic_answer(name, moa::request_hash(r));
+    done(std::move(resp));
+  }
+  void generate_stream_async(const moa::request& r, moa::token_callback on_token,
+                             const moa::completion& done) const {
+    moa::response resp;
+    resp.text = moa::synthetic_answer(name, moa::request_hash(r));
+    for (std::size_t at = 0; at < resp.text.size();) {
+      const auto space = resp.text.find(' ', at);
+      const auto end = space == std::string::npos ? resp.text.size() : space + 1;
+      on_token(std::string_view(resp.text).substr(at, end - at));
+      at = end;
+    }
+    done(std::move(resp));
+  }
+};
+
 moa::plan two_by_three() {
   return moa::layered_topology{{{0, 1, 2}, {0, 1, 2}}, 0}.make_plan();
 }
@@ -343,4 +365,47 @@ TEST_CASE("Async.rejects_bad_input_with_a_reason") {
   CHECK_THROWS_WITH_AS(ex.execute(two_by_three(), refs, moa::make_request("?")),
                        doctest::Contains("the plan calls backend 2 but only 1"),
                        moa::topology_error);
+}
+
+TEST_CASE("Async.the_sink_streams_to_on_token") {
+  const auto expected = expected_answer("stream me");
+  moa::async_executor ex(2);
+  const auto plan = two_by_three();
+  auto run_with = [&](std::span<const moa::async_backend_ref> refs) {
+    std::vector<std::string> tokens;
+    std::mutex mutex;  // the sink is one call, but its tokens may arrive on a pool thread
+    moa::run_options opt;
+    opt.on_token = [&](std::string_view t) {
+      std::lock_guard lock(mutex);
+      tokens.emplace_back(t);
+    };
+    const auto r = ex.execute_async(plan, refs, moa::make_request("stream me"), opt).get();
+    REQUIRE(r.ok());
+    CHECK(r.answer == expected);
+    std::string joined;
+    for (const auto& t : tokens) joined += t;
+    CHECK(joined == r.answer);  // only the sink streams: proposers' text never reaches on_token
+    return tokens.size();
+  };
+  SUBCASE("an asynchronous backend that streams: token by token") {
+    std::vector<streaming_immediate_backend> b{{"a"}, {"b"}, {"c"}};
+    std::vector<moa::async_backend_ref> refs;
+    for (auto& x : b) refs.emplace_back(x, x.name);
+    CHECK(refs[0].streams_async());
+    CHECK(run_with(refs) == 3);  // "a answers <hash>": three words
+  }
+  SUBCASE("an asynchronous backend without a streaming form: the answer as one token") {
+    std::vector<immediate_backend> b{{"a"}, {"b"}, {"c"}};
+    std::vector<moa::async_backend_ref> refs;
+    for (auto& x : b) refs.emplace_back(x, x.name);
+    CHECK_FALSE(refs[0].streams_async());
+    CHECK(run_with(refs) == 1);
+  }
+  SUBCASE("synchronous backends on the async executor stream as on the others") {
+    std::vector<moa::synthetic_backend> b;
+    for (auto n : {"a", "b", "c"}) b.emplace_back(moa::synthetic_options{.name = n});
+    std::vector<moa::async_backend_ref> refs;
+    for (auto& x : b) refs.emplace_back(x, std::string(x.name()));
+    CHECK(run_with(refs) == 3);  // synthetic_backend::generate_stream: word by word
+  }
 }

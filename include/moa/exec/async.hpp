@@ -154,6 +154,14 @@ template <class B>
 concept AsyncBackend =
     std::invocable<const detail::generate_async_fn&, B&, const request&, completion>;
 
+namespace detail {
+template <class B>
+concept has_generate_stream_async = requires(B& b, const request& r, token_callback cb,
+                                             completion c) {
+  b.generate_stream_async(r, cb, std::move(c));
+};
+}  // namespace detail
+
 /// @brief A non-owning handle on an asynchronous backend, or on a synchronous one (whose calls
 /// the async executor posts to its scheduler).
 class async_backend_ref {
@@ -167,8 +175,16 @@ class async_backend_ref {
       start_ = [](void* o, const request& r, completion c) {
         moa::generate_async(*static_cast<B*>(o), r, std::move(c));
       };
-    if constexpr (Backend<B>)
+    if constexpr (detail::has_generate_stream_async<B>)
+      start_stream_ = [](void* o, const request& r, token_callback cb, completion c) {
+        static_cast<B*>(o)->generate_stream_async(r, cb, std::move(c));
+      };
+    if constexpr (Backend<B>) {
       generate_ = [](void* o, const request& r) { return moa::generate(*static_cast<B*>(o), r); };
+      generate_stream_ = [](void* o, const request& r, token_callback cb) {
+        return moa::generate_stream(*static_cast<B*>(o), r, cb);
+      };
+    }
   }
 
   /// True when calls are started asynchronously (generate_async).
@@ -177,6 +193,21 @@ class async_backend_ref {
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
 
   void start(const request& r, completion done) const { start_(object_, r, std::move(done)); }
+
+  /// True when started calls can stream their tokens (generate_stream_async).
+  [[nodiscard]] bool streams_async() const noexcept { return start_stream_ != nullptr; }
+  /// Starts a streaming call; `on_token` must stay valid until `done` is called.
+  void start_stream(const request& r, token_callback on_token, completion done) const {
+    start_stream_(object_, r, on_token, std::move(done));
+  }
+  /// A synchronous streaming call of a synchronous backend (every backend streams, at worst the
+  /// whole text as one token); an asynchronous-only backend answers as generate() does.
+  [[nodiscard]] response generate_stream(const request& r, token_callback on_token) const {
+    if (generate_stream_ != nullptr) return generate_stream_(object_, r, on_token);
+    auto resp = generate(r);
+    if (!resp.text.empty()) on_token(resp.text);
+    return resp;
+  }
 
   /// A synchronous call. For an asynchronous-only backend this waits for the completion, which
   /// parks the calling thread: moa does so only for calls made by aggregation policies.
@@ -203,7 +234,9 @@ class async_backend_ref {
  private:
   void* object_ = nullptr;
   void (*start_)(void*, const request&, completion) = nullptr;
+  void (*start_stream_)(void*, const request&, token_callback, completion) = nullptr;
   response (*generate_)(void*, const request&) = nullptr;
+  response (*generate_stream_)(void*, const request&, token_callback) = nullptr;
   std::string name_;
 };
 
@@ -349,10 +382,19 @@ class async_run final : public completion_target, public std::enable_shared_from
     if (!phase_[c].compare_exchange_strong(expected, completing, std::memory_order_acq_rel))
       return;  // a duplicate or late completion
     auto& rec = records_[c];
-    if (r != nullptr)
-      record_response(rec, std::move(*r));
-    else
+    if (r != nullptr) {
+      if (whole_answer_as_token_ && c == plan_.sink() && !r->text.empty()) {
+        try {
+          on_token_(r->text);
+        } catch (...) {  // as on the synchronous path, a throwing callback fails the call
+          record_exception(rec, std::current_exception());
+          r = nullptr;
+        }
+      }
+      if (r != nullptr) record_response(rec, std::move(*r));
+    } else {
       record_exception(rec, e);
+    }
     const auto end = clock::now();
     rec.end = end - t0_;
     enforce_limits(rec, end, requests_[c].deadline, stop_);
@@ -365,6 +407,11 @@ class async_run final : public completion_target, public std::enable_shared_from
 
  private:
   static constexpr std::uint8_t queued = 0, running = 1, completing = 2, done = 3;
+
+  // Only the sink streams, to the caller's on_token; a policy at the sink does not stream.
+  [[nodiscard]] bool streams_tokens(call_id c) const noexcept {
+    return c == plan_.sink() && static_cast<bool>(opt_.on_token);
+  }
 
   const std::string& backend_name(std::uint32_t b) const noexcept {
     return async_.empty() ? sync_[b].name() : async_[b].name();
@@ -439,8 +486,16 @@ class async_run final : public completion_target, public std::enable_shared_from
     phase_[c].store(running, std::memory_order_relaxed);
     const bool local = c == plan_.sink() && policy_;
     if (!local && !async_.empty() && async_[call.backend].is_async()) {
+      const auto& backend = async_[call.backend];
       try {
-        async_[call.backend].start(req, completion(shared_from_this(), c));
+        if (streams_tokens(c) && backend.streams_async())
+          backend.start_stream(req, token_callback(on_token_), completion(shared_from_this(), c));
+        else {
+          // No streaming form: complete() hands the whole answer to on_token as one token, as
+          // generate_stream does for a synchronous backend without a streaming form.
+          whole_answer_as_token_ = streams_tokens(c);
+          backend.start(req, completion(shared_from_this(), c));
+        }
       } catch (...) {
         complete(c, nullptr, std::current_exception());
       }
@@ -462,7 +517,10 @@ class async_run final : public completion_target, public std::enable_shared_from
       invoke(sync_[plan_[c].backend], req, rec, c == plan_.sink() ? &opt_.on_token : nullptr);
     } else {
       try {
-        record_response(rec, async_[plan_[c].backend].generate(req));
+        const auto& backend = async_[plan_[c].backend];
+        record_response(rec, streams_tokens(c)
+                                 ? backend.generate_stream(req, token_callback(on_token_))
+                                 : backend.generate(req));
       } catch (...) {
         record_exception(rec, std::current_exception());
       }
@@ -538,6 +596,9 @@ class async_run final : public completion_target, public std::enable_shared_from
   std::span<const async_backend_ref> async_;
   const request prompt_;
   const run_options opt_;
+  // The sink's tokens go to the caller's on_token; token_callback needs a mutable callable.
+  std::function<void(std::string_view)> on_token_{opt_.on_token};
+  bool whole_answer_as_token_ = false;  // written before the sink starts, read at its completion
   std::shared_ptr<const void> keep_alive_;
   scheduler_ref sched_;
   deadline_timer& timer_;

@@ -785,6 +785,14 @@ TEST_SUITE("openai") {
       CHECK(got.trace[i].usage == want.trace[i].usage);
     }
     CHECK(got.trace[6].references == std::vector<moa::call_id>{3, 4, 5});
+    SUBCASE("on_token streams the sink's answer from the I/O thread") {
+      std::string streamed;
+      moa::run_options opt;
+      opt.on_token = [&](std::string_view t) { streamed += t; };  // one call: no lock needed
+      const auto r = ex.execute_async(plan, async, moa::make_request("hello"), opt).get();
+      REQUIRE(r.ok());
+      CHECK(streamed == r.answer);
+    }
     const auto u = moa::openai::summarize_usage(got);
     REQUIRE(u.per_model.size() == 3);
     CHECK(u.per_model[0].calls == 3);

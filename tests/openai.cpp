@@ -359,10 +359,10 @@ TEST_SUITE("openai") {
           {moa_test::http(429, R"({"error":{"message":"slow down"}})", "Retry-After: 30\r\n")});
       moa::openai_backend b(fast_retries(srv.base_url()));
       auto req = moa::make_request("x");
-      req.deadline = moa::clock::now() + 2s;
+      req.deadline = moa::clock::now() + 10s;
       const auto t0 = std::chrono::steady_clock::now();
       CHECK_THROWS_AS(b.generate(req), moa::http_error);
-      CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+      CHECK(std::chrono::steady_clock::now() - t0 < 5s);  // neither the 30 s nor the deadline
       CHECK(srv.requests() == 1);
     }
     SUBCASE("connection refused is retried, then typed") {
@@ -437,7 +437,7 @@ TEST_SUITE("openai") {
       CHECK_THROWS_AS(b.generate(req), moa::timeout_error);
       const auto took = moa::clock::now() - t0;
       CHECK(took >= 140ms);
-      CHECK(took < 1s);
+      CHECK(took < 5s);  // the server never answers: only the deadline can end the call
     }
     SUBCASE("a stop request aborts the transfer at once") {
       std::stop_source stop;

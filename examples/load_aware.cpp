@@ -62,8 +62,8 @@ bool simulate(const char* name, Gossip g, double lambda, bool refresh_peers = tr
   moa::queueing::gossip_source source(n, layers, g, refresh_peers);
   const auto r = moa::queueing::simulate(cfg, source);
   std::cout << "  simulator  " << std::setw(13) << std::left << name << std::right << std::setw(7)
-            << lambda << std::setw(10) << r.mean_latency << std::setw(10)
-            << r.devices[3].utilisation << std::setw(10) << r.devices[3].mean_queue << "  "
+            << lambda << std::setw(11) << r.mean_latency << std::setw(10)
+            << r.devices[3].utilisation << std::setw(11) << r.devices[3].mean_queue << "  "
             << (r.stable ? "stable" : "UNSTABLE (backlog grows)") << '\n';
   return r.stable;
 }
@@ -104,8 +104,8 @@ void live(const char* name, Gossip g, double lambda, std::size_t prompts) {
   }
   const bool growing = last > 2 * first + 5;
   std::cout << "  live       " << std::setw(13) << std::left << name << std::right << std::setw(7)
-            << lambda << std::setw(10) << r.mean_latency << std::setw(10)
-            << r.devices[3].utilisation << std::setw(10) << r.devices[3].mean_queue << "  "
+            << lambda << std::setw(11) << r.mean_latency << std::setw(10)
+            << r.devices[3].utilisation << std::setw(11) << r.devices[3].mean_queue << "  "
             << (growing ? "UNSTABLE (latency grows " : "stable (latency ") << first << " -> "
             << last << " ms)\n";
 }
@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
   std::cout << "n=4, M=2, k=2, alpha = 1, 1, 1, 3 ms\n"
             << "uniform gossip limit " << uniform_limit << " per user per ms; capacity bound "
             << bound << " (the slow device's own calls)\n\n"
-            << "  world      gossip        lambda     latency  rho(d3)     L(d3)\n";
+            << "  world      gossip        lambda      latency  rho(d3)      L(d3)\n";
   const moa::queueing::matrix_gossip steer(steered());
   const moa::least_loaded_gossip least_loaded{k, 0};
   const std::vector<double> uniform_sweep =

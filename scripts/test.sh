@@ -80,7 +80,8 @@ for s in $stages; do
       cmake -S . -B build/llama -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DMOA_DEV_SANITIZE=address -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF \
         -DMOA_LLAMA_DIR="$(bash scripts/llama-server.sh dir)" >/dev/null
-      cmake --build build/llama -j "$jobs" --target moa_openai_llama_tests openai_moa moa_cli
+      cmake --build build/llama -j "$jobs" --target moa_openai_llama_tests openai_moa moa_cli \
+        moa_network_process_tests moa_device
       run_ctest build/llama -L llama
       ;;
     fuzz)

@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -44,6 +45,19 @@ int free_port(zmq::context_t& ctx) {
   s.bind("tcp://127.0.0.1:*");
   const std::string ep = s.get(zmq::sockopt::last_endpoint);
   return std::stoi(ep.substr(ep.rfind(':') + 1));
+}
+
+std::vector<std::string> loopback_addresses(zmq::context_t& ctx, std::size_t n) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < n; ++i)
+    out.push_back("tcp://127.0.0.1:" + std::to_string(free_port(ctx)));
+  return out;
+}
+
+std::string join(const std::vector<std::string>& parts) {  // as --peers wants them
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : ",") + p;
+  return out;
 }
 
 struct process {
@@ -182,11 +196,8 @@ TEST_CASE("Network.wire_decoder_rejects_malformed_input") {
 TEST_CASE("Network.processes_on_loopback" * doctest::timeout(120)) {
   zmq::context_t ctx(1);
   constexpr std::size_t n = 4;
-  std::vector<std::string> addresses;
-  for (std::size_t i = 0; i < n; ++i)
-    addresses.push_back("tcp://127.0.0.1:" + std::to_string(free_port(ctx)));
-  std::string peers;
-  for (const auto& a : addresses) peers += (peers.empty() ? "" : ",") + a;
+  const std::vector<std::string> addresses = loopback_addresses(ctx, n);
+  const std::string peers = join(addresses);
   std::vector<process> devices;
   for (std::size_t i = 0; i < n; ++i)
     devices.push_back(spawn(
@@ -263,4 +274,49 @@ TEST_CASE("Network.processes_on_loopback" * doctest::timeout(120)) {
       ::kill(d.pid, SIGKILL);
       reap(d.pid, 5s);
     }
+}
+
+// Devices serving real models: each moa_device talks to its own llama.cpp server
+// (tests/with_llama.sh starts them and passes their URLs in MOA_ENDPOINTS). Skipped by default;
+// ctest runs it with --no-skip under the llama label.
+TEST_CASE("Network.processes_serve_real_models" * doctest::skip() * doctest::timeout(120)) {
+  const char* endpoints = std::getenv("MOA_ENDPOINTS");
+  REQUIRE_MESSAGE(endpoints != nullptr, "run through tests/with_llama.sh");
+  std::vector<std::string> urls;
+  std::stringstream list(endpoints);
+  for (std::string u; std::getline(list, u, ',');) urls.push_back(u);
+  REQUIRE(urls.size() >= 2);
+  const std::size_t n = urls.size();
+  zmq::context_t ctx;
+  const std::vector<std::string> addresses = loopback_addresses(ctx, n);
+  const std::string peers = join(addresses);
+  std::vector<process> devices;
+  for (std::size_t i = 0; i < n; ++i)
+    devices.push_back(
+        spawn({MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers", peers,
+               "--layers", "2", "--fanout", "1", "--endpoint", urls[i], "--max-tokens", "8",
+               "--peer-timeout-ms", "30000", "--dead-after-ms", "5000"},
+              std::string(MOA_TEST_LOG_DIR) + "/llama_device" + std::to_string(i) + ".log"));
+  client c(ctx, addresses);
+  std::this_thread::sleep_for(300ms);
+  constexpr int prompts = 6;  // (k + 1) M + 1 = 5 real calls each
+  for (int i = 0; i < prompts; ++i) c.submit(i % n, "r" + std::to_string(i));
+  c.collect(prompts, 90s);
+  CHECK(c.results.size() == prompts);
+  for (const auto& entry : c.results) {
+    const std::string& tag = entry.first;
+    const outcome& r = entry.second;
+    CHECK_MESSAGE(!r.text.empty(), tag << ": " << r.error);
+    CHECK_MESSAGE(r.error.empty(), tag << ": " << r.error);
+    CHECK(r.missing == 0);
+  }
+  const auto j = nlohmann::json::parse(c.stats(0));
+  CHECK(j["served"].get<int>() >= 2);  // device 0 answered for its own prompts and its peers'
+  for (std::size_t i = 0; i < n; ++i) c.send(i, {.type = moa::net::wire::kind::stop});
+  for (auto& d : devices) {
+    if (!reap(d.pid, 10s)) ::kill(d.pid, SIGKILL);
+    reap(d.pid, 5s);
+    d.pid = -1;
+  }
+  CHECK(read_file(devices[0].log).find("model http://127.0.0.1:") != std::string::npos);
 }

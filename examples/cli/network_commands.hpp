@@ -29,6 +29,9 @@
 
 #include <moa/net/zmq_device.hpp>
 #endif
+#if MOA_CLI_ZMQ && MOA_CLI_OPENAI
+#include <moa/backends/openai.hpp>
+#endif
 
 namespace moa::cli {
 
@@ -170,6 +173,11 @@ struct device_settings {
   double peer_timeout_ms = 5000;
   double dead_after_ms = 1000;
   std::uint64_t seed = 1;
+  // A real model behind an OpenAI-compatible endpoint; empty: the synthetic model.
+  std::string endpoint;
+  std::string model;
+  std::string api_key_env = "OPENAI_API_KEY";
+  int max_tokens = 256;
 };
 
 // Set by SIGTERM/SIGINT; a watcher thread turns it into a stop request (a signal handler may
@@ -179,13 +187,28 @@ inline std::atomic<bool>& device_signalled() {
   return flag;
 }
 
-inline int device_command(const device_settings& s) {
+inline moa::any_backend device_model(const device_settings& s) {
+#if MOA_CLI_OPENAI
+  if (!s.endpoint.empty()) {
+    moa::openai_options o;
+    o.base_url = s.endpoint;
+    o.model = s.model;
+    o.api_key_env = s.api_key_env;
+    o.name = "d" + std::to_string(s.index);
+    o.extra["max_tokens"] = s.max_tokens;
+    return moa::any_backend(moa::openai_backend(std::move(o)));
+  }
+#endif
   const auto mean = std::chrono::nanoseconds(static_cast<std::int64_t>(s.alpha_ms * 1e6));
-  moa::synthetic_backend model({.name = "d" + std::to_string(s.index),
-                                .latency = s.latency == "exponential"
-                                               ? moa::latency_model::exponential(mean)
-                                               : moa::latency_model::constant(mean),
-                                .seed = s.seed + s.index});
+  return moa::any_backend(moa::synthetic_backend(
+      {.name = "d" + std::to_string(s.index),
+       .latency = s.latency == "exponential" ? moa::latency_model::exponential(mean)
+                                             : moa::latency_model::constant(mean),
+       .seed = s.seed + s.index}));
+}
+
+inline int device_command(const device_settings& s) {
+  auto model = device_model(s);
   moa::net::zmq_device_options opt;
   opt.index = s.index;
   opt.addresses = s.addresses;
@@ -204,7 +227,8 @@ inline int device_command(const device_settings& s) {
     stop.request_stop();
   });
   std::cerr << "moa device " << s.index << ": serving at " << s.addresses.at(s.index) << " with "
-            << s.addresses.size() - 1 << " peers" << std::endl;
+            << s.addresses.size() - 1 << " peers, model "
+            << (s.endpoint.empty() ? std::string("synthetic") : s.endpoint) << std::endl;
   with_gossip(s.gossip, s.k, [&](auto g) {
     moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
     dev.run(stop.get_token());
@@ -244,6 +268,18 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--dead-after-ms", s->dead_after_ms, "Silence after which a peer is dead")
       ->capture_default_str();
   cmd->add_option("--seed", s->seed, "Seed")->capture_default_str();
+#if MOA_CLI_OPENAI
+  cmd->add_option(
+      "--endpoint", s->endpoint,
+      "OpenAI-compatible endpoint of this device's model, e.g. http://127.0.0.1:8080/v1 "
+      "(default: a synthetic model)");
+  cmd->add_option("--model", s->model, "Model name sent to the endpoint");
+  cmd->add_option("--api-key-env", s->api_key_env, "Environment variable holding the API key")
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", s->max_tokens, "Tokens per answer (with --endpoint)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+#endif
   cmd->callback([s, &exit_code] { exit_code = device_command(*s); });
 }
 #endif

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <future>
 #include <mutex>
@@ -109,6 +110,30 @@ struct posted_backend {
                     auto& jb = *static_cast<job*>(o);
                     moa::response resp;
                     resp.text = moa::synthetic_answer(jb.name, moa::request_hash(*jb.r));
+                    jb.done(std::move(resp));
+                  },
+                  j, 0});
+  }
+};
+
+// An event loop's backend: completes by posting to `loop`, and answers a judge with `verdict`.
+struct loop_backend {
+  std::string name;
+  moa::thread_pool* loop;
+  std::string verdict = "[2]";
+  void generate_async(const moa::request& r, moa::completion done) const {
+    struct job {
+      std::string text;
+      moa::completion done;
+    };
+    auto j = std::make_shared<job>(job{r.context.role == moa::call_role::aggregator
+                                           ? verdict
+                                           : moa::synthetic_answer(name, moa::request_hash(r)),
+                                       std::move(done)});
+    loop->submit({[](void* o, std::uint32_t) {
+                    auto& jb = *static_cast<job*>(o);
+                    moa::response resp;
+                    resp.text = jb.text;
                     jb.done(std::move(resp));
                   },
                   j, 0});
@@ -407,5 +432,47 @@ TEST_CASE("Async.the_sink_streams_to_on_token") {
     std::vector<moa::async_backend_ref> refs;
     for (auto& x : b) refs.emplace_back(x, std::string(x.name()));
     CHECK(run_with(refs) == 3);  // synthetic_backend::generate_stream: word by word
+  }
+}
+
+TEST_CASE("Async.policies_that_call_backends_never_starve_the_scheduler" * doctest::timeout(120)) {
+  // One scheduler thread, and backends that complete on that same thread (an event loop). A
+  // judge's call made from the loop's thread would wait for a completion only that thread can
+  // deliver: the executor makes policy calls on a lane of its own instead.
+  moa::thread_pool loop(1);
+  moa::async_executor ex(loop);
+  std::vector<loop_backend> backends{{"a", &loop}, {"b", &loop}, {"c", &loop}};
+  std::vector<moa::async_backend_ref> refs;
+  for (auto& b : backends) refs.emplace_back(b, b.name);
+  const auto plan = two_by_three();
+  auto run_all = [&](moa::any_aggregator policy, std::size_t runs) {
+    moa::run_options opt;
+    opt.aggregation = std::move(policy);
+    std::vector<std::future<moa::result>> futures;
+    for (std::size_t i = 0; i < runs; ++i)
+      futures.push_back(
+          ex.execute_async(plan, refs, moa::make_request("q" + std::to_string(i)), opt));
+    std::vector<moa::result> out;
+    for (auto& f : futures) {
+      if (f.wait_for(60s) != std::future_status::ready) {
+        FAIL_CHECK("a run never ended: the scheduler is starved");
+        std::quick_exit(1);  // its threads are stuck; do not hang in destructors
+      }
+      out.push_back(f.get());
+    }
+    return out;
+  };
+  SUBCASE("judge at the sink") {
+    for (const auto& r : run_all(moa::any_aggregator(moa::judge_policy{}), 64)) {
+      REQUIRE(r.ok());
+      CHECK(r.answer == r.trace[4].text);  // "[2]": the second answer of the last layer
+    }
+  }
+  SUBCASE("sparse selection between layers") {
+    for (const auto& r :
+         run_all(moa::any_aggregator(moa::sparse_policy{.keep = 1, .final_policy = {}}), 64)) {
+      REQUIRE(r.ok());
+      CHECK(r.trace[3].references.to_vector() == std::vector<moa::call_id>{1});  // judge said [2]
+    }
   }
 }

@@ -323,7 +323,7 @@ class async_run final : public completion_target, public std::enable_shared_from
 
   async_run(const plan& p, std::span<const backend_ref> sync, std::span<const async_backend_ref> as,
             const request& prompt, const run_options& opt, std::shared_ptr<const void> keep_alive,
-            scheduler_ref sched, deadline_timer& timer, on_done_fn on_done)
+            scheduler_ref sched, scheduler_ref lane, deadline_timer& timer, on_done_fn on_done)
       : plan_(p),
         sync_(sync),
         async_(as),
@@ -331,6 +331,7 @@ class async_run final : public completion_target, public std::enable_shared_from
         opt_(opt),
         keep_alive_(std::move(keep_alive)),
         sched_(sched),
+        lane_(lane),
         timer_(timer),
         on_done_(std::move(on_done)),
         t0_(clock::now()),
@@ -371,6 +372,7 @@ class async_run final : public completion_target, public std::enable_shared_from
             t0_, deadline_, stop_);
       else
         policy_ = make_policy_run(opt_, plan_, sync_, t0_, deadline_, stop_);
+      uses_lane_ = !async_.empty();
     }
   }
 
@@ -420,6 +422,16 @@ class async_run final : public completion_target, public std::enable_shared_from
   static void start_entry(void* self, std::uint32_t) { static_cast<async_run*>(self)->start(); }
   static void call_entry(void* self, std::uint32_t c) {
     static_cast<async_run*>(self)->run_sync_call(c);
+  }
+  static void ready_entry(void* self, std::uint32_t g) { static_cast<async_run*>(self)->ready(g); }
+
+  // Policy work that may call backends (a sparse selection before group g, the policy at the
+  // sink) runs on the executor's policy lane when backends are asynchronous: a policy's call
+  // parks its thread until the completion, and on the scheduler's own thread that completion may
+  // never come (an event loop waiting on itself), or would stall every other transfer on it (an
+  // HTTP client's I/O thread).
+  [[nodiscard]] bool on_lane(group_id g) const noexcept {
+    return uses_lane_ && policy_->policy.selects() && !plan_.inputs_of(g).empty();
   }
 
   void start() {
@@ -499,6 +511,8 @@ class async_run final : public completion_target, public std::enable_shared_from
       } catch (...) {
         complete(c, nullptr, std::current_exception());
       }
+    } else if (local && uses_lane_) {
+      lane_.post({&call_entry, shared_from_this(), c});
     } else {
       sched_.post({&call_entry, shared_from_this(), c});
     }
@@ -541,7 +555,12 @@ class async_run final : public completion_target, public std::enable_shared_from
       if (!abandoned_.load(std::memory_order_relaxed)) opt_.on_call(records_[c]);
     }
     for (group_id g : plan_.consumers_of(c))
-      if (pending_[g].fetch_sub(1, std::memory_order_acq_rel) == 1) ready(g);
+      if (pending_[g].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        if (on_lane(g))
+          lane_.post({&ready_entry, shared_from_this(), g});
+        else
+          ready(g);
+      }
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       if (delivered_.exchange(true, std::memory_order_acq_rel)) return;
       result res;
@@ -601,6 +620,8 @@ class async_run final : public completion_target, public std::enable_shared_from
   bool whole_answer_as_token_ = false;  // written before the sink starts, read at its completion
   std::shared_ptr<const void> keep_alive_;
   scheduler_ref sched_;
+  scheduler_ref lane_;  // policy work with asynchronous backends (see on_lane)
+  bool uses_lane_ = false;
   deadline_timer& timer_;
   on_done_fn on_done_;
   const clock::time_point t0_;
@@ -650,14 +671,24 @@ class async_run final : public completion_target, public std::enable_shared_from
 /// @endcode
 class async_executor {
  public:
+  /// Threads of the policy lane: aggregation policies that call backends (judge, rank-fuse,
+  /// sparse) make those calls there when the backends are asynchronous, so a policy never parks
+  /// a scheduler thread that the completion it waits for may need. Each policy call in flight
+  /// holds one lane thread; runs beyond that wait their turn for the policy step only.
+  static constexpr std::size_t default_policy_threads = 4;
+
   /// Runs on a pool of its own with `threads` threads.
-  explicit async_executor(std::size_t threads = 2)
-      : own_(std::make_unique<thread_pool>(threads)), sched_(*own_) {}
+  explicit async_executor(std::size_t threads = 2,
+                          std::size_t policy_threads = default_policy_threads)
+      : own_(std::make_unique<thread_pool>(threads)),
+        sched_(*own_),
+        lane_threads_(checked_lane(policy_threads)) {}
 
   /// Runs on the caller's scheduler, which must outlive the executor's runs.
   template <Scheduler S>
-  requires(!std::same_as<std::remove_cvref_t<S>, async_executor>) explicit async_executor(S& s)
-      : sched_(s) {}
+  requires(!std::same_as<std::remove_cvref_t<S>, async_executor>) explicit async_executor(
+      S& s, std::size_t policy_threads = default_policy_threads)
+      : sched_(s), lane_threads_(checked_lane(policy_threads)) {}
 
   async_executor(const async_executor&) = delete;
   async_executor& operator=(const async_executor&) = delete;
@@ -699,6 +730,14 @@ class async_executor {
   }
 
  private:
+  static std::size_t checked_lane(std::size_t threads) {
+    if (threads == 0)
+      MOA_THROW(invalid_argument(
+          "moa::async_executor: policy_threads must be at least 1 (policies that call backends "
+          "run there when the backends are asynchronous)"));
+    return threads;
+  }
+
   template <class Start>
   static std::future<result> with_future(Start start) {
     auto promise = std::make_shared<std::promise<result>>();
@@ -731,9 +770,15 @@ class async_executor {
       if (opt.quorum == 0)
         MOA_THROW(invalid_argument("moa: run_options::quorum must be at least 1"));
     }
-    auto run = std::make_shared<detail::async_run>(p, sync, as, prompt, opt, keep_alive, sched_,
-                                                   timer_, std::move(on_done));
+    auto run = std::make_shared<detail::async_run>(
+        p, sync, as, prompt, opt, keep_alive, sched_,
+        opt.aggregation && !as.empty() ? policy_lane() : sched_, timer_, std::move(on_done));
     run->launch();
+  }
+
+  detail::scheduler_ref policy_lane() const {
+    std::call_once(lane_once_, [this] { lane_ = std::make_unique<thread_pool>(lane_threads_); });
+    return detail::scheduler_ref(*lane_);
   }
 
   // Destroyed in reverse: the pool drains its queued tasks (which may schedule deadlines) while
@@ -741,6 +786,9 @@ class async_executor {
   mutable detail::deadline_timer timer_;
   std::unique_ptr<thread_pool> own_;
   detail::scheduler_ref sched_;
+  std::size_t lane_threads_ = default_policy_threads;
+  mutable std::once_flag lane_once_;
+  mutable std::unique_ptr<thread_pool> lane_;  // made by the first policy run on async backends
 };
 
 static_assert(Executor<async_executor>);

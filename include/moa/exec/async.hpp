@@ -461,9 +461,7 @@ class async_run final : public completion_target, public std::enable_shared_from
       records_[c].references = grp.used;
       records_[c].trimmed_tokens = grp.trimmed;
       if (skip) {
-        const bool stopped = stop_.stop_requested();
-        records_[c].status = stopped ? call_status::cancelled : call_status::skipped;
-        records_[c].error = stopped ? "the run was cancelled" : *skip;
+        record_not_run(records_[c], *skip, stop_.stop_requested());
         finish(c);
       } else {
         dispatch(c);

@@ -252,9 +252,7 @@ class concurrent_executor {
         records_[c].references = grp.used;
         records_[c].trimmed_tokens = grp.trimmed;
         if (skip) {
-          const bool stopped = stop_.stop_requested();
-          records_[c].status = stopped ? call_status::cancelled : call_status::skipped;
-          records_[c].error = stopped ? "the run was cancelled" : *skip;
+          detail::record_not_run(records_[c], *skip, stop_.stop_requested());
           finish(c, mine);
         } else if (!mine) {
           mine = c;

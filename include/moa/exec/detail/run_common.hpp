@@ -68,6 +68,12 @@ inline void describe_call(call_record& rec, const plan& p, call_id c,
   describe_call(rec, p, c, backends[p[c].backend].name());
 }
 
+/// Records a call that will not run: its group was skipped (`why`), or the run was cancelled.
+inline void record_not_run(call_record& rec, const std::string& why, bool cancelled) {
+  rec.status = cancelled ? call_status::cancelled : call_status::skipped;
+  rec.error = cancelled ? "the run was cancelled" : why;
+}
+
 /// Records a call that a cancelled or expired run stops waiting for (`now` since the run began).
 inline void record_abandoned(call_record& rec, bool cancelled, bool started, clock::duration now) {
   rec.status = cancelled ? call_status::cancelled : call_status::timed_out;

@@ -385,7 +385,8 @@ class async_run final : public completion_target, public std::enable_shared_from
       return;  // a duplicate or late completion
     auto& rec = records_[c];
     if (r != nullptr) {
-      if (whole_answer_as_token_ && c == plan_.sink() && !r->text.empty()) {
+      // Only the sink's completion reads the flag its dispatch wrote (other calls race it).
+      if (c == plan_.sink() && whole_answer_as_token_ && !r->text.empty()) {
         try {
           on_token_(r->text);
         } catch (...) {  // as on the synchronous path, a throwing callback fails the call
@@ -503,7 +504,7 @@ class async_run final : public completion_target, public std::enable_shared_from
         else {
           // No streaming form: complete() hands the whole answer to on_token as one token, as
           // generate_stream does for a synchronous backend without a streaming form.
-          whole_answer_as_token_ = streams_tokens(c);
+          if (streams_tokens(c)) whole_answer_as_token_ = true;  // the sink's own flag
           backend.start(req, completion(shared_from_this(), c));
         }
       } catch (...) {

@@ -284,9 +284,12 @@ TEST_CASE("Network.plan_references_and_traces" * doctest::timeout(30)) {
   CHECK_THROWS_AS(net.submit(9, {}), moa::invalid_argument);
 }
 
-TEST_CASE("Network.matches_the_simulator_at_0_8_of_the_limit" * doctest::timeout(120)) {
+TEST_CASE("Network.matches_the_simulator_at_0_8_of_the_limit" * doctest::timeout(180)) {
   constexpr std::uint32_t n = 4, layers = 2, k = 2;
-  constexpr double alpha = 1.0;  // ms
+  // 4 ms services: thread wake-ups (0.1-0.2 ms per call under a sanitizer on a busy 2-core
+  // machine) then raise the load from 0.8 to ~0.84, not to ~0.94 as with 1 ms, where the mean
+  // queue is so sensitive to the service time that 2,000 prompts cannot pin it within 10%.
+  constexpr double alpha = 4.0;  // ms
   const double limit = moa::queueing::theorem1_limit(layers, k, alpha);
   const std::vector<double> lambda(n, 0.8 * limit);
   const std::vector<double> ms(n, alpha);

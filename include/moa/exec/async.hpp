@@ -580,17 +580,15 @@ class async_run final : public completion_target, public std::enable_shared_from
     }
     result res;
     try {
-      res.trace.resize(plan_.size());
-      for (call_id c = 0; c < plan_.size(); ++c) {
-        auto& rec = res.trace[c];
-        const auto ph = phase_[c].load(std::memory_order_acquire);
-        if (ph == done) {
-          rec = records_[c];
-          continue;
-        }
-        describe_call(rec, plan_, c, backend_name(plan_[c].backend));
-        record_abandoned(rec, cancelled, ph != queued, clock::now() - t0_);
-      }
+      res.trace = abandoned_trace(
+          plan_, records_, cancelled, clock::now() - t0_,
+          [this](call_id c) {
+            const auto ph = phase_[c].load(std::memory_order_acquire);
+            return ph == done     ? call_progress::finished
+                   : ph == queued ? call_progress::queued
+                                  : call_progress::running;
+          },
+          [this](std::uint32_t b) -> const std::string& { return backend_name(b); });
       res.elapsed = clock::now() - t0_;
       conclude(res, plan_, opt_, !cancelled, cancelled);
     } catch (...) {

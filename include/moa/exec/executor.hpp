@@ -202,17 +202,15 @@ class concurrent_executor {
           std::lock_guard lock(callback_mutex_);
           abandoned_.store(true, std::memory_order_release);
         }
-        res.trace.resize(plan_.size());
-        for (call_id c = 0; c < plan_.size(); ++c) {
-          auto& rec = res.trace[c];
-          const auto ph = phase_[c].load(std::memory_order_acquire);
-          if (ph == done) {
-            rec = records_[c];
-            continue;
-          }
-          detail::describe_call(rec, plan_, c, backends_);
-          detail::record_abandoned(rec, cancelled, ph == running, clock::now() - t0_);
-        }
+        res.trace = detail::abandoned_trace(
+            plan_, records_, cancelled, clock::now() - t0_,
+            [this](call_id c) {
+              const auto ph = phase_[c].load(std::memory_order_acquire);
+              return ph == done      ? detail::call_progress::finished
+                     : ph == running ? detail::call_progress::running
+                                     : detail::call_progress::queued;
+            },
+            [this](std::uint32_t b) -> const std::string& { return backends_[b].name(); });
         res.elapsed = clock::now() - t0_;
       } else {
         // Every call is done and no thread touches records_ after the last completion.

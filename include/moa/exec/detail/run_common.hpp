@@ -74,13 +74,32 @@ inline void record_not_run(call_record& rec, const std::string& why, bool cancel
   rec.error = cancelled ? "the run was cancelled" : why;
 }
 
-/// Records a call that a cancelled or expired run stops waiting for (`now` since the run began).
-inline void record_abandoned(call_record& rec, bool cancelled, bool started, clock::duration now) {
-  rec.status = cancelled ? call_status::cancelled : call_status::timed_out;
-  rec.error = std::string(cancelled ? "the run was cancelled" : "the run passed its deadline") +
-              (started ? " while this call was running; its answer will be dropped"
-                       : " before this call started");
-  rec.start = rec.end = now;
+/// How far a call had got when its run was cancelled or passed its deadline.
+enum class call_progress : std::uint8_t { queued, running, finished };
+
+/// The trace of a run ended early (`now` since it began): finished calls as recorded, the others
+/// described and marked cancelled or timed out. `progress(c)` reads the executor's phase of call
+/// c and `name(b)` the name of backend b.
+template <class Progress, class Name>
+trace abandoned_trace(const plan& p, std::span<const call_record> records, bool cancelled,
+                      clock::duration now, Progress progress, Name name) {
+  trace out(p.size());
+  const std::string why = cancelled ? "the run was cancelled" : "the run passed its deadline";
+  for (call_id c = 0; c < p.size(); ++c) {
+    auto& rec = out[c];
+    const call_progress where = progress(c);
+    if (where == call_progress::finished) {
+      rec = records[c];
+      continue;
+    }
+    describe_call(rec, p, c, name(p[c].backend));
+    rec.status = cancelled ? call_status::cancelled : call_status::timed_out;
+    rec.error = why + (where == call_progress::running
+                           ? " while this call was running; its answer will be dropped"
+                           : " before this call started");
+    rec.start = rec.end = now;
+  }
+  return out;
 }
 
 /// The per-run state of an aggregation policy: only runs with a policy make one.

@@ -27,7 +27,7 @@ struct bench_settings {
   std::size_t runs = 2000;
   std::size_t threads = 0;
   std::size_t in_flight = 1;
-  std::string policy = "synthesis";
+  policy_options policy;  // synthesis, vote or judge: what zero-cost backends can answer
   latency_options latency{"constant", 5.0, 0.5};
   std::size_t latency_runs = 20;
 };
@@ -52,18 +52,15 @@ inline int bench_command(const bench_settings& s) {
   opt.warmup = std::max<std::size_t>(10, s.runs / 10);
   opt.threads = s.threads;
   opt.in_flight = s.in_flight;
-  if (s.policy == "vote") {
-    opt.aggregation = moa::any_aggregator(moa::vote_policy{});
-  } else if (s.policy == "judge") {
-    opt.aggregation = moa::any_aggregator(moa::judge_policy{});
+  opt.aggregation = s.policy.make();
+  if (s.policy.name == "judge")
     opt.answer = "[1]";  // every zero-cost backend, the judge included, names answer 1
-  }
   std::vector<moa::bench::path> paths;
   for (auto p : moa::bench::all_paths)
     if (s.path == "all" || s.path == moa::bench::to_string(p)) paths.push_back(p);
 
   std::printf("topology: %zu layers x %zu proposers + aggregator (%zu calls per run), policy %s\n",
-              s.layers, s.proposers, plan.size(), s.policy.c_str());
+              s.layers, s.proposers, plan.size(), s.policy.name.c_str());
   std::printf("\norchestration overhead, zero-cost backends, %zu runs (ns)\n", s.runs);
   std::printf("%-11s %6s %8s %8s %9s %9s %9s %10s %10s %10s %12s\n", "path", "calls", "threads",
               "inflight", "call p50", "call p90", "call p99", "run p50", "run p90", "run p99",
@@ -118,7 +115,7 @@ inline void add_bench_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--in-flight", s->in_flight, "Async path: runs started at once (throughput)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));
-  cmd->add_option("--policy", s->policy, "Aggregation: synthesis, vote or judge")
+  cmd->add_option("--policy", s->policy.name, "Aggregation: synthesis, vote or judge")
       ->capture_default_str()
       ->check(CLI::IsMember({"synthesis", "vote", "judge"}));
   cmd->add_option("--latency", s->latency.shape,

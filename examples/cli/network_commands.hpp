@@ -58,6 +58,17 @@ auto with_gossip(const std::string& name, std::size_t k, Run&& run) {
   return run(moa::uniform_gossip{k});
 }
 
+// The shape of the gossip, the same for the in-process network and for a device process (whose
+// peers must all be started with the same values).
+inline void add_gossip_options(CLI::App* cmd, std::uint32_t& layers, std::size_t& k,
+                               std::string& gossip) {
+  cmd->add_option("-M,--layers", layers, "Layers")->capture_default_str()->check(CLI::Range(1, 64));
+  cmd->add_option("-k,--fanout", k, "Peers per layer")->capture_default_str();
+  cmd->add_option("--gossip", gossip, "uniform, round-robin, least-loaded or power-of-2")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"uniform", "round-robin", "least-loaded", "power-of-2"}));
+}
+
 inline int network_command(const network_settings& s) {
   const std::uint32_t n = s.devices;
   std::vector<double> alpha(n);
@@ -135,10 +146,7 @@ inline void add_network_command(CLI::App& app, int& exit_code) {
   cmd->add_option("-n,--devices", s->devices, "Devices")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  cmd->add_option("-M,--layers", s->layers, "Layers")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 64));
-  cmd->add_option("-k,--fanout", s->k, "Peers per layer")->capture_default_str();
+  add_gossip_options(cmd, s->layers, s->k, s->gossip);
   cmd->add_option("--alpha-ms", s->alpha_ms, "Mean service time in ms (one, or one per device)")
       ->capture_default_str()
       ->delimiter(',');
@@ -147,9 +155,6 @@ inline void add_network_command(CLI::App& app, int& exit_code) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--lambda", s->lambda, "Prompts per user per ms (overrides --load)");
   cmd->add_option("--prompts", s->prompts, "Prompts in all")->capture_default_str();
-  cmd->add_option("--gossip", s->gossip, "uniform, round-robin, least-loaded or power-of-2")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"uniform", "round-robin", "least-loaded", "power-of-2"}));
   cmd->add_option("--latency", s->latency, "constant or exponential service times")
       ->capture_default_str()
       ->check(CLI::IsMember({"constant", "exponential"}));
@@ -243,19 +248,15 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
   auto s = std::make_shared<device_settings>();
   auto* cmd = app.add_subcommand(
       "device",
-      "Runs one device of a ZeroMQ network of processes: its synthetic model, its address and "
-      "its peers' (every device's endpoint, in order; this one is --index)");
+      "Runs one device of a ZeroMQ network of processes: its model (synthetic, or --endpoint), "
+      "its address and its peers' (every device's endpoint, in order; this one is --index)");
   cmd->add_option("--index", s->index, "This device's position in --peers")->required();
   cmd->add_option("--peers", s->addresses, "Every device's endpoint, e.g. tcp://10.0.0.7:5550")
       ->required()
       ->delimiter(',');
   cmd->add_option("--bind", s->bind,
                   "Endpoint to bind (default: this device's, e.g. tcp://*:5550)");
-  cmd->add_option("-M,--layers", s->layers, "Layers")->capture_default_str();
-  cmd->add_option("-k,--fanout", s->k, "Peers per layer")->capture_default_str();
-  cmd->add_option("--gossip", s->gossip, "uniform, round-robin, least-loaded or power-of-2")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"uniform", "round-robin", "least-loaded", "power-of-2"}));
+  add_gossip_options(cmd, s->layers, s->k, s->gossip);
   cmd->add_option("--alpha-ms", s->alpha_ms, "Mean service time of the model (ms)")
       ->capture_default_str();
   cmd->add_option("--latency", s->latency, "constant or exponential")

@@ -45,36 +45,8 @@ struct run_settings {
   std::string model;
   std::string api_key_env = "OPENAI_API_KEY";
   int max_tokens = 256;
-  // Aggregation policy (moa/aggregate/policies.hpp); "synthesis" is the plain aggregator.
-  std::string policy = "synthesis";
-  std::string extract = "whole";
-  std::optional<std::uint32_t> judge;
-  std::size_t top = 2;
-  std::size_t keep = 2;
-  bool moderate = false;
+  policy_options policy;
 };
-
-inline moa::answer_extractor make_extractor(const std::string& name) {
-  if (name == "number") return moa::last_number{};
-  if (name == "letter") return moa::option_letter{};
-  return moa::whole_answer{};
-}
-
-inline moa::any_aggregator make_policy(const run_settings& s) {
-  if (s.policy == "vote")
-    return moa::any_aggregator(moa::vote_policy{.extract = make_extractor(s.extract)});
-  if (s.policy == "judge")
-    return moa::any_aggregator(
-        moa::judge_policy{.judge = s.judge, .extract = make_extractor(s.extract)});
-  if (s.policy == "rank-fuse")
-    return moa::any_aggregator(moa::rank_fuse_policy{.judge = s.judge, .top = s.top});
-  if (s.policy == "sparse") {
-    moa::sparse_policy p{.judge = s.judge, .keep = s.keep};
-    if (s.moderate) p.moderator = moa::agreement{.extract = make_extractor(s.extract)};
-    return moa::any_aggregator(std::move(p));
-  }
-  return {};
-}
 
 inline nlohmann::json to_json(const moa::aggregation_report& a) {
   nlohmann::json calls = nlohmann::json::array();
@@ -144,15 +116,16 @@ inline int run_command(const run_settings& s) {
   // Validate against the proposer count the user asked for, so an aggregator outside it is
   // reported rather than silently given a backend of its own.
   topology.validate(std::max<std::size_t>(s.proposers, 1));
-  if (s.judge && *s.judge >= count)
-    MOA_THROW(moa::invalid_argument(
-        "--judge " + std::to_string(*s.judge) + " names no backend: " + std::to_string(count) +
-        " are given (0.." + std::to_string(count - 1) + "); raise --proposers or lower --judge"));
+  if (s.policy.judge && *s.policy.judge >= count)
+    MOA_THROW(moa::invalid_argument("--judge " + std::to_string(*s.policy.judge) +
+                                    " names no backend: " + std::to_string(count) +
+                                    " are given (0.." + std::to_string(count - 1) +
+                                    "); raise --proposers or lower --judge"));
   moa::runtime_pipeline pipeline(std::move(backends), topology);
 
   moa::run_options opt;
   opt.quorum = s.quorum;
-  opt.aggregation = make_policy(s);
+  opt.aggregation = s.policy.make();
   if (s.strict) opt.on_aggregator_failure = moa::aggregator_fallback::fail;
   using ms = std::chrono::duration<double, std::milli>;
   if (s.timeout_ms > 0)
@@ -251,23 +224,23 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1, 64));
   cmd->add_flag("--strict", settings->strict,
                 "Fail the run when the aggregator fails (default: degraded answer)");
-  cmd->add_option("--policy", settings->policy,
+  cmd->add_option("--policy", settings->policy.name,
                   "How the final answer is made: synthesis, vote, judge, rank-fuse or sparse")
       ->capture_default_str()
       ->check(CLI::IsMember({"synthesis", "vote", "judge", "rank-fuse", "sparse"}));
-  cmd->add_option("--extract", settings->extract,
+  cmd->add_option("--extract", settings->policy.extract,
                   "What vote and the sparse moderator compare: whole (answer), number, letter")
       ->capture_default_str()
       ->check(CLI::IsMember({"whole", "number", "letter"}));
-  cmd->add_option("--judge", settings->judge,
+  cmd->add_option("--judge", settings->policy.judge,
                   "Backend that judges or ranks (judge, rank-fuse, sparse; default: --aggregator)");
-  cmd->add_option("--top", settings->top, "rank-fuse: answers fused")
+  cmd->add_option("--top", settings->policy.top, "rank-fuse: answers fused")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--keep", settings->keep, "sparse: answers passed on per layer")
+  cmd->add_option("--keep", settings->policy.keep, "sparse: answers passed on per layer")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_flag("--moderate", settings->moderate,
+  cmd->add_flag("--moderate", settings->policy.moderate,
                 "sparse: stop early when every answer agrees (by --extract)");
   cmd->add_option("--dot", settings->dot_file, "Write the run as Graphviz DOT to this file");
 #if MOA_CLI_OPENAI

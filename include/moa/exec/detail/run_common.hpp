@@ -170,7 +170,13 @@ struct policy_run {
     rec.role = call_role::aggregator;
     r.deadline = std::min(r.deadline, run.deadline_);
     r.stop = run.stop_;
-    r.context = {run.next_id_, a.layer, call_role::aggregator};
+    call_id next;
+    {
+      // Policies of different groups of a DAG plan may run at once; merge() advances next_id_.
+      std::lock_guard lock(a.run->mutex);
+      next = run.next_id_;
+    }
+    r.context = {next, a.layer, call_role::aggregator};
     const auto start = clock::now();
     rec.start = rec.end = start - run.t0_;
     if (run.stop_.stop_requested()) {
@@ -223,7 +229,7 @@ struct policy_run {
   clock::time_point t0_;
   clock::time_point deadline_;
   std::stop_token stop_;
-  call_id next_id_;  // guarded by mutex (merge) or owned by the single caller of call_thunk
+  call_id next_id_;  // guarded by mutex
 };
 
 /// Builds the messages of group g from the successful inputs, or says why the group is skipped.

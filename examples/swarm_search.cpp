@@ -21,11 +21,11 @@
 #include <moa/swarm/search.hpp>
 #include <moa/topology/dag.hpp>
 
-#include "cli/planted_swarm.hpp"
+#include <moa/swarm/planted.hpp>
 
 int main() {
   const std::vector<std::string> names = {"alpha", "beta", "gamma", "delta", "epsilon"};
-  moa::cli::planted_swarm bed(names.size(), 7, names);
+  moa::swarm::planted_swarm bed(names.size(), 7, names);
 
   std::cout << "planted DAG:";
   for (std::size_t v = 0; v < bed.target.size(); ++v)

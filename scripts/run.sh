@@ -8,9 +8,9 @@ cd "$MOA_ROOT"
 source scripts/setup.sh
 
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOA_BUILD_TESTS=OFF \
-  -DMOA_DEV_HEADER_TESTS=OFF >/dev/null
+  -DMOA_BUILD_EXAMPLES=OFF -DMOA_DEV_HEADER_TESTS=OFF >/dev/null
 cmake --build build/release --target moa_cli
 if [ $# -eq 0 ]; then
   set -- "Why is the sky blue?" --layers 2 --proposers 3 --aggregator 1
 fi
-exec build/release/examples/moa run "$@"
+exec build/release/programs/moa run "$@"

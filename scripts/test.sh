@@ -88,7 +88,7 @@ for s in $stages; do
       stage "libFuzzer on the HTTP backend's parsers (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
       cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCMAKE_CXX_COMPILER=clang++-14 -DMOA_DEV_FUZZ=ON -DMOA_BUILD_EXAMPLES=OFF \
-        -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF >/dev/null
+        -DMOA_BUILD_PROGRAMS=OFF -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF >/dev/null
       cmake --build build/fuzz -j "$jobs" --target moa_fuzz_openai
       corpus=build/fuzz/corpus
       mkdir -p "$corpus"
@@ -102,13 +102,13 @@ for s in $stages; do
     fuzz-net)
       stage "libFuzzer on the network's message decoder (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
       cmake -S . -B build/fuzz-net -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DCMAKE_CXX_COMPILER=clang++-14 -DMOA_DEV_FUZZ=ON -DMOA_BUILD_TESTS=OFF \
+        -DCMAKE_CXX_COMPILER=clang++-14 -DMOA_DEV_FUZZ=ON -DMOA_BUILD_TESTS=OFF -DMOA_BUILD_EXAMPLES=OFF \
         -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF >/dev/null
       cmake --build build/fuzz-net -j "$jobs" --target moa_fuzz_net
       corpus=build/fuzz-net/corpus
       mkdir -p "$corpus"
       cp tests/fixtures/net/*.json "$corpus"/
-      build/fuzz-net/examples/moa_fuzz_net -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
+      build/fuzz-net/programs/moa_fuzz_net -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -15  # pipefail: its status
       ;;
     *) echo "moa: unknown test stage '$s'" >&2; exit 2 ;;

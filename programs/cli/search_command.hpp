@@ -26,7 +26,7 @@
 #include <moa/backends/openai.hpp>
 #endif
 
-#include "cli/planted_swarm.hpp"
+#include <moa/swarm/planted.hpp>
 
 namespace moa::cli {
 
@@ -95,7 +95,7 @@ inline nlohmann::json topology_json(const moa::swarm::topology_search_result& r,
 inline void run_search(const search_settings& s) {
   std::vector<std::string> names;
   std::function<double(const moa::dag_topology&)> utility;
-  std::unique_ptr<planted_swarm> bed;
+  std::unique_ptr<moa::swarm::planted_swarm> bed;
   moa::inline_executor ex;
   std::vector<moa::any_backend> remote;
   std::vector<moa::backend_ref> remote_refs;
@@ -131,7 +131,7 @@ inline void run_search(const search_settings& s) {
     if (s.models < 1 || s.models > 16)
       throw CLI::ValidationError("--models", "between 1 and 16 synthetic models");
     for (std::size_t i = 0; i < s.models; ++i) names.push_back(model_name(i));
-    bed = std::make_unique<planted_swarm>(s.models, s.plant_seed, names);
+    bed = std::make_unique<moa::swarm::planted_swarm>(s.models, s.plant_seed, names);
     const std::vector<moa::swarm::example> data = {{"Why is the sky blue?", ""},
                                                    {"What is 17 * 23?", ""}};
     utility = moa::swarm::dataset_utility(

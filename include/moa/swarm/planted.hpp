@@ -2,7 +2,8 @@
 #pragma once
 
 // Synthetic models whose quality depends on their place in the graph, with a planted best DAG:
-// the test bed of `moa search` and examples/swarm_search.cpp, runnable without any LLM.
+// the test bed of `moa search` and examples/swarm_search.cpp (not in the umbrella header), runnable
+// without any LLM.
 //
 // Model k answers "[m<k> credit <c>]" where c sums the credits of the references it received,
 // plus 1 when the models that fed it are exactly its planted inputs. The sink's credit divided
@@ -14,11 +15,11 @@
 #include <string_view>
 #include <vector>
 
-#include <moa/backends/synthetic.hpp>
-#include <moa/core/backend.hpp>
-#include <moa/core/random.hpp>
+#include "moa/backends/synthetic.hpp"
+#include "moa/core/backend.hpp"
+#include "moa/core/random.hpp"
 
-namespace moa::cli {
+namespace moa::swarm {
 
 struct planted_swarm {
   std::vector<std::int32_t> target;  ///< planted DAG: target[v] = node v feeds, -1 for the sink
@@ -81,4 +82,4 @@ struct planted_swarm {
   }
 };
 
-}  // namespace moa::cli
+}  // namespace moa::swarm

@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: MIT
+# Tests of the programs: each runs `moa` or `moa_device` and checks what it prints.
+
+add_test(NAME cli.run_table COMMAND moa_cli run "Why is the sky blue?" --layers 2 --proposers 3)
+set_tests_properties(cli.run_table PROPERTIES
+  PASS_REGULAR_EXPRESSION "answer: [a-z]+ answers [0-9a-f]+.*aggregator")
+add_test(NAME cli.run_json COMMAND moa_cli run "hi" --format json --executor concurrent)
+set_tests_properties(cli.run_json PROPERTIES PASS_REGULAR_EXPRESSION "\"status\": \"ok\"")
+add_test(NAME cli.bad_option COMMAND moa_cli run "hi" --layers -1)
+set_tests_properties(cli.bad_option PROPERTIES WILL_FAIL TRUE)
+add_test(NAME cli.bad_aggregator COMMAND moa_cli run "hi" --proposers 2 --aggregator 5)
+set_tests_properties(cli.bad_aggregator PROPERTIES
+  PASS_REGULAR_EXPRESSION "the aggregator is backend 5, but only 2 backends are given")
+add_test(NAME cli.search COMMAND moa_cli search --quiet)
+set_tests_properties(cli.search PROPERTIES PASS_REGULAR_EXPRESSION "\"stop\": \"target\"")
+add_test(NAME cli.stability COMMAND moa_cli stability)
+set_tests_properties(cli.stability PROPERTIES PASS_REGULAR_EXPRESSION "verdict: STABLE")
+add_test(NAME cli.stability_bad_fanout COMMAND moa_cli stability -k 4)
+set_tests_properties(cli.stability_bad_fanout PROPERTIES
+  PASS_REGULAR_EXPRESSION "larger than the 3 other devices")
+add_test(NAME cli.simulate COMMAND moa_cli simulate -r 2 --horizon 2000)
+set_tests_properties(cli.simulate PROPERTIES PASS_REGULAR_EXPRESSION "stable")
+add_test(NAME cli.help COMMAND moa_cli run --help)
+set_tests_properties(cli.help PROPERTIES PASS_REGULAR_EXPRESSION "--layers.*--executor")
+
+add_test(NAME cli.network COMMAND moa_cli network --prompts 300 --load 0.5)
+set_tests_properties(cli.network PROPERTIES
+  PASS_REGULAR_EXPRESSION "L\\(M/G/1\\).*300 submitted, 300 complete.*STABLE")
+
+add_test(NAME cli.bench COMMAND moa_cli bench -l 2 -p 3 -n 200 --latency-ms 1 --latency-runs 3)
+set_tests_properties(cli.bench PROPERTIES
+  PASS_REGULAR_EXPRESSION "inline +7 .*concurrent +7 .*async +7 .*critical-path efficiency.*async")
+add_test(NAME cli.bench_vote COMMAND moa_cli bench --path async --in-flight 500 -n 1000 --policy vote --latency-ms 0)
+set_tests_properties(cli.bench_vote PROPERTIES PASS_REGULAR_EXPRESSION "policy vote.*async +13 +4 +500")
+
+# `moa run --policy`: the synthetic models' hash answers never agree and never name an index,
+# so vote breaks a 3-way tie by plan order and a judge's reply is an explicit, reported failure.
+add_test(NAME cli.run_vote COMMAND moa_cli run "hi" --policy vote --format json)
+set_tests_properties(cli.run_vote PROPERTIES
+  PASS_REGULAR_EXPRESSION "\"policy\": \"majority_vote\".*\"status\": \"ok\"")
+add_test(NAME cli.run_judge_nonsense COMMAND moa_cli run "hi" --policy judge)
+set_tests_properties(cli.run_judge_nonsense PROPERTIES
+  PASS_REGULAR_EXPRESSION "status: degraded.*names no answer between 1 and 3.*policy: judge_select")
+add_test(NAME cli.run_sparse_keeps_all_on_nonsense COMMAND moa_cli run "hi" --policy sparse
+  --moderate --layers 3)
+set_tests_properties(cli.run_sparse_keeps_all_on_nonsense PROPERTIES
+  PASS_REGULAR_EXPRESSION "status: ok.*policy: sparse \\(4 calls of its own, fell back\\).*kept every answer")
+add_test(NAME cli.run_bad_judge COMMAND moa_cli run "hi" --policy judge --judge 7)
+set_tests_properties(cli.run_bad_judge PROPERTIES
+  PASS_REGULAR_EXPRESSION "--judge 7 names no backend: 3 are given")
+
+# Against real llama-servers (label llama; skipped when the server is not built).
+if(MOA_HAS_OPENAI)
+  add_test(NAME cli.run_endpoint
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 1 bash -c
+                   "exec $<TARGET_FILE:moa_cli> run hello --endpoint \"$MOA_ENDPOINTS\" --layers 1 --proposers 2 --max-tokens 8 --format json")
+  set_tests_properties(cli.run_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 120
+    PASS_REGULAR_EXPRESSION "\"status\": \"ok\".*\"completion_tokens\": [1-9]")
+  # A topology search over two real models, scored on a two-example dataset.
+  add_test(NAME cli.search_endpoint
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 2 bash -c
+                   "IFS=, read -r a b <<< \"$MOA_ENDPOINTS\"; exec $<TARGET_FILE:moa_cli> search --endpoint $a --endpoint $b --dataset ${PROJECT_SOURCE_DIR}/tests/fixtures/search_dataset.jsonl --max-tokens 4 --iterations 2 --particles 3 --patience 2 --quiet")
+  set_tests_properties(cli.search_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 180
+    PASS_REGULAR_EXPRESSION "\"nodes\".*\"name\": \"alpha\".*\"stop\": \"(max_iterations|patience|target)\"")
+endif()
+
+# Networks of moa_device processes on 127.0.0.1.
+if(TARGET moa_device)
+  find_package(doctest 2.4 REQUIRED CONFIG)
+  add_executable(moa_network_process_tests ${PROJECT_SOURCE_DIR}/tests/network_processes.cpp)
+  target_link_libraries(moa_network_process_tests PRIVATE moa::moa moa_doctest_main cppzmq
+                        nlohmann_json::nlohmann_json)
+  target_include_directories(moa_network_process_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+  target_compile_definitions(moa_network_process_tests PRIVATE
+    MOA_DEVICE_PROGRAM="$<TARGET_FILE:moa_device>"
+    MOA_TEST_LOG_DIR="${CMAKE_CURRENT_BINARY_DIR}")
+  add_dependencies(moa_network_process_tests moa_device)
+  add_test(NAME network.processes COMMAND moa_network_process_tests)
+  set_tests_properties(network.processes PROPERTIES TIMEOUT 180 LABELS network)
+  if(MOA_HAS_OPENAI)
+    add_test(NAME network.processes_llama
+             COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 3
+                     $<TARGET_FILE:moa_network_process_tests> --no-skip
+                     -tc=Network.processes_serve_real_models)
+    set_tests_properties(network.processes_llama PROPERTIES LABELS "network;llama"
+                         SKIP_RETURN_CODE 77 TIMEOUT 180
+                         FAIL_REGULAR_EXPRESSION "test cases: +0 [|]")  # the filter must match
+  endif()
+  # moa/net/zmq*.hpp compile on their own (the generic header test excludes them).
+  set(_zmq_header_tus)
+  foreach(_h moa/net/zmq_wire.hpp moa/net/zmq_device.hpp)
+    string(MAKE_C_IDENTIFIER ${_h} _id)
+    set(_tu ${CMAKE_CURRENT_BINARY_DIR}/headers/${_id}.cpp)
+    file(CONFIGURE OUTPUT ${_tu} CONTENT "#include <${_h}>\n#include <${_h}>\n")
+    list(APPEND _zmq_header_tus ${_tu})
+  endforeach()
+  add_library(moa_zmq_header_test OBJECT ${_zmq_header_tus})
+  target_link_libraries(moa_zmq_header_test PRIVATE moa::moa moa_dev_settings cppzmq
+                        nlohmann_json::nlohmann_json)
+endif()

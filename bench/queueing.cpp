@@ -50,6 +50,28 @@ void simulate_shaped(benchmark::State& state) {
 }
 BENCHMARK(simulate_shaped)->Unit(benchmark::kMillisecond);
 
+// Scaling with n: the gossip model (M = 2, k = 2) at 0.8 load on every device, with the same
+// number of events per run (8 M) whatever n, so the figures compare the per-event cost only.
+// Issue 15 targets: >= 25 M events/s at n = 4, n = 16,384 within 2x of n = 4.
+void simulate_scaling(benchmark::State& state) {
+  const auto n = static_cast<std::uint32_t>(state.range(0));
+  const double lambda = 0.8 / 7;  // rho = alpha ((k + 1) M + 1) lambda
+  q::sim_config cfg;
+  cfg.lambda.assign(n, lambda);
+  cfg.service = {q::service_model::exponential(1.0)};
+  cfg.horizon = 8e6 / (double(n) * 8 * lambda);  // 8 events per prompt
+  cfg.warmup = cfg.horizon / 10;
+  q::gossip_source source(n, 2, moa::uniform_gossip{2});
+  std::uint64_t events = 0;
+  for (auto _ : state) {
+    auto r = q::simulate(cfg, source);
+    events += r.events;
+    benchmark::DoNotOptimize(r.mean_latency);
+  }
+  report_events(state, events);
+}
+BENCHMARK(simulate_scaling)->Arg(4)->Arg(64)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond);
+
 // Baseline 1: the same engine, but every prompt builds and seals a full moa::plan.
 void simulate_full_plans(benchmark::State& state) {
   const auto cfg = edge_config(2e5);

@@ -2,6 +2,7 @@
 // Tests of moa/core (messages, the backend concept, any_backend, random) and the synthetic backend.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <stop_token>
@@ -11,6 +12,7 @@
 #include <moa/backends/synthetic.hpp>
 #include <moa/core/backend.hpp>
 #include <moa/core/random.hpp>
+#include <moa/core/workload.hpp>
 #include <moa/version.hpp>
 
 namespace {
@@ -151,6 +153,82 @@ TEST_CASE("Synthetic.latency_distributions") {
   CHECK_THROWS_WITH_AS(moa::latency_model::constant(nanoseconds(-1)),
                        "moa::latency_model: a latency cannot be negative", moa::invalid_argument);
   CHECK_THROWS_AS(moa::latency_model::lognormal(nanoseconds(0), 0.5), moa::invalid_argument);
+}
+
+TEST_CASE("Workload.exponential_ziggurat_is_exact") {
+  // The ziggurat against the exponential's CDF: a Kolmogorov-Smirnov distance over 200,000
+  // draws, whose 99.9% critical value is 1.95 / sqrt(n); and the first two moments.
+  moa::rng random(17);
+  const int n = 200000;
+  std::vector<double> x(n);
+  for (auto& v : x) v = moa::detail::standard_exponential(random);
+  std::sort(x.begin(), x.end());
+  double ks = 0, sum = 0, squares = 0;
+  for (int i = 0; i < n; ++i) {
+    const double f = -std::expm1(-x[std::size_t(i)]);
+    ks = std::max({ks, f - double(i) / n, double(i + 1) / n - f});
+    sum += x[std::size_t(i)];
+    squares += x[std::size_t(i)] * x[std::size_t(i)];
+  }
+  CHECK(ks < 1.95 / std::sqrt(double(n)));
+  CHECK(std::abs(sum / n - 1) < 5 / std::sqrt(double(n)));     // sd 1
+  CHECK(std::abs(squares / n - 2) < 5 * std::sqrt(20.0 / n));  // Var[X^2] = 20
+  CHECK(x.front() >= 0);
+  CHECK(x.back() > 10);  // the tail (x > 7.7) is reached: P = 1 - (1 - e^-10)^n = 0.99
+}
+
+TEST_CASE("Workload.service_models") {
+  moa::rng random(5);
+  // One sampler for every model; sample means within 5 standard errors.
+  const int n = 50000;
+  for (const auto& m :
+       {moa::service_model::exponential(2), moa::service_model::lognormal(2, 0.5),
+        moa::service_model::constant(2), moa::service_model::empirical({1, 2, 3})}) {
+    double sum = 0;
+    for (int i = 0; i < n; ++i) sum += m.sample(random);
+    const double sd = std::sqrt(m.second_moment() - m.mean() * m.mean());
+    CHECK(std::abs(sum / n - m.mean()) <= 5 * sd / std::sqrt(double(n)) + 1e-12);
+  }
+  CHECK(moa::service_model::exponential(1).third_moment() == doctest::Approx(6));
+  CHECK(moa::service_model::empirical({1, 2}).scaled(2).third_moment() == doctest::Approx(36));
+  // Sigma is capped where the model stops being simulable (near 38 every draw underflows to 0).
+  CHECK_THROWS_WITH_AS(moa::service_model::lognormal(1, 40), doctest::Contains("[0, 4]"),
+                       moa::invalid_argument);
+  CHECK_THROWS_AS(moa::service_model::lognormal(1, std::nan("")), moa::invalid_argument);
+  CHECK_THROWS_AS(moa::service_model::exponential(-1), moa::invalid_argument);
+  CHECK_THROWS_AS(moa::service_model::constant(HUGE_VAL), moa::invalid_argument);
+  CHECK_THROWS_AS(moa::service_model::empirical({1, -1}), moa::invalid_argument);
+  const auto wide = moa::service_model::lognormal(1, 4);
+  int zeros = 0;
+  for (int i = 0; i < 1000; ++i) zeros += wide.sample(random) == 0;
+  CHECK(zeros == 0);
+}
+
+TEST_CASE("Workload.poisson_arrivals_superpose_the_users") {
+  // Rates 1, 0, 3: user 1 is silent, user 2 sends three quarters of the prompts, gaps are
+  // exponential at the total rate 4.
+  const std::vector<double> lambda{1, 0, 3};
+  const std::size_t n = 40000;
+  const auto a = moa::poisson_arrivals(lambda, n, 9);
+  REQUIRE(a.size() == n);
+  std::size_t per_user[3] = {0, 0, 0};
+  for (std::size_t i = 0; i < n; ++i) {
+    ++per_user[a[i].origin];
+    if (i > 0) CHECK(a[i].time >= a[i - 1].time);
+  }
+  CHECK(per_user[1] == 0);
+  const double share = double(per_user[2]) / double(n);
+  CHECK(std::abs(share - 0.75) < 5 * std::sqrt(0.75 * 0.25 / double(n)));
+  CHECK(std::abs(a.back().time / double(n) - 0.25) < 5 * 0.25 / std::sqrt(double(n)));
+  moa::check_trace(a, 3);
+  CHECK_THROWS_WITH_AS(moa::check_trace(a, 2), doctest::Contains("born at device 2"),
+                       moa::invalid_argument);
+  CHECK_THROWS_WITH_AS(moa::poisson_arrivals(std::vector<double>{0, 0}, 1, 1),
+                       doctest::Contains("every lambda is zero"), moa::invalid_argument);
+  CHECK_THROWS_AS(moa::poisson_arrivals(std::vector<double>{1, std::nan("")}, 1, 1),
+                  moa::invalid_argument);
+  // Checked before anything is allocated.
+  CHECK_THROWS_AS(moa::poisson_arrivals(lambda, std::size_t{1} << 40, 1), moa::invalid_argument);
 }
 
 TEST_CASE("Synthetic.injected_failures") {

@@ -29,6 +29,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -40,60 +41,53 @@
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
 #include "moa/core/random.hpp"
+#include "moa/core/workload.hpp"
 
 namespace moa {
 
-/// @brief A distribution of service times.
-struct latency_model {
-  enum class shape : std::uint8_t { zero, constant, exponential, lognormal };
-  latency_model::shape kind = shape::zero;
-  std::chrono::nanoseconds mean{0};  ///< the mean (for lognormal too)
-  double sigma = 0.0;                ///< lognormal: standard deviation of the log
-
+/// @brief A backend's latency: moa::service_model (the one service-time model of the library,
+/// shared with the simulator) in nanoseconds, or zero.
+class latency_model {
+ public:
+  latency_model() = default;  // zero
   static latency_model zero() noexcept { return {}; }
   static latency_model constant(std::chrono::nanoseconds d) {
-    return checked({shape::constant, d, 0});
+    return d.count() == 0 ? zero() : latency_model(service_model::constant(checked(d)));
   }
   static latency_model exponential(std::chrono::nanoseconds mean) {
-    return checked({shape::exponential, mean, 0});
+    return mean.count() == 0 ? zero() : latency_model(service_model::exponential(checked(mean)));
   }
   static latency_model lognormal(std::chrono::nanoseconds mean, double sigma) {
-    if (!(sigma >= 0) || !std::isfinite(sigma))
-      MOA_THROW(invalid_argument("moa::latency_model: lognormal sigma must be finite and >= 0"));
-    return checked({shape::lognormal, mean, sigma});
+    if (mean.count() == 0)
+      MOA_THROW(invalid_argument("moa::latency_model: a lognormal latency needs a mean > 0"));
+    return latency_model(service_model::lognormal(checked(mean), sigma));
   }
+  /// Any service model, its times read as nanoseconds (empirical: replay recorded latencies).
+  static latency_model of(service_model nanoseconds) {
+    return latency_model(std::move(nanoseconds));
+  }
+
+  [[nodiscard]] bool is_zero() const noexcept { return !model_; }
+  /// The distribution in nanoseconds; nullptr for zero.
+  [[nodiscard]] const service_model* model() const noexcept { return model_ ? &*model_ : nullptr; }
 
   /// Draws one service time.
   [[nodiscard]] std::chrono::nanoseconds sample(rng& random) const noexcept {
-    const double m = static_cast<double>(mean.count());
-    switch (kind) {
-      case shape::zero:
-        return std::chrono::nanoseconds(0);
-      case shape::constant:
-        return mean;
-      case shape::exponential: {
-        const double u = 1.0 - random.uniform();  // (0, 1]
-        return std::chrono::nanoseconds(static_cast<std::int64_t>(-m * std::log(u)));
-      }
-      case shape::lognormal: {
-        // mean = exp(mu + sigma^2 / 2); Box-Muller for the normal draw.
-        const double mu = std::log(m) - sigma * sigma / 2;
-        const double u1 = 1.0 - random.uniform(), u2 = random.uniform();
-        const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-        return std::chrono::nanoseconds(static_cast<std::int64_t>(std::exp(mu + sigma * z)));
-      }
-    }
-    return std::chrono::nanoseconds(0);
+    if (!model_) return std::chrono::nanoseconds(0);
+    const double t = model_->sample(random);
+    // A lognormal tail may pass the largest duration: saturate rather than overflow.
+    return t < 9.2e18 ? std::chrono::nanoseconds(static_cast<std::int64_t>(t))
+                      : std::chrono::nanoseconds::max();
   }
 
  private:
-  static latency_model checked(latency_model m) {
-    if (m.mean.count() < 0)
+  explicit latency_model(service_model m) : model_(std::move(m)) {}
+  static double checked(std::chrono::nanoseconds d) {
+    if (d.count() < 0)
       MOA_THROW(invalid_argument("moa::latency_model: a latency cannot be negative"));
-    if (m.kind == shape::lognormal && m.mean.count() == 0)
-      MOA_THROW(invalid_argument("moa::latency_model: a lognormal latency needs a mean > 0"));
-    return m;
+    return static_cast<double>(d.count());
   }
+  std::optional<service_model> model_;
 };
 
 /// @brief Settings of a synthetic_backend.
@@ -170,8 +164,7 @@ class synthetic_backend {
   response generate(const request& r) const {
     const auto started = clock::now();
     const std::uint64_t h = request_hash(r);
-    if (opt_->record || opt_->error_rate > 0 || opt_->timeout_rate > 0 ||
-        opt_->latency.kind != latency_model::shape::zero)
+    if (opt_->record || opt_->error_rate > 0 || opt_->timeout_rate > 0 || !opt_->latency.is_zero())
       behave(r, h, started);
     else
       log_->calls.fetch_add(1, std::memory_order_relaxed);

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <span>
 
+#include "moa/core/random.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 
 namespace moa {
@@ -49,16 +50,7 @@ struct least_loaded_gossip {
     if (pool > max_candidates) pool = max_candidates;
     if (take > pool) take = pool;
     std::uint32_t cand[max_candidates];
-    std::size_t drawn = 0;
-    for (std::size_t j = others - pool; j < others; ++j) {  // Floyd
-      auto t = static_cast<std::uint32_t>(ctx.random->below(j + 1));
-      for (std::size_t i = 0; i < drawn; ++i)
-        if (cand[i] == t) {
-          t = static_cast<std::uint32_t>(j);
-          break;
-        }
-      cand[drawn++] = t;
-    }
+    const std::size_t drawn = sample_distinct(*ctx.random, others, std::span(cand, pool));
     // Floyd gives a uniform subset but not a uniform order; shuffle, so that taking the first k
     // (no loads) or breaking ties by position (equal loads) is uniform too.
     for (std::size_t i = drawn; i > 1; --i) {

@@ -56,6 +56,7 @@
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
 #include "moa/core/random.hpp"
+#include "moa/core/workload.hpp"
 #include "moa/exec/detail/run_common.hpp"
 #include "moa/exec/result.hpp"
 #include "moa/exec/run_options.hpp"
@@ -68,42 +69,10 @@
 
 namespace moa::net {
 
-/// @brief A prompt born at `origin` at `time` (in the network's time units).
-struct arrival {
-  double time = 0;
-  std::uint32_t origin = 0;
-};
-
-/// @brief Independent Poisson arrivals per user (rates per time unit), `prompts` in all, sorted.
-/// Drawn as their superposition: exponential gaps at the total rate, each prompt's user drawn in
-/// proportion to its rate, which is the same process.
-inline std::vector<arrival> poisson_arrivals(std::span<const double> lambda, std::size_t prompts,
-                                             std::uint64_t seed) {
-  double total = 0;
-  for (std::size_t i = 0; i < lambda.size(); ++i) {
-    if (!(lambda[i] >= 0) || !std::isfinite(lambda[i]))
-      MOA_THROW(invalid_argument("moa::net::poisson_arrivals: lambda[" + std::to_string(i) +
-                                 "] must be finite and >= 0"));
-    total += lambda[i];
-  }
-  if (!(total > 0))
-    MOA_THROW(
-        invalid_argument("moa::net::poisson_arrivals: every rate is zero; give at least "
-                         "one user a positive rate"));
-  rng random(seed);
-  std::vector<arrival> out;
-  out.reserve(prompts);
-  double t = 0;
-  for (std::size_t p = 0; p < prompts; ++p) {
-    t += -std::log(1.0 - random.uniform()) / total;
-    double pick = random.uniform() * total;
-    std::uint32_t user = 0;
-    while (user + 1 < lambda.size() && (pick -= lambda[user]) >= 0) ++user;
-    while (lambda[user] == 0) --user;  // rounding at the edge lands on a silent user
-    out.push_back({t, user});
-  }
-  return out;
-}
+/// Arrivals and Poisson arrivals are the shared workload model (moa/core/workload.hpp): the
+/// simulator replays and draws the same ones.
+using moa::arrival;
+using moa::poisson_arrivals;
 
 /// @brief How the network runs.
 struct network_options {

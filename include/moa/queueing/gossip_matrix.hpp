@@ -70,9 +70,17 @@ inline bool connected(const Eigen::Ref<const Eigen::MatrixXd>& m) {
 
 }  // namespace detail
 
+/// @brief The most devices a dense inclusion matrix is built for (128 MiB); uniform gossip has
+/// O(n) closed forms for any n (uniform_analyse, uniform_latency).
+inline constexpr std::size_t max_dense_devices = 4096;
+
 /// @brief Uniform gossip: k distinct peers among the n - 1 others, P(i, j) = k / (n - 1), i != j.
 inline Eigen::MatrixXd uniform_inclusion(std::size_t n, std::size_t k) {
   detail::require_fanout(k, n);
+  if (n > max_dense_devices)
+    detail::fail("uniform_inclusion(" + std::to_string(n) + ", k) would be a dense " +
+                 std::to_string(n) + " x " + std::to_string(n) +
+                 " matrix; above 4096 devices use uniform_analyse / uniform_latency (O(n))");
   const auto size = static_cast<Eigen::Index>(n);
   Eigen::MatrixXd p = Eigen::MatrixXd::Constant(size, size, n > 1 ? double(k) / double(n - 1) : 0);
   p.diagonal().setZero();

@@ -36,8 +36,15 @@ inline nlohmann::json to_json(const run_result& r) {
                        {"utilisation", finite_or_null(d.utilisation)},
                        {"throughput", finite_or_null(d.throughput)},
                        {"growth_rate", finite_or_null(d.growth_rate)},
+                       {"offered_load", finite_or_null(d.offered_load)},
                        {"completed", d.completed}});
+  const char* verdict = r.verdict == run_result::finding::stable         ? "stable"
+                        : r.verdict == run_result::finding::inconclusive ? "inconclusive"
+                                                                         : "unstable";
   nlohmann::json j = {{"stable", r.stable},
+                      {"verdict", verdict},
+                      {"offered_load", finite_or_null(r.offered_load)},
+                      {"offered_load_upper", finite_or_null(r.offered_load_upper)},
                       {"truncated", r.truncated},
                       {"growth_rate", finite_or_null(r.growth_rate)},
                       {"mean_latency", finite_or_null(r.mean_latency)},

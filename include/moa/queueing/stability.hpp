@@ -41,14 +41,18 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "moa/gossip/random_k.hpp"
 #include "moa/queueing/detail/check.hpp"
 #include "moa/queueing/formulas.hpp"
+#include "moa/queueing/service.hpp"
 #include "moa/topology/plan.hpp"
 
 namespace moa::queueing {
@@ -92,26 +96,31 @@ constexpr verdict verdict_from_max(double max_rho, std::size_t bottleneck) noexc
 }
 
 constexpr void require_rates(std::span<const double> values, std::size_t n, const char* name,
-                             const char* fix) {
+                             const char* fix, bool zero_allowed = false) {
   if (values.size() != 1 && values.size() != n)
     fail(std::string(name) + " has " + std::to_string(values.size()) + " entries for " +
          std::to_string(n) + " devices; give one per device, or a single value for all");
-  for (std::size_t i = 0; i < values.size(); ++i)
-    if (!(values[i] > 0.0) || !(values[i] < HUGE_VAL))  // message built only on failure
-      require_positive(values[i], indexed(name, i), fix);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if ((values[i] > 0.0 || (zero_allowed && values[i] == 0.0)) && values[i] < HUGE_VAL) continue;
+    if (zero_allowed)  // message built only on failure
+      fail(indexed(name, i) + " = " + number(values[i]) + " must be finite and >= 0; " + fix);
+    require_positive(values[i], indexed(name, i), fix);
+  }
 }
 
 }  // namespace detail
 
 /// @brief Uniform gossip in closed form: Lambda_j = (M + 1) lambda_j + M k / (n - 1) (sum lambda
-/// - lambda_j). `lambda` and `alpha` hold one value per device or one for all; `utilisation`, if
-/// not empty, receives rho_j (n entries). No allocation.
+/// - lambda_j). `lambda` and `alpha` hold one value per device or one for all (a user's rate may
+/// be 0: a silent user); `utilisation`, if not empty, receives rho_j (n entries). No allocation,
+/// O(n) for any n.
 constexpr verdict uniform_stability(std::size_t n, std::size_t layers, std::size_t k,
                                     std::span<const double> lambda, std::span<const double> alpha,
                                     std::span<double> utilisation = {}) {
   detail::require_fanout(k, n);
   detail::require_rates(lambda, n, "lambda",
-                        "give each user's prompt rate (prompts per unit time)");
+                        "give each user's prompt rate (prompts per unit time; 0: a silent user)",
+                        true);
   detail::require_rates(alpha, n, "alpha", "give each device's mean inference time");
   if (!utilisation.empty() && utilisation.size() != n)
     detail::fail("the utilisation output has " + std::to_string(utilisation.size()) +
@@ -267,8 +276,9 @@ inline Eigen::VectorXd arrival_rates(const Eigen::Ref<const Eigen::VectorXd>& la
                  std::to_string(visits.cols()) + " but lambda has " +
                  std::to_string(lambda.size()) + " entries; give an n x n matrix and n rates");
   for (Eigen::Index i = 0; i < lambda.size(); ++i)
-    detail::require_positive(lambda(i), detail::indexed("lambda", std::size_t(i)),
-                             "give each user's prompt rate");
+    if (!(lambda(i) >= 0) || !std::isfinite(lambda(i)))
+      detail::fail(detail::indexed("lambda", std::size_t(i)) + " = " + detail::number(lambda(i)) +
+                   " must be finite and >= 0; give each user's prompt rate (0: a silent user)");
   if (!visits.allFinite() || (visits.array() < 0).any())
     detail::fail("the visit matrix must hold finite, non-negative expected call counts");
   return visits.transpose() * lambda;
@@ -318,61 +328,282 @@ inline Eigen::VectorXd jackson_arrival_rates(const Eigen::Ref<const Eigen::Vecto
   return lambda;
 }
 
-/// @brief End-to-end latency estimates for a prompt born at `origin`.
+/// @brief End-to-end latency of a gossip prompt born at a device: M fork-join layers (the origin
+/// and its peers) and the aggregation at the origin, from per-device M/G/1 sojourn times.
+///
+/// What each figure is (docs/QUEUEING.md has their errors against the simulator):
+/// - `lower`: a bound for any dependence between branches, E[max] >= max E: per layer the larger
+///   of the origin's mean sojourn and the mean sojourn of a peer drawn with the inclusion
+///   probabilities;
+/// - `upper`: a bound for any dependence and any service time with a finite variance: per layer
+///   min over c of c + sum over branches of E[(R - c)+], each term bounded from the branch's mean
+///   and variance alone (Lo/Scarf), peers weighted by their inclusion probabilities;
+/// - `approx`: the estimate, lower + theta * cv * (I - lower) kept within [lower, upper], where I
+///   is the mean of the slowest of independent exponential branches over the gossip's peer sets,
+///   theta the Nelson-Tantawi factor at the branches' mean utilisation (exact interpolation for
+///   homogeneous M/M/1 branches) and cv the branches' sojourn coefficient of variation.
+/// The bounds are bounds *given* the per-device sojourn moments; those moments treat each device
+/// as M/G/1 at its arrival rate (exact for first-layer calls, approximate for later layers,
+/// whose arrivals come in forks), so the network can exceed `upper` where that approximation is
+/// off. Infinite when a device is unstable.
 struct latency_bounds {
-  double lower = 0;   ///< sum of per-layer max of branch means, plus the aggregation
-  double approx = 0;  ///< Nelson-Tantawi per layer (homogeneous M/M/1 approximation)
-  double upper = 0;   ///< independent-exponential bound (M/M/1 sojourns; associated branches)
+  double lower = 0;   ///< a lower bound (see above)
+  double approx = 0;  ///< the estimate; lower <= approx <= upper always
+  double upper = 0;   ///< an upper bound (see above)
 };
 
-/// @brief Latency of a gossip prompt from per-device M/G/1 sojourn times.
-///
-/// Assumptions: each device is treated as an M/G/1 queue at its arrival rate (first-layer calls
-/// do arrive as Poisson streams; later layers arrive after forks and are only approximately
-/// Poisson), service with squared coefficient of variation `scv`. Per layer:
-/// - lower: E[max of branches] >= max(W_origin, average W of a peer drawn by its inclusion
-///   probability); any dependence;
-/// - upper: the k slowest possible peers and the origin as independent exponentials of rates
-///   1 / W_j; valid for scv = 1 (M/M/1 sojourns are exponential and fork-join sojourns are
-///   associated);
-/// - approx: Nelson-Tantawi with k + 1 branches at the mean utilisation of those branches.
-/// The aggregation at the origin adds W_origin to each. Infinite when a device is unstable.
+namespace detail {
+
+/// Mean, variance and utilisation of an M/G/1 sojourn (Pollaczek-Khinchine, and Takacs for the
+/// second moment of the wait). A device with no arrivals has the service time alone.
+struct sojourn {
+  double mean = 0, variance = 0, rho = 0;
+};
+inline sojourn mg1_sojourn(double arrival, const service_model& s) {
+  const double m = s.mean(), m2 = s.second_moment(), m3 = s.third_moment();
+  const double service_var = std::max(0.0, m2 - m * m);
+  if (!(arrival > 0)) return {m, service_var, 0};
+  const double rho = arrival * m;
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  if (rho >= 1) return {inf, inf, rho};
+  const double wq = arrival * m2 / (2 * (1 - rho));
+  const double wq2 = 2 * wq * wq + arrival * m3 / (3 * (1 - rho));
+  return {wq + m, std::max(0.0, wq2 - wq * wq) + service_var, rho};
+}
+
+/// Peers of one class: `weight` expected peers per layer with this sojourn.
+struct peer_class {
+  sojourn time;
+  double weight = 0;
+};
+
+/// E[(R - c)+] <= ((mu - c) + sqrt(var + (mu - c)^2)) / 2 for any R of mean mu and variance var.
+inline double excess_bound(const sojourn& r, double c) noexcept {
+  const double d = r.mean - c;
+  return (d + std::sqrt(r.variance + d * d)) / 2;
+}
+
+/// One fork-join layer of an origin with sojourn `o` and its peer classes (weights sum to k).
+inline latency_bounds layer_latency(const sojourn& o, std::span<const peer_class> peers) {
+  double k = 0, peer_mean = 0, rho_sum = o.rho, var_sum = o.variance, mean2_sum = o.mean * o.mean;
+  double hi = o.mean + 10 * std::sqrt(o.variance), mean_max = o.mean;
+  for (const auto& p : peers) {
+    k += p.weight;
+    peer_mean += p.weight * p.time.mean;
+    rho_sum += p.weight * p.time.rho;
+    var_sum += p.weight * p.time.variance;
+    mean2_sum += p.weight * p.time.mean * p.time.mean;
+    hi = std::max(hi, p.time.mean + 10 * std::sqrt(p.time.variance));
+    mean_max = std::max(mean_max, p.time.mean);
+  }
+  if (k < 0.5) return {o.mean, o.mean, o.mean};  // no peers: the origin alone
+  const double lower = std::max(o.mean, peer_mean / k);
+  // Upper: min over c of a convex function, by golden-section search.
+  auto bound = [&](double c) {
+    double g = c + excess_bound(o, c);
+    for (const auto& p : peers) g += p.weight * excess_bound(p.time, c);
+    return g;
+  };
+  double a = 0, b = hi;
+  constexpr double golden = 0.6180339887498949;
+  double c1 = b - golden * (b - a), c2 = a + golden * (b - a);
+  double g1 = bound(c1), g2 = bound(c2);
+  for (int i = 0; i < 100; ++i) {
+    if (g1 < g2) {
+      b = c2;
+      c2 = c1;
+      g2 = g1;
+      c1 = b - golden * (b - a);
+      g1 = bound(c1);
+    } else {
+      a = c1;
+      c1 = c2;
+      g1 = g2;
+      c2 = a + golden * (b - a);
+      g2 = bound(c2);
+    }
+  }
+  const double upper = std::max(lower, std::min(g1, g2));
+  // I: E[max] of independent exponential branches, a peer drawn from the classes by weight.
+  const double t_end = mean_max * (std::log(k + 1) + 36);
+  constexpr int steps = 1024;  // Simpson; the integrand is smooth on the scale of the means
+  const double h = t_end / steps;
+  auto survival = [&](double t) {
+    double mix = 0;
+    for (const auto& p : peers) mix += p.weight * -std::expm1(-t / p.time.mean);
+    return 1 - -std::expm1(-t / o.mean) * std::pow(mix / k, k);
+  };
+  double sum = survival(0) + survival(t_end);
+  for (int i = 1; i < steps; ++i) sum += survival(i * h) * (i % 2 ? 4 : 2);
+  const double independent = sum * h / 3;
+  // theta: where Nelson-Tantawi puts homogeneous M/M/1 branches between max E and I.
+  const auto branches = static_cast<std::size_t>(std::lround(k)) + 1;
+  const double rho = std::clamp(rho_sum / (k + 1), 0.0, 0.999);
+  double harmonic = 0;
+  for (std::size_t i = 1; i <= branches; ++i) harmonic += 1.0 / double(i);
+  const double theta =
+      std::clamp((nelson_tantawi(branches, rho, 1 - rho) - 1) / (harmonic - 1), 0.0, 1.0);
+  const double cv = std::sqrt(var_sum / mean2_sum);
+  const double approx = std::clamp(lower + theta * cv * (independent - lower), lower, upper);
+  return {lower, approx, upper};
+}
+
+inline latency_bounds end_to_end(const latency_bounds& layer, std::size_t layers, double own) {
+  const double m = double(layers);
+  return {m * layer.lower + own, m * layer.approx + own, m * layer.upper + own};
+}
+
+/// The service of a device from a unit-mean shape: the shape scaled to alpha.
+inline service_model scaled_shape(const service_model& unit, double alpha) {
+  return unit.scaled(alpha / unit.mean());
+}
+
+/// A unit-mean shape from a squared coefficient of variation: 0 constant, 1 exponential,
+/// otherwise lognormal with that SCV (the three service models of the command line).
+inline service_model shape_of_scv(double scv) {
+  if (!(scv >= 0) || !std::isfinite(scv))
+    fail("squared coefficient of variation = " + number(scv) +
+         " must be finite and >= 0 (0: constant, 1: exponential)");
+  if (scv == 0) return service_model::constant(1);
+  if (scv == 1) return service_model::exponential(1);
+  return service_model::lognormal(1, std::sqrt(std::log1p(scv)));
+}
+
+}  // namespace detail
+
+/// @brief Latency of a prompt born at `origin` for any inclusion matrix; service times of device
+/// j are `shape` (any mean; only its shape counts) scaled to mean alpha_j. O(n log n).
 inline latency_bounds latency(const stability_report& report, std::size_t layers,
                               const Eigen::Ref<const Eigen::MatrixXd>& inclusion,
                               const Eigen::Ref<const Eigen::VectorXd>& alpha, std::uint32_t origin,
-                              double scv = 1.0) {
+                              const service_model& shape) {
   const auto n = report.arrival.size();
   if (inclusion.rows() != n || inclusion.cols() != n || alpha.size() != n)
     detail::fail("latency: the report, inclusion matrix and alpha disagree on the device count");
   if (origin >= n) detail::fail("latency: origin " + std::to_string(origin) + " is not a device");
   constexpr double inf = std::numeric_limits<double>::infinity();
   if (!report.stable) return {inf, inf, inf};
-  Eigen::VectorXd w(n);
+  auto time_of = [&](Eigen::Index j) {
+    return detail::mg1_sojourn(report.arrival(j), detail::scaled_shape(shape, alpha(j)));
+  };
+  std::vector<detail::peer_class> peers;
   for (Eigen::Index j = 0; j < n; ++j)
-    w(j) = report.arrival(j) > 0 ? mg1(report.arrival(j), alpha(j), scv).sojourn : alpha(j);
-  const double k_exact = inclusion.row(origin).sum();
-  const auto k = static_cast<std::size_t>(std::lround(k_exact));
-  // Candidates: the origin, then the peers with the largest sojourn among those it can reach.
-  std::vector<Eigen::Index> peers;
-  for (Eigen::Index j = 0; j < n; ++j)
-    if (j != origin && inclusion(origin, j) > 0) peers.push_back(j);
-  std::sort(peers.begin(), peers.end(), [&](auto a, auto b) { return w(a) > w(b); });
-  peers.resize(std::min(peers.size(), k));
-  std::vector<double> rates{1 / w(origin)};
-  double rho_sum = report.utilisation(origin), alpha_sum = alpha(origin);
-  for (auto j : peers) {
-    rates.push_back(1 / w(j));
-    rho_sum += report.utilisation(j);
-    alpha_sum += alpha(j);
-  }
-  const double peer_mean = k_exact > 0 ? inclusion.row(origin).dot(w) / k_exact : 0.0;
-  const double lower_layer = std::max(w(origin), peer_mean);
-  const double upper_layer = expected_max_exponential(rates);
-  const double branches = double(rates.size());
-  const double approx_layer =
-      nelson_tantawi(rates.size(), rho_sum / branches, alpha_sum / branches);
-  const double m = double(layers);
-  return {m * lower_layer + w(origin), m * approx_layer + w(origin), m * upper_layer + w(origin)};
+    if (j != origin && inclusion(origin, j) > 0)
+      peers.push_back({time_of(j), inclusion(origin, j)});
+  // Merge equal sojourns: a homogeneous network has one class, whatever n.
+  std::sort(peers.begin(), peers.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.time.mean, a.time.variance, a.time.rho) <
+           std::tie(b.time.mean, b.time.variance, b.time.rho);
+  });
+  std::vector<detail::peer_class> merged;
+  for (const auto& p : peers)
+    if (!merged.empty() && merged.back().time.mean == p.time.mean &&
+        merged.back().time.variance == p.time.variance && merged.back().time.rho == p.time.rho)
+      merged.back().weight += p.weight;
+    else
+      merged.push_back(p);
+  const detail::sojourn own = time_of(origin);
+  return detail::end_to_end(detail::layer_latency(own, merged), layers, own.mean);
 }
+
+/// @brief As above, service shape given by its squared coefficient of variation (0 constant,
+/// 1 exponential, otherwise lognormal with that SCV).
+inline latency_bounds latency(const stability_report& report, std::size_t layers,
+                              const Eigen::Ref<const Eigen::MatrixXd>& inclusion,
+                              const Eigen::Ref<const Eigen::VectorXd>& alpha, std::uint32_t origin,
+                              double scv = 1.0) {
+  return latency(report, layers, inclusion, alpha, origin, detail::shape_of_scv(scv));
+}
+
+/// @brief The verdict, arrival rates and utilisations of uniform gossip in O(n) memory and time
+/// (no n x n matrix): what `analyse(lambda, alpha, gossip_visits(M, uniform_inclusion(n, k)))`
+/// gives, for any n. A user's rate may be 0.
+inline stability_report uniform_analyse(std::size_t n, std::size_t layers, std::size_t k,
+                                        std::span<const double> lambda,
+                                        std::span<const double> alpha) {
+  detail::require_fanout(k, n);
+  if (n > (std::size_t{1} << 32)) detail::fail("more than 2^32 devices");
+  detail::require_rates(lambda, n, "lambda", "give each user's prompt rate (0: a silent user)",
+                        true);
+  detail::require_rates(alpha, n, "alpha", "give each device's mean inference time");
+  stability_report r;
+  const auto size = static_cast<Eigen::Index>(n);
+  r.utilisation.resize(size);
+  static_cast<verdict&>(r) = uniform_stability(
+      n, layers, k, lambda, alpha, std::span<double>(r.utilisation.data(), std::size_t(size)));
+  r.arrival.resize(size);
+  for (Eigen::Index j = 0; j < size; ++j)
+    r.arrival(j) = r.utilisation(j) / alpha[alpha.size() == 1 ? 0 : std::size_t(j)];
+  return r;
+}
+
+/// @brief Latencies of uniform gossip in O(n) per distinct device (no n x n matrix): devices
+/// with equal sojourns share one computation, so a homogeneous network of a million devices
+/// costs one.
+///
+/// @code{.cpp}
+/// double lambda[] = {0.1}, alpha[] = {1.0};
+/// moa::queueing::uniform_latency lat(4, 2, 2, lambda, alpha);
+/// moa::queueing::latency_bounds b = lat(0);  // b.lower <= b.approx <= b.upper
+/// @endcode
+class uniform_latency {
+ public:
+  uniform_latency(std::size_t n, std::size_t layers, std::size_t k, std::span<const double> lambda,
+                  std::span<const double> alpha,
+                  const service_model& shape = service_model::exponential(1))
+      : report_(uniform_analyse(n, layers, k, lambda, alpha)), layers_(layers) {
+    if (!report_.stable) return;
+    const auto size = report_.arrival.size();
+    class_of_.resize(std::size_t(size));
+    std::vector<std::pair<std::tuple<double, double, double>, std::size_t>> keys;
+    keys.reserve(std::size_t(size));
+    for (Eigen::Index j = 0; j < size; ++j) {
+      const auto t = detail::mg1_sojourn(
+          report_.arrival(j),
+          detail::scaled_shape(shape, alpha[alpha.size() == 1 ? 0 : std::size_t(j)]));
+      keys.push_back({{t.mean, t.variance, t.rho}, std::size_t(j)});
+    }
+    std::sort(keys.begin(), keys.end());
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (i == 0 || keys[i].first != keys[i - 1].first) {
+        const auto& [m, v, rho] = keys[i].first;
+        classes_.push_back({{m, v, rho}, 0});
+      }
+      classes_.back().weight += 1;  // a count, until operator() weighs it
+      class_of_[keys[i].second] = std::uint32_t(classes_.size() - 1);
+    }
+    share_ = n > 1 ? double(k) / double(n - 1) : 0.0;
+    cache_.assign(classes_.size(), std::nullopt);
+  }
+
+  [[nodiscard]] const stability_report& report() const noexcept { return report_; }
+
+  /// The latency of a prompt born at `origin`. Not thread-safe (results are cached per class).
+  latency_bounds operator()(std::uint32_t origin) {
+    if (origin >= report_.arrival.size())
+      detail::fail("latency: origin " + std::to_string(origin) + " is not a device");
+    constexpr double inf = std::numeric_limits<double>::infinity();
+    if (!report_.stable) return {inf, inf, inf};
+    const std::uint32_t c = class_of_[origin];
+    if (!cache_[c]) {
+      std::vector<detail::peer_class> peers;
+      for (std::size_t i = 0; i < classes_.size(); ++i) {
+        const double others = classes_[i].weight - (i == c ? 1 : 0);
+        if (others > 0) peers.push_back({classes_[i].time, share_ * others});
+      }
+      cache_[c] = detail::end_to_end(detail::layer_latency(classes_[c].time, peers), layers_,
+                                     classes_[c].time.mean);
+    }
+    return *cache_[c];
+  }
+
+ private:
+  stability_report report_;
+  std::size_t layers_;
+  double share_ = 0;
+  std::vector<detail::peer_class> classes_;  // weight: number of devices in the class
+  std::vector<std::uint32_t> class_of_;
+  std::vector<std::optional<latency_bounds>> cache_;
+};
 
 }  // namespace moa::queueing

@@ -10,6 +10,8 @@
 #include <string>
 
 #include "moa/core/error.hpp"
+#include "moa/core/workload.hpp"
+#include "moa/topology/check.hpp"
 
 namespace moa::queueing::detail {
 
@@ -21,17 +23,7 @@ inline std::string indexed(const char* name, std::size_t i) {
   return std::string(name) + "[" + std::to_string(i) + "]";
 }
 
-inline std::string number(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  std::string s = std::to_string(v);
-  // to_string prints six decimals; trim the zeros so messages read "0.5", not "0.500000".
-  if (s.find('.') != std::string::npos) {
-    while (!s.empty() && s.back() == '0') s.pop_back();
-    if (!s.empty() && s.back() == '.') s.pop_back();
-  }
-  return s;
-}
+using moa::detail::number;
 
 /// Throws unless v is finite and > 0. `what` names the quantity, `fix` says what to give.
 constexpr void require_positive(double v, const char* what, const char* fix) {
@@ -43,11 +35,16 @@ inline void require_positive(double v, const std::string& what, const char* fix)
     fail(what + " = " + number(v) + " must be positive and finite; " + fix);
 }
 
+/// The most devices the simulator and the dense-matrix analysis take, checked before anything is
+/// allocated (a device costs the simulator 128 bytes; the O(n) closed forms take any n).
+inline constexpr std::size_t max_devices = std::size_t{1} << 24;
+/// The most calls one prompt's plan may make in the simulator ((k + 1) M + 1 for gossip).
+inline constexpr std::size_t max_plan_calls = std::size_t{1} << 20;
+
+/// The fan-out check of every topology (moa::check_fanout), so a bad k throws the same
+/// moa::topology_error here as in the topologies and the networks.
 constexpr void require_fanout(std::size_t k, std::size_t n) {
-  if (n == 0) fail("a network needs at least one device (n = 0)");
-  if (k > n - 1)
-    fail("gossip fan-out k = " + std::to_string(k) + " is larger than the " +
-         std::to_string(n - 1) + " other devices; use k <= n - 1");
+  if (const topology_check c = check_fanout(k, n); !c.ok()) moa::require(c);
 }
 
 }  // namespace moa::queueing::detail

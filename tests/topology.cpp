@@ -163,7 +163,9 @@ TEST_CASE("Dot.plan_export") {
   const auto p = t::make_plan();
   const std::vector<std::string> names{"al\"pha", "beta"};
   const auto dot = moa::to_dot(p, names);
-  CHECK(dot.rfind("digraph \"moa\" {", 0) == 0);
+  CHECK(dot.rfind("digraph moa {", 0) == 0);
+  // A title that is not a DOT identifier is quoted and escaped (the one DOT writer's rule).
+  CHECK(moa::to_dot(p, names, {}, "my \"net\"").rfind("digraph \"my \\\"net\\\"\" {", 0) == 0);
   CHECK(dot.find("c0 [label=\"al\\\"pha\\nproposer, layer 1\"]") != std::string::npos);
   CHECK(dot.find("c1 -> c2;") != std::string::npos);
   CHECK(dot.find("prompt -> c0;") != std::string::npos);

@@ -36,6 +36,7 @@
 
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
+#include "moa/topology/detail/dot_writer.hpp"
 #include "moa/topology/plan.hpp"
 
 namespace moa {
@@ -214,22 +215,21 @@ class dag_topology {
   /// (or "backend#b" when names are not given); the sink is drawn as a double circle.
   [[nodiscard]] std::string to_dot(std::span<const std::string> names = {},
                                    std::string_view graph_name = "moa_dag") const {
-    std::string out = "digraph " + std::string(graph_name) + " {\n  rankdir=LR;\n";
+    detail::dot_writer dot(graph_name);
     std::size_t sink_node = size();
     for (std::size_t i = 0; i < size(); ++i)
       if (out_degree(i) == 0) sink_node = sink_node == size() ? i : size() + 1;
     for (std::size_t i = 0; i < size(); ++i) {
       const auto b = backends_[i];
-      std::string name = b < names.size() ? names[b] : "backend#" + std::to_string(b);
-      out += "  n" + std::to_string(i) + " [label=\"" + std::to_string(i) + ": " + escape(name) +
-             "\"" + (i == sink_node ? ", shape=doublecircle" : "") + "];\n";
+      const std::string name = b < names.size() ? names[b] : "backend#" + std::to_string(b);
+      dot.node("n" + std::to_string(i), std::to_string(i) + ": " + name,
+               i == sink_node ? "shape=doublecircle" : "");
     }
     for (std::size_t i = 0; i < size(); ++i)
       for (std::size_t j = 0; j < size(); ++j)
         if (i != j && std::size_t(adjacency_.rows()) == size() && has_edge(i, j))
-          out += "  n" + std::to_string(i) + " -> n" + std::to_string(j) + ";\n";
-    out += "}\n";
-    return out;
+          dot.edge("n" + std::to_string(i), "n" + std::to_string(j));
+    return std::move(dot).finish();
   }
 
   friend bool operator==(const dag_topology& a, const dag_topology& b) {
@@ -278,15 +278,6 @@ class dag_topology {
     for (std::size_t v = 0; v < size(); ++v)
       if (!placed[v]) list += (list.empty() ? "" : ", ") + std::to_string(v);
     return list;
-  }
-
-  static std::string escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    return out;
   }
 
   Eigen::MatrixXd adjacency_{};

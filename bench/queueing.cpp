@@ -167,13 +167,13 @@ void simulate_naive_baseline(benchmark::State& state) {
 }
 BENCHMARK(simulate_naive_baseline)->Unit(benchmark::kMillisecond);
 
-// Replications: the same 4 runs on 1 and on 2 threads (wall time; speed-up = ratio).
+// Replications: the same 8 runs on 1 and on 2 threads (wall time; speed-up = ratio).
 void replicate_threads(benchmark::State& state) {
   const auto cfg = edge_config(1e5);
   q::gossip_source source(4, 2, moa::uniform_gossip{2});
   std::uint64_t events = 0;
   for (auto _ : state) {
-    auto r = q::replicate(cfg, source, 4, std::size_t(state.range(0)));
+    auto r = q::replicate(cfg, source, 8, std::size_t(state.range(0)));
     for (const auto& run : r.runs) events += run.events;
   }
   report_events(state, events);

@@ -19,6 +19,8 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -130,9 +132,17 @@ struct analysed_network {
   explicit analysed_network(network_options& o)
       : lambda((o.load(), o.per_device(o.lambda, "lambda"))),
         alpha(o.per_device(o.alpha, "alpha")),
-        inclusion(o.inclusion()),
-        report(moa::queueing::analyse(lambda, alpha,
-                                      moa::queueing::gossip_visits(o.layers, inclusion))) {}
+        // Uniform gossip needs no n x n matrix: O(n) for any n (moa stability -n 1000000).
+        inclusion(o.adjacency.empty() ? Eigen::MatrixXd() : o.inclusion()),
+        report(o.adjacency.empty()
+                   ? moa::queueing::uniform_analyse(o.devices, o.layers, o.fanout, span(lambda),
+                                                    span(alpha))
+                   : moa::queueing::analyse(lambda, alpha,
+                                            moa::queueing::gossip_visits(o.layers, inclusion))) {}
+
+  static std::span<const double> span(const Eigen::VectorXd& v) {
+    return {v.data(), static_cast<std::size_t>(v.size())};
+  }
 };
 
 inline void stability_command(network_options& o, const std::string& format) {
@@ -140,12 +150,20 @@ inline void stability_command(network_options& o, const std::string& format) {
   const analysed_network net(o);
   const auto& [lambda, alpha, p, r] = net;
   const double scv = o.model(1.0).scv();
+  std::optional<q::uniform_latency> uniform;
+  if (o.adjacency.empty())
+    uniform.emplace(o.devices, o.layers, o.fanout, analysed_network::span(lambda),
+                    analysed_network::span(alpha), o.model(1.0));
+  auto latency_of = [&](Eigen::Index d) {
+    return uniform ? (*uniform)(std::uint32_t(d))
+                   : q::latency(r, o.layers, p, alpha, std::uint32_t(d), scv);
+  };
   if (format == "json") {
     auto j = q::to_json(r);
     nlohmann::json per = nlohmann::json::array();
     for (Eigen::Index d = 0; d < lambda.size(); ++d) {
       const auto est = q::mg1(r.arrival(d), alpha(d), scv);
-      const auto lat = q::latency(r, o.layers, p, alpha, std::uint32_t(d), scv);
+      const auto lat = latency_of(d);
       per.push_back({{"queue", q::detail::finite_or_null(est.number_in_system)},
                      {"sojourn", q::detail::finite_or_null(est.sojourn)},
                      {"latency_lower", q::detail::finite_or_null(lat.lower)},
@@ -165,7 +183,7 @@ inline void stability_command(network_options& o, const std::string& format) {
               "sojourn", "latency lo", "latency ~");
   for (Eigen::Index d = 0; d < lambda.size(); ++d) {
     const auto est = q::mg1(r.arrival(d), alpha(d), scv);
-    const auto lat = q::latency(r, o.layers, p, alpha, std::uint32_t(d), scv);
+    const auto lat = latency_of(d);
     std::printf("%6td %10.4f %8.4f %10.4f %10.4f %12.4f %12.4f\n", d, r.arrival(d),
                 r.utilisation(d), est.number_in_system, est.sojourn, lat.lower, lat.approx);
   }
@@ -243,8 +261,11 @@ inline void simulate_command(network_options& o, const simulate_options& s) {
     }
     const double rho = base.max_utilisation * scales[i];
     std::printf("%8.4f %8.4f %9s %9.3f+-%-6.3f %10.3f+-%-7.3f %9.3f %9.3f %9.3f\n", scales[i], rho,
-                rep.stable ? "stable" : "UNSTABLE", queue, queue_ci, rep.mean_latency.mean,
-                rep.mean_latency.half_width, rep.p50.mean, rep.p95.mean, rep.p99.mean);
+                rep.stable                                ? "stable"
+                : rep.unstable_runs * 2 > rep.runs.size() ? "UNSTABLE"
+                                                          : "undecided",
+                queue, queue_ci, rep.mean_latency.mean, rep.mean_latency.half_width, rep.p50.mean,
+                rep.p95.mean, rep.p99.mean);
     if (!rep.stable)
       std::printf("         backlog grows by %.4f calls per unit time\n", rep.growth_rate.mean);
     if (csv)

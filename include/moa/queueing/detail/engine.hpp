@@ -114,9 +114,9 @@ class engine {
     const std::size_t n = n_;
     if (cfg_.trace.empty()) {
       const arrival a = users_.next(random_);
-      push({a.time, a.origin, arrival_kind});
+      push({a.time, a.origin, arrival_ref});
     } else {
-      push({cfg_.trace[0].time, cfg_.trace[0].origin, arrival_kind});
+      push({cfg_.trace[0].time, cfg_.trace[0].origin, arrival_ref});
     }
     batches_ = cfg_.batches;
     batch_len_ = (cfg_.horizon - cfg_.warmup) / double(batches_);
@@ -138,7 +138,7 @@ class engine {
       if (ev.time >= next_mark_) marks(ev.time);
       now_ = ev.time;
       ++events_;
-      if (ev.kind == arrival_kind)
+      if (ev.ref == arrival_ref)
         on_arrival(ev);
       else
         on_completion(ev.who);
@@ -156,7 +156,7 @@ class engine {
 
  private:
   static constexpr double inf = std::numeric_limits<double>::infinity();
-  static constexpr std::uint32_t arrival_kind = 0, completion_kind = 1;
+  static constexpr std::uint32_t arrival_ref = ~std::uint32_t{0};
   static constexpr std::uint32_t invalid = ~std::uint32_t{0};
   static constexpr std::uint32_t slot_bits = 24, slot_mask = (1u << slot_bits) - 1;
   static constexpr std::uint32_t inline_jobs = 8;
@@ -169,7 +169,7 @@ class engine {
   struct event {
     double time;
     std::uint32_t who;  // the device of a completion, the origin of an arrival
-    std::uint32_t kind;
+    std::uint32_t ref;  // a completion: its job's prompt (for prefetching); an arrival: arrival_ref
   };
   struct job {
     std::uint32_t ref;  // shape << slot_bits | slot
@@ -292,6 +292,20 @@ class engine {
     const event last = at(size_ - 1);
     heap_.pop_back();
     if (--size_ > 0) replace_top(last);
+  }
+
+  std::uint32_t* record_of(std::uint32_t ref) noexcept {
+    shape& s = shapes_[ref >> slot_bits];
+    return s.data.data() + std::size_t(ref & slot_mask) * s.stride;
+  }
+  // At large n the next completion's device and prompt record are cache misses; asking for them
+  // before finishing the current event overlaps those misses with its work.
+  void prefetch_top() noexcept {
+    if (size_ == 0) return;
+    const event& next = top();
+    if (next.ref == arrival_ref) return;
+    __builtin_prefetch(&devices_[next.who]);
+    __builtin_prefetch(record_of(next.ref));
   }
 
   void touch(device& d) noexcept {
@@ -457,10 +471,10 @@ class engine {
     const std::uint32_t origin = ev.who;
     if (cfg_.trace.empty()) {
       const arrival a = users_.next(random_);
-      replace_top({a.time, a.origin, arrival_kind});
+      replace_top({a.time, a.origin, arrival_ref});
     } else if (++trace_cursor_ < cfg_.trace.size()) {
       const arrival& a = cfg_.trace[trace_cursor_];
-      replace_top({a.time, a.origin, arrival_kind});
+      replace_top({a.time, a.origin, arrival_ref});
     } else {
       pop_top();
     }
@@ -500,6 +514,7 @@ class engine {
     std::copy(s.need.begin(), s.need.end(), rec + record_head);
     std::copy(devices, devices + s.calls, rec + s.devices_at);
     const std::uint32_t ref = sid << slot_bits | slot;
+    for (std::uint32_t c = 0; c < s.calls; ++c) __builtin_prefetch(&devices_[devices[c]], 1);
     for (std::uint32_t g : s.roots)
       for (std::uint32_t i = s.group_call_first[g]; i < s.group_call_first[g + 1]; ++i)
         dispatch(s, rec, ref, s.group_calls[i]);
@@ -534,7 +549,7 @@ class engine {
     if constexpr (load_aware) load_[d] += 1;
     if (dev.in_system++ == 0) {
       dev.current = {ref, call};
-      push({now_ + service_time(dev, s.role[call]), d, completion_kind});
+      push({now_ + service_time(dev, s.role[call]), d, ref});
       return;
     }
     const std::uint32_t waiting = dev.in_system - 2;  // before this job
@@ -587,10 +602,11 @@ class engine {
       }
       replace_top(
           {now_ + service_time(dev, shapes_[dev.current.ref >> slot_bits].role[dev.current.call]),
-           d, completion_kind});
+           d, dev.current.ref});
     } else {
       pop_top();
     }
+    prefetch_top();  // the next event's lines load while this one finishes
     shape& s = shapes_[done.ref >> slot_bits];
     const std::uint32_t slot = done.ref & slot_mask;
     std::uint32_t* rec = s.data.data() + std::size_t(slot) * s.stride;
@@ -606,6 +622,8 @@ class engine {
       const std::uint32_t g = s.consumers[i];
       if (--rec[record_head + g] == 0) {
         if constexpr (load_aware) redraw(s, rec, g);
+        for (std::uint32_t j = s.group_call_first[g]; j < s.group_call_first[g + 1]; ++j)
+          __builtin_prefetch(&devices_[rec[s.devices_at + s.group_calls[j]]], 1);
         for (std::uint32_t j = s.group_call_first[g]; j < s.group_call_first[g + 1]; ++j)
           dispatch(s, rec, done.ref, s.group_calls[j]);
       }

@@ -590,6 +590,8 @@ TEST_CASE("Queueing.uniform_closed_forms_need_no_matrix") {
   q::uniform_latency big(1000000, 2, 2, one_lambda, one_alpha);
   CHECK(big.report().stable);
   CHECK(big(0).approx == doctest::Approx(big(999999).approx));
+  CHECK_THROWS_WITH_AS(q::uniform_analyse(std::size_t{1} << 40, 2, 2, one_lambda, one_alpha),
+                       doctest::Contains("2^27"), moa::invalid_argument);
   // The dense path refuses what it cannot hold, before allocating.
   CHECK_THROWS_WITH_AS(q::uniform_inclusion(1000000, 2), doctest::Contains("O(n)"),
                        moa::invalid_argument);

@@ -522,7 +522,10 @@ inline stability_report uniform_analyse(std::size_t n, std::size_t layers, std::
                                         std::span<const double> lambda,
                                         std::span<const double> alpha) {
   detail::require_fanout(k, n);
-  if (n > (std::size_t{1} << 32)) detail::fail("more than 2^32 devices");
+  if (n > (std::size_t{1} << 27))  // two vectors of n doubles, checked before allocating them
+    detail::fail("devices = " + std::to_string(n) +
+                 " is more than uniform_analyse's 2^27; uniform_stability takes any n without "
+                 "allocating");
   detail::require_rates(lambda, n, "lambda", "give each user's prompt rate (0: a silent user)",
                         true);
   detail::require_rates(alpha, n, "alpha", "give each device's mean inference time");

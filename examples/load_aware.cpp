@@ -64,12 +64,18 @@ bool simulate(const char* name, Gossip g, double lambda, bool refresh_peers = tr
   std::cout << "  simulator  " << std::setw(13) << std::left << name << std::right << std::setw(7)
             << lambda << std::setw(11) << r.mean_latency << std::setw(10)
             << r.devices[3].utilisation << std::setw(11) << r.devices[3].mean_queue << "  "
-            << (r.stable ? "stable" : "UNSTABLE (backlog grows)") << '\n';
-  return r.stable;
+            << (r.stable ? "stable"
+                : r.verdict == moa::queueing::run_result::finding::unstable
+                    ? "UNSTABLE (backlog grows)"
+                    : "undecided (rho(d3) within the run's error of 1)")
+            << '\n';
+  // Near the bound the slow device runs at rho > 0.99: a run that sees no growth cannot prove it
+  // below 1 either (undecided); only a growing backlog ends a sweep.
+  return r.verdict != moa::queueing::run_result::finding::unstable;
 }
 
-// The highest rate of an increasing sweep below which every point is stable: one unstable point
-// ends it, since a network that cannot carry lambda cannot carry more.
+// The highest rate of an increasing sweep below which no point is unstable (stable or undecided):
+// one unstable point ends it, since a network that cannot carry lambda cannot carry more.
 template <class Gossip>
 double highest_stable(const char* name, Gossip g, const std::vector<double>& sweep) {
   double best = 0;

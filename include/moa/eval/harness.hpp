@@ -678,6 +678,8 @@ inline eval_report evaluate(const config::roster& roster, const dataset& data,
 
 /// @brief The report as a table, one layout a line.
 inline std::ostream& operator<<(std::ostream& os, const eval_report& r) {
+  const auto flags = os.flags();
+  const auto precision = os.precision();
   const bool pairwise = r.scorer == "pairwise";
   os << "dataset " << r.dataset << ": " << r.items << " items, scorer " << r.scorer << " ("
      << r.resumed << " records resumed, " << r.ran << " run"
@@ -718,6 +720,8 @@ inline std::ostream& operator<<(std::ostream& os, const eval_report& r) {
     if (l.judge_failures) os << "  (" << l.judge_failures << " not judged)";
     os << '\n';
   }
+  os.flags(flags);
+  os.precision(precision);
   return os;
 }
 

@@ -131,3 +131,7 @@ if(MOA_HAS_OPENAI)
   set_tests_properties(cli.eval_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 300
     PASS_REGULAR_EXPRESSION "12 items, scorer number.*alpha +12 .*beta +12 .*moa +12 +[0-9.]+ +\\[[0-9.]+, [0-9.]+\\] +[1-9][0-9]* +[1-9][0-9]* .* 7\\.00 ")
 endif()
+# `moa search --joint`: roles and weights alternated on tunable planted models (docs/SWARM.md).
+add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)
+set_tests_properties(cli.search_joint PROPERTIES PASS_REGULAR_EXPRESSION
+  "round 1: role step [0-9.]+, weight step [0-9.]+, best sampled assignment [0-9.]+, all-time best.*\"parameters\".*\"rounds\": [1-3]")

@@ -135,3 +135,11 @@ endif()
 add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)
 set_tests_properties(cli.search_joint PROPERTIES PASS_REGULAR_EXPRESSION
   "round 1: role step [0-9.]+, weight step [0-9.]+, best sampled assignment [0-9.]+, all-time best.*\"parameters\".*\"rounds\": [1-3]")
+# `moa replay`: the Distributed MoA table from the made-up measured times of examples/data.
+add_test(NAME cli.replay COMMAND moa_cli replay --times ${_eval_data}/measured_times.json
+         --prompts 30 --rate 0.01)
+set_tests_properties(cli.replay PROPERTIES PASS_REGULAR_EXPRESSION
+  "transient replay of 30 prompts.*\n0 +0 +1 +[0-9.]+.*\n2 +3 +9 +[0-9.]+.*avg queue size: per device, the time average")
+add_test(NAME cli.replay_bad_config COMMAND moa_cli replay --times ${_eval_data}/measured_times.json --config 3:1)
+set_tests_properties(cli.replay_bad_config PROPERTIES
+  PASS_REGULAR_EXPRESSION "M = 3 layers, but 2 were measured")

@@ -20,6 +20,7 @@
 #include <moa/core/random.hpp>
 #include <moa/eval/dataset.hpp>
 #include <moa/eval/harness.hpp>
+#include <moa/eval/replay.hpp>
 #include <moa/eval/scorers.hpp>
 #include <moa/eval/stats.hpp>
 
@@ -567,5 +568,70 @@ TEST_SUITE("Eval") {
     }
     CHECK(moa::eval::length_controlled_win_rate(js) ==
           doctest::Approx(1 / (1 + std::exp(-0.4))).epsilon(0.02));
+  }
+}
+
+TEST_SUITE("Eval") {
+  TEST_CASE("replay: the transient table against a hand calculation on a tiny case") {
+    // Two devices; prompt 0 at t = 0 born at device 0, prompt 1 at t = 1 born at device 1.
+    const auto times = moa::eval::parse_measured_times(json::parse(R"({
+      "devices": [{"name": "d0", "layers": [[2, 3]], "aggregate": [1, 1]},
+                  {"name": "d1", "layers": [[4, 1]], "aggregate": [2, 2]}],
+      "arrivals": [{"time": 0, "origin": 0}, {"time": 1, "origin": 1}]})"),
+                                                       "tiny");
+    // M = 1, k = 1 (the peer is the other device). By hand:
+    //   d0: p0/L1 0-2, p1/L1 2-5 (queued at 1), p0/agg 5-6 (queued at 4, when d1 finished p0/L1)
+    //   d1: p0/L1 0-4, p1/L1 4-5 (queued at 1), p1/agg 5-7
+    //   latencies 6 - 0 and 7 - 1: mean 6. Calls at d0 over [0, 7]: 1,2,1,1,2,1,0 per unit
+    //   interval = 8; at d1: 1,2,2,2,1,1,1 = 10. Average queue size (8/7 + 10/7) / 2 = 9/7.
+    const auto row = moa::eval::replay(times, times.arrivals, {.layers = 1, .peers = 1});
+    CHECK(row.calls_per_prompt == 3);
+    CHECK(row.mean_latency == doctest::Approx(6.0));
+    CHECK(row.max_latency == doctest::Approx(6.0));
+    CHECK(row.makespan == doctest::Approx(7.0));
+    CHECK(row.device_queue_size[0] == doctest::Approx(8.0 / 7));
+    CHECK(row.device_queue_size[1] == doctest::Approx(10.0 / 7));
+    CHECK(row.average_queue_size == doctest::Approx(9.0 / 7));
+    // M = 0: each origin answers alone: d0 0-1, d1 1-3; latencies 1 and 2; areas 1 and 2 over 3.
+    const auto alone = moa::eval::replay(times, times.arrivals, {.layers = 0, .peers = 0});
+    CHECK(alone.calls_per_prompt == 1);
+    CHECK(alone.mean_latency == doctest::Approx(1.5));
+    CHECK(alone.average_queue_size == doctest::Approx(0.5));
+    // Bad configurations and files name the fault.
+    CHECK(error_of([&] {
+            (void)moa::eval::replay(times, times.arrivals, {.layers = 2, .peers = 1});
+          }).find("M = 2 layers, but 1 were measured") != std::string::npos);
+    CHECK(error_of([&] {
+            (void)moa::eval::replay(times, times.arrivals, {.layers = 1, .peers = 2});
+          }).find("k = 2 peers is more than the 1 other devices") != std::string::npos);
+    CHECK(error_of([] {
+            (void)moa::eval::parse_measured_times(
+                json::parse(R"({"devices": [{"layers": [[1, -2]], "aggregate": [1]}]})"), "f.json");
+          }) == "f.json: devices[0].layers[0][1] must be a finite time > 0");
+    CHECK(
+        error_of([] {
+          (void)moa::eval::parse_measured_times(
+              json::parse(
+                  R"({"devices": [{"layers": [[1]], "aggregate": [1]}], "arrivals": [{"time": 0, "origin": 3}]})"),
+              "f.json");
+        }) == "f.json: arrivals[0].origin = 3 names no device (there are 1)");
+  }
+
+  TEST_CASE("replay: Poisson arrivals are seeded; more layers and peers cost latency") {
+    moa::eval::measured_times t;
+    for (int d = 0; d < 4; ++d)
+      t.devices.push_back({.name = "d", .layers = {{1.0, 1.2}, {1.1, 0.9}}, .aggregate = {1.5}});
+    const auto a = moa::eval::poisson_arrivals(4, 0.05, 40, 3);
+    const auto again = moa::eval::poisson_arrivals(4, 0.05, 40, 3);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      CHECK(a[i].time == again[i].time);
+      CHECK(a[i].origin == again[i].origin);
+    }
+    const std::vector<moa::eval::replay_config> configs = {{0, 0}, {1, 1}, {2, 2}, {2, 3}};
+    const auto rows = moa::eval::replay_table(t, a, configs);
+    for (std::size_t i = 1; i < rows.size(); ++i) {
+      CHECK(rows[i].mean_latency > rows[i - 1].mean_latency);
+      CHECK(rows[i].average_queue_size > rows[i - 1].average_queue_size);
+    }
   }
 }

@@ -169,10 +169,12 @@ class layout_runner {
       const auto endpoint =
           m.kind == "synthetic" ? "synthetic:" + m.name : config::resolved_endpoint(m);
       auto& g = gates[endpoint];
-      if (!g)
-        g = std::make_shared<endpoint_gate>(m.kind == "synthetic" && m.concurrency == 0
-                                                ? roster.concurrency_per_endpoint
-                                                : roster.endpoint_limit(m.endpoint));
+      if (!g) {
+        const auto limit = m.kind == "synthetic"
+                               ? (m.concurrency ? m.concurrency : roster.concurrency_per_endpoint)
+                               : roster.endpoint_limit(m.endpoint);
+        g = std::make_shared<endpoint_gate>(limit);
+      }
       refs.emplace_back(gated_backend{b, g, m.timeout, m.name});
       if (m.context_tokens > 0) {
         const auto room = m.context_tokens - std::size_t(m.max_tokens);

@@ -14,7 +14,10 @@
 /// | `pairwise` | 1 win, 0.5 tie, 0 loss against the reference layout, averaged over   |
 /// |            | both presentation orders (position swapping)                         |
 
+#include <cstdint>
+#include <exception>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>

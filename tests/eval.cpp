@@ -110,7 +110,7 @@ moa::config::roster two_models(std::size_t concurrency = 0) {
 }  // namespace
 
 TEST_SUITE("Eval") {
-  TEST_CASE("roster: a good roster reads, with single-model layouts for free") {
+  TEST_CASE("Eval.roster_a_good_roster_reads_with_single_model_layouts") {
     const auto r = moa::config::parse_roster(json::parse(R"({
       "concurrency_per_endpoint": 3,
       "models": {
@@ -137,7 +137,7 @@ TEST_SUITE("Eval") {
     CHECK(t.layers == std::vector<std::vector<std::uint32_t>>{{0, 1}, {0, 1}});
   }
 
-  TEST_CASE("roster: unknown keys, wrong types and values out of range name the key") {
+  TEST_CASE("Eval.roster_unknown_keys_wrong_types_and_values_out_of") {
     auto err = [](const char* text) {
       return error_of([&] { (void)moa::config::parse_roster(json::parse(text)); });
     };
@@ -161,13 +161,13 @@ TEST_SUITE("Eval") {
               .find("models.a.kind must be one of openai, synthetic") != std::string::npos);
   }
 
-  TEST_CASE("roster: a syntax error names file:line:column") {
+  TEST_CASE("Eval.roster_a_syntax_error_names_file_line_column") {
     temp_file f("bad_roster.json", "{\n  \"models\": {\n    \"a\": {,}\n  }\n}\n");
     const auto e = error_of([&] { (void)moa::config::load_roster(f.path); });
     CHECK(e.find(f.path + ":3:") != std::string::npos);
   }
 
-  TEST_CASE("roster: OPENAI_BASE_URL and OPENAI_API_KEY as the OpenAI clients use them") {
+  TEST_CASE("Eval.roster_openai_base_url_and_openai_api_key_as") {
     moa::config::model_spec m;
     auto env = [](const char* n) -> std::optional<std::string> {
       if (std::string_view(n) == "OPENAI_BASE_URL") return "http://proxy:9000/v1";
@@ -183,7 +183,7 @@ TEST_SUITE("Eval") {
     CHECK(moa::config::resolved_key_env(m) == "MINE");
   }
 
-  TEST_CASE("scorers: exact, choice and last number") {
+  TEST_CASE("Eval.scorers_exact_choice_and_last_number") {
     using moa::eval::score_reference;
     using moa::eval::scorer_kind;
     CHECK(score_reference(scorer_kind::exact, "  Paris. ", "paris") == 1.0);
@@ -203,7 +203,7 @@ TEST_SUITE("Eval") {
     CHECK(moa::eval::parse_verdict("[[D]]") == std::nullopt);
   }
 
-  TEST_CASE("loaders: good files of every shape") {
+  TEST_CASE("Eval.loaders_good_files_of_every_shape") {
     temp_file jl("good.jsonl",
                  "{\"id\": \"a\", \"prompt\": \"2+2?\", \"reference\": \"4\"}\n\n"
                  "{\"id\": 7, \"prompt\": [\"hi\", \"and?\"]}\r\n");
@@ -235,7 +235,7 @@ TEST_SUITE("Eval") {
     CHECK(c.items[1].turns[0].find("Two\nlines") == 0);
   }
 
-  TEST_CASE("loaders: bad files name file:line and the field") {
+  TEST_CASE("Eval.loaders_bad_files_name_file_line_and_the_field") {
     auto err = [](const std::string& name, const std::string& text, const char* format) {
       temp_file f(name, text);
       return std::make_pair(f.path,
@@ -264,7 +264,7 @@ TEST_SUITE("Eval") {
           "/nonexistent/x: cannot open");
   }
 
-  TEST_CASE("bootstrap intervals contain the truth at the stated rate over many seeds") {
+  TEST_CASE("Eval.bootstrap_intervals_contain_the_truth_at_the_stated_rate") {
     // 200 independent evaluations of a model whose planted accuracy is 0.7 on 60 items each.
     // Coverage is Binomial(200, 0.95) for an exact 95% interval; the percentile bootstrap of a
     // proportion at n = 60 runs a little narrow (about 0.93-0.94), so the bound is 3.5 binomial
@@ -286,11 +286,12 @@ TEST_SUITE("Eval") {
       const auto& score = r.layouts[0].score;
       covered += score.low <= 0.7 && 0.7 <= score.high ? 1 : 0;
     }
+    MESSAGE("95% intervals containing the planted 0.7: ", covered, " of ", seeds);
     const double sd = std::sqrt(double(seeds) * 0.95 * 0.05);
     CHECK(double(covered) >= 0.95 * double(seeds) - 3.5 * sd);
   }
 
-  TEST_CASE("the harness recovers planted accuracies, tokens, calls and costs") {
+  TEST_CASE("Eval.the_harness_recovers_planted_accuracies_tokens_calls_and_costs") {
     const auto roster = two_models();
     const auto data = arithmetic(400);
     moa::eval::eval_options opt;
@@ -319,7 +320,7 @@ TEST_SUITE("Eval") {
     CHECK(r.layouts[2].cost == doctest::Approx(2 * 400 * 20e-6));
   }
 
-  TEST_CASE("calls to one endpoint stay within its limit whatever the items in flight") {
+  TEST_CASE("Eval.calls_to_one_endpoint_stay_within_its_limit_whatever") {
     const auto roster = two_models(2);
     std::atomic<int> now{0}, peak{0};
     struct slow {
@@ -346,7 +347,7 @@ TEST_SUITE("Eval") {
     CHECK(peak.load() >= 1);
   }
 
-  TEST_CASE("multi-turn items run turn by turn, each turn seeing the earlier answers") {
+  TEST_CASE("Eval.multi_turn_items_run_turn_by_turn_each_turn") {
     auto roster = moa::config::parse_roster(json{{"models", {{"m", {{"kind", "synthetic"}}}}}});
     struct counter {
       moa::response generate(const moa::request& r) const {
@@ -370,7 +371,7 @@ TEST_SUITE("Eval") {
     CHECK(json::parse(line)["answers"] == json{"seen 1", "seen 3", "seen 5"});
   }
 
-  TEST_CASE("a rubric judge's planted ratings are recovered; an unusable reply is reported") {
+  TEST_CASE("Eval.a_rubric_judge_s_planted_ratings_are_recovered_an") {
     const auto roster = moa::config::parse_roster(json{{"models",
                                                         {{"fine", {{"kind", "synthetic"}}},
                                                          {"poor", {{"kind", "synthetic"}}},
@@ -414,7 +415,7 @@ TEST_SUITE("Eval") {
           }).find("needs a judge model") != std::string::npos);
   }
 
-  TEST_CASE("pairwise judging: planted preferences, position swapping, length control") {
+  TEST_CASE("Eval.pairwise_judging_planted_preferences_position_swapping_length_control") {
     const auto roster = moa::config::parse_roster(json{{"models",
                                                         {{"base", {{"kind", "synthetic"}}},
                                                          {"strong", {{"kind", "synthetic"}}},
@@ -472,6 +473,9 @@ TEST_SUITE("Eval") {
     // judge's length bias; the length-controlled rate removes it.
     const auto& v = r.layouts[3];
     REQUIRE(v.lc_win_rate);
+    MESSAGE("strong: win rate ", r.layouts[1].score.value, " (truth ", truth,
+            "); verbose: win rate ", v.score.value, ", length-controlled ", v.lc_win_rate->value,
+            " [", v.lc_win_rate->low, ", ", v.lc_win_rate->high, "]");
     CHECK(v.score.value > 0.6);
     CHECK(v.lc_win_rate->value < v.score.value - 0.1);
     CHECK(v.lc_win_rate->low <= 0.5);
@@ -479,7 +483,7 @@ TEST_SUITE("Eval") {
     CHECK(r.layouts[1].judge_tokens == moa::usage{});  // the planted judge reports no usage
   }
 
-  TEST_CASE("an interrupted evaluation resumes without losing or redoing an item") {
+  TEST_CASE("Eval.an_interrupted_evaluation_resumes_without_losing_or_redoing_an") {
     const auto roster = two_models();
     const auto data = arithmetic(30);
     temp_file out("resume.jsonl");
@@ -531,7 +535,7 @@ TEST_SUITE("Eval") {
     CHECK(calls.load() == 120);  // the "fresh" run's 60
   }
 
-  TEST_CASE("a results file of other settings or with a damaged line is refused") {
+  TEST_CASE("Eval.a_results_file_of_other_settings_or_with_a") {
     const auto roster = two_models();
     temp_file out("mixed.jsonl");
     moa::eval::eval_options opt;
@@ -555,7 +559,7 @@ TEST_SUITE("Eval") {
                     "file of moa eval?");
   }
 
-  TEST_CASE("the length-controlled win rate fit recovers a planted intercept") {
+  TEST_CASE("Eval.the_length_controlled_win_rate_fit_recovers_a_planted") {
     // outcomes drawn from sigmoid(0.4 + 1.5 tanh(delta / sd)): LC rate = sigmoid(0.4).
     moa::rng random(3);
     std::vector<moa::eval::judgement> js;
@@ -572,7 +576,7 @@ TEST_SUITE("Eval") {
 }
 
 TEST_SUITE("Eval") {
-  TEST_CASE("replay: the transient table against a hand calculation on a tiny case") {
+  TEST_CASE("Eval.replay_the_transient_table_against_a_hand_calculation_on") {
     // Two devices; prompt 0 at t = 0 born at device 0, prompt 1 at t = 1 born at device 1.
     const auto times = moa::eval::parse_measured_times(json::parse(R"({
       "devices": [{"name": "d0", "layers": [[2, 3]], "aggregate": [1, 1]},
@@ -617,7 +621,7 @@ TEST_SUITE("Eval") {
         }) == "f.json: arrivals[0].origin = 3 names no device (there are 1)");
   }
 
-  TEST_CASE("replay: Poisson arrivals are seeded; more layers and peers cost latency") {
+  TEST_CASE("Eval.replay_poisson_arrivals_are_seeded_more_layers_and_peers") {
     moa::eval::measured_times t;
     for (int d = 0; d < 4; ++d)
       t.devices.push_back({.name = "d", .layers = {{1.0, 1.2}, {1.1, 0.9}}, .aggregate = {1.5}});

@@ -124,12 +124,13 @@ if(MOA_GNUPLOT)
     PASS_REGULAR_EXPRESSION "6 items, scorer choice.*wrote .*eval_frontier\\.svg")
 endif()
 if(MOA_HAS_OPENAI)
-  # Two real llama-servers: each alone and the 2-layer MoA over both, on the arithmetic set.
+  # Two real llama-servers: each alone and the 2-layer MoA over both, on the arithmetic set; a
+  # second run on the same results file resumes and calls no server.
   add_test(NAME cli.eval_endpoint
            COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 2 bash -c
-                   "IFS=, read -r a b <<< \"$MOA_ENDPOINTS\"; exec $<TARGET_FILE:moa_cli> eval --endpoint $a --endpoint $b --dataset ${_eval_data}/arithmetic.jsonl --score number --max-tokens 8 --in-flight 4 --results ${CMAKE_CURRENT_BINARY_DIR}/eval_endpoint.jsonl --bootstrap 200")
+                   "IFS=, read -r a b <<< \"$MOA_ENDPOINTS\"; f=${CMAKE_CURRENT_BINARY_DIR}/eval_endpoint.jsonl; rm -f $f; for run in 1 2; do $<TARGET_FILE:moa_cli> eval --endpoint $a --endpoint $b --dataset ${_eval_data}/arithmetic.jsonl --score number --max-tokens 8 --in-flight 4 --results $f --bootstrap 200 || exit; done")
   set_tests_properties(cli.eval_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 300
-    PASS_REGULAR_EXPRESSION "12 items, scorer number.*alpha +12 .*beta +12 .*moa +12 +[0-9.]+ +\\[[0-9.]+, [0-9.]+\\] +[1-9][0-9]* +[1-9][0-9]* .* 5\\.00 ")
+    PASS_REGULAR_EXPRESSION "12 items, scorer number \\(0 records resumed, 36 run\\).*alpha +12 .*beta +12 .*moa +12 +[0-9.]+ +\\[[0-9.]+, [0-9.]+\\] +[1-9][0-9]* +[1-9][0-9]* .* 5\\.00 .*\\(36 records resumed, 0 run\\)")
 endif()
 # `moa search --joint`: roles and weights alternated on tunable planted models (docs/SWARM.md).
 add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)

@@ -14,8 +14,10 @@
 #include <moa/moa.hpp>
 
 #include "cli/bench_command.hpp"
+#include "cli/eval_command.hpp"
 #include "cli/network_commands.hpp"
 #include "cli/queueing_commands.hpp"
+#include "cli/replay_command.hpp"
 #include "cli/run_command.hpp"
 #include "cli/search_command.hpp"
 
@@ -33,6 +35,8 @@ int main(int argc, char** argv) {
   moa::cli::add_stability_command(app);
   moa::cli::add_simulate_command(app);
   moa::cli::add_bench_command(app, exit_code);
+  moa::cli::add_eval_command(app, exit_code);
+  moa::cli::add_replay_command(app);
   moa::cli::add_network_command(app, exit_code);
 #if MOA_CLI_ZMQ
   moa::cli::add_device_command(app, exit_code);

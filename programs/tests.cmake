@@ -98,3 +98,49 @@ if(TARGET moa_device)
   target_link_libraries(moa_zmq_header_test PRIVATE moa::moa moa_dev_settings cppzmq
                         nlohmann_json::nlohmann_json)
 endif()
+
+# `moa eval` (docs/EVAL.md): layouts of the synthetic roster on the example arithmetic set, where
+# the planted answers make the 3-model vote right on 11 of 12 items and its members on 8-9.
+set(_eval_data ${PROJECT_SOURCE_DIR}/examples/data)
+add_test(NAME cli.eval COMMAND moa_cli eval --roster ${_eval_data}/roster_synthetic.json
+         --dataset ${_eval_data}/arithmetic.jsonl --score number --bootstrap 500)
+set_tests_properties(cli.eval PROPERTIES PASS_REGULAR_EXPRESSION
+  "12 items, scorer number.*alpha +12 +0\\.750 .*beta +12 +0\\.667 .*moa-vote +12 +0\\.917 +\\[0\\.[0-9]+, 1\\.000\\] +630 +252 .* 4\\.00 ")
+add_test(NAME cli.eval_bad_dataset COMMAND moa_cli eval --roster ${_eval_data}/roster_synthetic.json
+         --dataset ${_eval_data}/arithmetic.jsonl --format csv)
+set_tests_properties(cli.eval_bad_dataset PROPERTIES
+  PASS_REGULAR_EXPRESSION "arithmetic\\.jsonl:1: a quote inside an unquoted field")
+add_test(NAME cli.eval_no_gnuplot COMMAND ${CMAKE_COMMAND} -E env PATH=/nonexistent
+         $<TARGET_FILE:moa_cli> eval --roster ${_eval_data}/roster_synthetic.json
+         --dataset ${_eval_data}/arithmetic.jsonl --score number --plot never.svg)
+set_tests_properties(cli.eval_no_gnuplot PROPERTIES
+  PASS_REGULAR_EXPRESSION "--plot needs gnuplot, which is not on PATH")
+find_program(MOA_GNUPLOT gnuplot)
+if(MOA_GNUPLOT)
+  add_test(NAME cli.eval_plot COMMAND moa_cli eval --roster ${_eval_data}/roster_synthetic.json
+           --dataset ${_eval_data}/capitals.csv --format csv --score choice --bootstrap 200
+           --plot ${CMAKE_CURRENT_BINARY_DIR}/eval_frontier.svg)
+  set_tests_properties(cli.eval_plot PROPERTIES
+    PASS_REGULAR_EXPRESSION "6 items, scorer choice.*wrote .*eval_frontier\\.svg")
+endif()
+if(MOA_HAS_OPENAI)
+  # Two real llama-servers: each alone and the 2-layer MoA over both, on the arithmetic set; a
+  # second run on the same results file resumes and calls no server.
+  add_test(NAME cli.eval_endpoint
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 2 bash -c
+                   "IFS=, read -r a b <<< \"$MOA_ENDPOINTS\"; f=${CMAKE_CURRENT_BINARY_DIR}/eval_endpoint.jsonl; rm -f $f; for run in 1 2; do $<TARGET_FILE:moa_cli> eval --endpoint $a --endpoint $b --dataset ${_eval_data}/arithmetic.jsonl --score number --max-tokens 8 --in-flight 4 --results $f --bootstrap 200 || exit; done")
+  set_tests_properties(cli.eval_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 300
+    PASS_REGULAR_EXPRESSION "12 items, scorer number \\(0 records resumed, 36 run\\).*alpha +12 .*beta +12 .*moa +12 +[0-9.]+ +\\[[0-9.]+, [0-9.]+\\] +[1-9][0-9]* +[1-9][0-9]* .* 5\\.00 .*\\(36 records resumed, 0 run\\)")
+endif()
+# `moa search --joint`: roles and weights alternated on tunable planted models (docs/SWARM.md).
+add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)
+set_tests_properties(cli.search_joint PROPERTIES PASS_REGULAR_EXPRESSION
+  "round 1: role step [0-9.]+, weight step [0-9.]+, best sampled assignment [0-9.]+, all-time best.*\"parameters\".*\"rounds\": [1-3]")
+# `moa replay`: the Distributed MoA table from the made-up measured times of examples/data.
+add_test(NAME cli.replay COMMAND moa_cli replay --times ${_eval_data}/measured_times.json
+         --prompts 30 --rate 0.01)
+set_tests_properties(cli.replay PROPERTIES PASS_REGULAR_EXPRESSION
+  "transient replay of 30 prompts.*\n0 +0 +1 +[0-9.]+.*\n2 +3 +9 +[0-9.]+.*avg queue size: per device, the time average")
+add_test(NAME cli.replay_bad_config COMMAND moa_cli replay --times ${_eval_data}/measured_times.json --config 3:1)
+set_tests_properties(cli.replay_bad_config PROPERTIES
+  PASS_REGULAR_EXPRESSION "M = 3 layers, but 2 were measured")

@@ -22,6 +22,7 @@
 #include "moa/swarm/evaluate.hpp"
 #include "moa/swarm/execute.hpp"
 #include "moa/swarm/jfk.hpp"
+#include "moa/swarm/joint.hpp"
 #include "moa/swarm/pso.hpp"
 #include "moa/swarm/search.hpp"
 #include "moa/swarm/tunable.hpp"
@@ -677,4 +678,110 @@ TEST_CASE("Swarm.weight_search_tunes_synthetic_backends_end_to_end") {
           " iterations");
   CHECK(after > before + 0.2);
   for (const auto& m : models) CHECK(m.parameters().size() == 2);
+}
+
+namespace {
+
+// The joint loop's test bed: 4 tunable models with a planted best DAG (model k feeds
+// target[k]) and a planted best weight vector (knob_model's). A system's utility is the
+// fraction of its nodes placed as planted times the mean quality of the models on its nodes:
+// the role step alone cannot raise the quality, the weight step alone cannot fix the roles.
+struct planted_joint {
+  std::vector<knob_model> models;
+  std::vector<int> target;
+  explicit planted_joint(std::uint64_t seed) : models(4), target(4, -1) {
+    moa::rng gen(seed);
+    for (auto& m : models) {
+      const double x = 4 * gen.uniform() - 2;
+      m.p = Eigen::Vector2d(x, 4 * gen.uniform() - 2);
+    }
+    std::vector<int> order = {0, 1, 2, 3};
+    for (std::size_t i = 3; i > 0; --i) std::swap(order[i], order[gen.below(i + 1)]);
+    for (std::size_t k = 1; k < 4; ++k) target[std::size_t(order[k])] = order[gen.below(k)];
+  }
+  double operator()(const moa::dag_topology& dag) const {
+    const auto n = dag.size();
+    double placed = 0, quality = 0;
+    for (std::size_t v = 0; v < n; ++v) {
+      const auto k = dag.backends()[v];
+      int successor = -1, successors = 0;
+      for (std::size_t w = 0; w < n; ++w)
+        if (dag.has_edge(v, w)) successor = int(dag.backends()[w]), ++successors;
+      placed += successors <= 1 && successor == target[k] ? 1.0 : 0.0;
+      quality += models[k].quality();
+    }
+    return placed / double(n) * quality / double(n);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("Swarm.joint_search_beats_either_step_alone") {
+  const moa::swarm::swarm_search_options opt{
+      .role = {.pso = {.step = 6.0,
+                       .patience = 20,
+                       .max_iterations = 60,
+                       .lower = -1e6,
+                       .upper = 1e6,
+                       .threads = 1}},
+      .weight = {.pso = {.patience = 15, .max_iterations = 60, .threads = 1},
+                 .jfk = {.assignments = 12, .threads = 1}},
+      .rounds = 6,
+      .patience = 3};
+  const std::size_t seeds = 12;
+  double joint_sum = 0, role_sum = 0, weight_sum = 0;
+  std::size_t better = 0;
+  for (std::uint64_t s = 1; s <= seeds; ++s) {
+    CAPTURE(s);
+    // The role step alone, at the initial weights.
+    planted_joint role_bed(s);
+    auto role_opt = opt.role;
+    role_opt.pso.seed = s;
+    const double role_alone = moa::swarm::search_topology(4, role_bed, role_opt).utility;
+    // The weight step alone, on the graph a random candidate decodes to.
+    planted_joint weight_bed(s);
+    const auto start = moa::swarm::uniform_candidates<Eigen::MatrixXd>(1, 4, 4, 0.0, 1.0, s, true);
+    const auto graph = moa::swarm::decode_topology(start[0]);
+    auto on_graph = [&](std::span<const std::uint32_t> who) {
+      return weight_bed(moa::dag_topology(graph.adjacency(), {who.begin(), who.end()}));
+    };
+    auto weight_opt = opt.weight;
+    weight_opt.pso.seed = s;
+    double sampled = 0;
+    (void)moa::swarm::search_weights(std::span(weight_bed.models), 4, on_graph, weight_opt,
+                                     [&](const moa::swarm::weight_search_progress& p) {
+                                       for (double u : p.jfk->utilities)
+                                         sampled = std::max(sampled, u);
+                                     });
+    const double weight_alone = std::max(sampled, weight_bed(graph));
+    // Both, alternated.
+    planted_joint joint_bed(s);
+    auto joint_opt = opt;
+    joint_opt.seed = s;
+    std::size_t rounds_seen = 0;
+    const auto r = moa::swarm::search_swarm(std::span(joint_bed.models), joint_bed, joint_opt,
+                                            [&](const moa::swarm::swarm_round&) { ++rounds_seen; });
+    CHECK(rounds_seen == r.rounds);
+    CHECK(r.history.size() == r.rounds);
+    for (std::size_t i = 1; i < r.history.size(); ++i)
+      CHECK(r.history[i].best_utility >= r.history[i - 1].best_utility);
+    // The reported system is what it claims: its weights are applied and it scores its utility.
+    for (std::size_t m = 0; m < 4; ++m) CHECK(joint_bed.models[m].p == r.parameters[m]);
+    CHECK(joint_bed(r.best) == doctest::Approx(r.utility));
+    CHECK(r.utility > role_alone);
+    better += r.utility > weight_alone ? 1 : 0;
+    MESSAGE("seed ", s, ": joint ", r.utility, " in ", r.rounds, " rounds, role alone ", role_alone,
+            ", weight alone ", weight_alone);
+    joint_sum += r.utility;
+    role_sum += role_alone;
+    weight_sum += weight_alone;
+  }
+  MESSAGE("mean utility over ", seeds, " seeds: joint ", joint_sum / seeds, ", role step alone ",
+          role_sum / seeds, ", weight step alone ", weight_sum / seeds);
+  // Seed 5 is the exception at the time of writing (0.43 against 0.47): the first role step, at
+  // weights of quality ~0.05, settles on a wrong graph and the rounds run out; allow two.
+  CHECK(better >= seeds - 2);
+  CHECK(joint_sum / seeds > 0.8);
+  CHECK(joint_sum > role_sum + 0.2 * seeds);
+  CHECK(joint_sum > weight_sum + 0.2 * seeds);
 }

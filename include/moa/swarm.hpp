@@ -11,6 +11,7 @@
 #include "moa/swarm/evaluate.hpp"
 #include "moa/swarm/execute.hpp"
 #include "moa/swarm/jfk.hpp"
+#include "moa/swarm/joint.hpp"
 #include "moa/swarm/pso.hpp"
 #include "moa/swarm/search.hpp"
 #include "moa/swarm/tunable.hpp"

@@ -19,6 +19,7 @@
 #include <moa/exec/executor.hpp>
 #include <moa/swarm/evaluate.hpp>
 #include <moa/swarm/execute.hpp>
+#include <moa/swarm/joint.hpp>
 #include <moa/swarm/search.hpp>
 #include <moa/topology/dag.hpp>
 #include <nlohmann/json.hpp>
@@ -50,6 +51,9 @@ struct search_settings {
   int max_tokens = 64;
   std::string dataset_path{};
   std::string score = "exact";
+  // --joint: Heterogeneous Swarms' joint loop (roles and weights) on tunable synthetic models.
+  bool joint = false;
+  std::size_t rounds = 5;
 };
 
 /// Reads a dataset: one JSON object a line, {"prompt": "...", "reference": "..."}.
@@ -92,6 +96,75 @@ inline nlohmann::json topology_json(const moa::swarm::topology_search_result& r,
   return j;
 }
 
+/// Writes the best topology as JSON (--json, - for stdout) and DOT (--dot).
+inline void write_search_outputs(const search_settings& s, const nlohmann::json& j,
+                                 const moa::dag_topology& best,
+                                 const std::vector<std::string>& names) {
+  const auto json = j.dump(2);
+  if (s.json_path == "-") {
+    std::cout << json << '\n';
+  } else {
+    std::ofstream out(s.json_path);
+    if (!(out << json << '\n'))
+      throw CLI::RuntimeError("moa search: cannot write " + s.json_path, 1);
+  }
+  if (!s.dot_path.empty()) {
+    std::ofstream out(s.dot_path);
+    if (!(out << best.to_dot(names, "moa_search")))
+      throw CLI::RuntimeError("moa search: cannot write " + s.dot_path, 1);
+  }
+}
+
+/// `moa search --joint`: roles and weights, alternated, on the tunable planted models. The utility
+/// is uncached: a model's answers change with its weights.
+inline void run_joint_search(const search_settings& s, moa::swarm::planted_swarm& bed) {
+  if (!s.endpoints.empty())
+    throw CLI::ValidationError("--joint",
+                               "the joint search tunes model weights, which "
+                               "--endpoint models do not expose; use it without --endpoint");
+  moa::inline_executor ex;
+  moa::swarm::executor_answerer answer(ex, bed.refs);
+  auto utility = [&](const moa::dag_topology& dag) {
+    return bed.score(answer(dag, "Why is the sky blue?"));
+  };
+  moa::swarm::swarm_search_options opt;
+  opt.rounds = s.rounds;
+  opt.seed = s.seed;
+  opt.role.pso.particles = s.particles;
+  opt.role.pso.max_iterations = s.iterations;
+  opt.role.pso.patience = s.patience;
+  opt.role.pso.step = s.step;
+  opt.role.pso.threads = s.threads;
+  opt.role.decode.top_p = s.top_p;
+  opt.weight.pso.threads = s.threads;
+  opt.weight.jfk.threads = s.threads;
+  opt.weight.pso.max_iterations = 40;
+  opt.weight.pso.patience = 10;
+  opt.weight.jfk.assignments = 12;
+  const auto r = moa::swarm::search_swarm(
+      std::span(bed.models), utility, opt, [&](const moa::swarm::swarm_round& p) {
+        if (!s.quiet)
+          std::fprintf(stderr,
+                       "round %zu: role step %.3f, weight step %.3f, best sampled assignment "
+                       "%.3f, all-time best %.3f%s\n",
+                       p.round, p.role_utility, p.weight_utility, p.best_assignment, p.best_utility,
+                       p.promoted ? " (promoted a JFK assignment)" : "");
+      });
+  moa::swarm::topology_search_result as_search{.best = r.best,
+                                               .utility = r.utility,
+                                               .iterations = r.rounds,
+                                               .evaluations = r.evaluations,
+                                               .stop = r.rounds < s.rounds
+                                                           ? moa::swarm::pso_stop::patience
+                                                           : moa::swarm::pso_stop::max_iterations};
+  auto json = topology_json(as_search, bed.names);
+  json["rounds"] = r.rounds;
+  for (const auto& p : r.parameters)
+    json["parameters"].push_back(std::vector<double>(p.data(), p.data() + p.size()));
+  write_search_outputs(s, json, r.best, bed.names);
+  std::fprintf(stderr, "best utility %.3f after %zu rounds\n", r.utility, r.rounds);
+}
+
 inline void run_search(const search_settings& s) {
   std::vector<std::string> names;
   std::function<double(const moa::dag_topology&)> utility;
@@ -131,7 +204,8 @@ inline void run_search(const search_settings& s) {
     if (s.models < 1 || s.models > 16)
       throw CLI::ValidationError("--models", "between 1 and 16 synthetic models");
     for (std::size_t i = 0; i < s.models; ++i) names.push_back(model_name(i));
-    bed = std::make_unique<moa::swarm::planted_swarm>(s.models, s.plant_seed, names);
+    bed = std::make_unique<moa::swarm::planted_swarm>(s.models, s.plant_seed, names, s.joint);
+    if (s.joint) return run_joint_search(s, *bed);
     const std::vector<moa::swarm::example> data = {{"Why is the sky blue?", ""},
                                                    {"What is 17 * 23?", ""}};
     utility = moa::swarm::dataset_utility(
@@ -155,19 +229,7 @@ inline void run_search(const search_settings& s) {
               "iteration %zu: best %.3f, this iteration %.3f (mean %.3f), %zu evaluations\n",
               p.iteration, p.best_utility, p.iteration_best, p.iteration_mean, p.evaluations);
       });
-  const auto json = topology_json(r, names).dump(2);
-  if (s.json_path == "-") {
-    std::cout << json << '\n';
-  } else {
-    std::ofstream out(s.json_path);
-    if (!(out << json << '\n'))
-      throw CLI::RuntimeError("moa search: cannot write " + s.json_path, 1);
-  }
-  if (!s.dot_path.empty()) {
-    std::ofstream out(s.dot_path);
-    if (!(out << r.best.to_dot(names, "moa_search")))
-      throw CLI::RuntimeError("moa search: cannot write " + s.dot_path, 1);
-  }
+  write_search_outputs(s, topology_json(r, names), r.best, names);
   std::fprintf(stderr, "best utility %.3f after %zu iterations (%s)\n", r.utility, r.iterations,
                std::string(moa::swarm::to_string(r.stop)).c_str());
 }
@@ -209,6 +271,12 @@ inline void add_search_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dot", settings->dot_path, "Where to write the best topology as DOT");
   cmd->add_flag("--quiet", settings->quiet, "No progress lines");
+  cmd->add_flag("--joint", settings->joint,
+                "Heterogeneous Swarms' joint loop: alternate the role step and the JFK-guided "
+                "weight step on tunable synthetic models (planted best DAG and weights)");
+  cmd->add_option("--rounds", settings->rounds, "--joint: role + weight rounds")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
 #if MOA_CLI_OPENAI
   cmd->add_option("--endpoint", settings->endpoints,
                   "OpenAI-compatible base URL of a model (repeat: one model per endpoint; "

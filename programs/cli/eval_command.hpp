@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// `moa eval`: runs a dataset through layouts of a roster (single models and MoA configurations)
+// and prints per layout the score with its bootstrap interval, tokens, latency, calls and cost.
+//
+//   moa eval --roster roster.json --dataset data.jsonl --score number --results out.jsonl
+//   moa eval --endpoint http://127.0.0.1:8080/v1 --endpoint http://127.0.0.1:8081/v1 ...
+
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <CLI/CLI.hpp>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <moa/config/roster.hpp>
+#include <moa/eval/dataset.hpp>
+#include <moa/eval/harness.hpp>
+#include <moa/eval/plot.hpp>
+#include <nlohmann/json.hpp>
+#if MOA_CLI_OPENAI
+#include <moa/config/roster_openai.hpp>
+#endif
+
+#include "cli/common.hpp"
+
+extern char** environ;  // NOLINT: POSIX
+
+namespace moa::cli {
+
+struct eval_settings {
+  std::string roster_path{};
+  std::vector<std::string> endpoints{};
+  std::string model{};
+  int max_tokens = 256;
+  std::vector<std::string> layouts{};
+  std::string dataset_path{};
+  std::string format = "jsonl";
+  moa::eval::jsonl_fields fields{};
+  std::string score = "exact";
+  std::string judge{};
+  std::string reference{};
+  std::string results_path{};
+  std::size_t in_flight = 8;
+  bool sequential_calls = false;
+  std::size_t resamples = 2000;
+  double confidence = 0.95;
+  std::uint64_t seed = 1;
+  bool fsync = false;
+  std::string json_path{};
+  std::string plot_path{};
+};
+
+/// Where gnuplot is on PATH, or empty.
+inline std::string find_program(const std::string& name) {
+  const char* path = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): read at start-up
+  std::string dirs = path ? path : "/usr/bin:/bin";
+  std::size_t pos = 0;
+  while (pos <= dirs.size()) {
+    const auto end = std::min(dirs.find(':', pos), dirs.size());
+    const auto candidate = std::filesystem::path(dirs.substr(pos, end - pos)) / name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+    pos = end + 1;
+  }
+  return {};
+}
+
+/// Runs `program args...` without a shell; its exit status.
+inline int run_program(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  if (::posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) return 127;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/// A roster of one model per --endpoint, named alpha, beta, ..., and a 2-layer MoA over all.
+inline moa::config::roster endpoints_roster(const eval_settings& s) {
+  nlohmann::json models = nlohmann::json::object();
+  nlohmann::json layer = nlohmann::json::array();
+  for (std::size_t i = 0; i < s.endpoints.size(); ++i) {
+    nlohmann::json m = {{"endpoint", s.endpoints[i]}, {"max_tokens", s.max_tokens}};
+    if (!s.model.empty()) m["model"] = s.model;
+    models[model_name(i)] = m;
+    layer.push_back(model_name(i));
+  }
+  nlohmann::json j = {{"models", models}};
+  if (s.endpoints.size() > 1)
+    j["layouts"] = {
+        {"moa",
+         {{"layers", nlohmann::json::array({layer, layer})}, {"aggregator", model_name(0)}}}};
+  return moa::config::parse_roster(j);
+}
+
+inline void run_eval(const eval_settings& s, int& exit_code) {
+  if (s.roster_path.empty() == s.endpoints.empty())
+    throw CLI::ValidationError("--roster", "give a roster file or --endpoint URLs (one of them)");
+  std::string gnuplot;
+  if (!s.plot_path.empty()) {
+    gnuplot = find_program("gnuplot");
+    if (gnuplot.empty()) {
+      std::cerr << "moa eval: --plot needs gnuplot, which is not on PATH (Debian: apt-get install "
+                   "gnuplot-nox; scripts/setup.sh installs it)\n";
+      exit_code = 2;
+      return;
+    }
+  }
+  const auto roster =
+      s.roster_path.empty() ? endpoints_roster(s) : moa::config::load_roster(s.roster_path);
+  const auto data = moa::eval::load_dataset(s.dataset_path, s.format, s.fields);
+  auto layouts = s.layouts;
+  if (layouts.empty()) {
+    // Every model that is not the judge, then every layout.
+    for (const auto& m : roster.models)
+      if (m.name != s.judge) layouts.push_back(m.name);
+    for (const auto& l : roster.layouts) layouts.push_back(l.name);
+  }
+  moa::eval::eval_options opt;
+  opt.scorer = moa::eval::parse_scorer(s.score);
+  opt.judge = s.judge;
+  opt.reference_layout = s.reference;
+  opt.in_flight = s.in_flight;
+  opt.concurrent_calls = !s.sequential_calls;
+  opt.resamples = s.resamples;
+  opt.confidence = s.confidence;
+  opt.seed = s.seed;
+  opt.results_path = s.results_path;
+  opt.fsync = s.fsync;
+  if (progress_wanted())
+    opt.progress = [](std::size_t done, std::size_t total) {
+      constexpr int width = 30;
+      const int filled = total ? int(double(done) / double(total) * width) : width;
+      std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu", filled, "##############################",
+                   width - filled, "", done, total);
+      if (done == total) std::fputc('\n', stderr);
+      std::fflush(stderr);
+    };
+#if MOA_CLI_OPENAI
+  const moa::eval::backend_factory make = moa::config::make_backend;
+#else
+  const moa::eval::backend_factory make = moa::eval::synthetic_only;
+#endif
+  const auto report = moa::eval::evaluate(roster, data, layouts, opt, make);
+  std::cout << report;
+  if (!s.json_path.empty()) {
+    std::ofstream out(s.json_path);
+    if (!(out << moa::eval::to_json(report).dump(2) << '\n'))
+      throw CLI::RuntimeError("moa eval: cannot write " + s.json_path, 1);
+  }
+  if (!s.plot_path.empty()) {
+    const auto data_path = s.plot_path + ".dat", script_path = s.plot_path + ".gp";
+    std::ofstream(data_path) << moa::eval::plot_data(report);
+    std::ofstream(script_path) << moa::eval::plot_script(report, data_path, s.plot_path);
+    if (run_program({gnuplot, script_path}) != 0) {
+      std::cerr << "moa eval: gnuplot failed on " << script_path << '\n';
+      exit_code = 1;
+      return;
+    }
+    std::cout << "wrote " << s.plot_path << " (script " << script_path << ")\n";
+  }
+  if (!report.complete) exit_code = 1;
+}
+
+/// Adds `moa eval` to the program.
+inline void add_eval_command(CLI::App& app, int& exit_code) {
+  auto s = std::make_shared<eval_settings>();
+  auto* cmd = app.add_subcommand(
+      "eval",
+      "Evaluate layouts (single models and MoA) on a dataset: score with a bootstrap interval, "
+      "tokens, latency p50/p99, calls per item, cost; results streamed to a resumable JSONL file");
+  cmd->add_option("--roster", s->roster_path, "Roster file (JSON): models and layouts")
+      ->check(CLI::ExistingFile);
+#if MOA_CLI_OPENAI
+  cmd->add_option("--endpoint", s->endpoints,
+                  "Instead of a roster: an OpenAI-compatible base URL (repeat); the models are "
+                  "named alpha, beta, ... and a 2-layer MoA \"moa\" over all is added");
+  cmd->add_option("--model", s->model, "With --endpoint: the model name sent");
+  cmd->add_option("--max-tokens", s->max_tokens, "With --endpoint: tokens per answer")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+#endif
+  cmd->add_option("--layout", s->layouts,
+                  "A layout or model of the roster to evaluate (repeat; default: every model "
+                  "but the judge, then every layout)");
+  cmd->add_option("--dataset", s->dataset_path, "The dataset file")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--format", s->format, "Dataset format")
+      ->check(CLI::IsMember({"jsonl", "alpaca", "mt-bench", "csv"}))
+      ->capture_default_str();
+  cmd->add_option("--prompt-field", s->fields.prompt, "jsonl: the prompt field (string or turns)")
+      ->capture_default_str();
+  cmd->add_option("--reference-field", s->fields.reference, "jsonl: the reference field")
+      ->capture_default_str();
+  cmd->add_option("--id-field", s->fields.id, "jsonl: the id field (default: line number)")
+      ->capture_default_str();
+  cmd->add_option("--score", s->score, "Scorer")
+      ->check(CLI::IsMember({"exact", "choice", "number", "rubric", "pairwise"}))
+      ->capture_default_str();
+  cmd->add_option("--judge", s->judge, "rubric/pairwise: the judging model (a roster name)");
+  cmd->add_option("--reference", s->reference, "pairwise: the layout every other is compared with");
+  cmd->add_option("--results", s->results_path,
+                  "JSONL results file; an existing one is resumed (only missing items run)");
+  cmd->add_option("--in-flight", s->in_flight, "Items run at once")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_flag("--sequential-calls", s->sequential_calls,
+                "Run the calls of an item one after another (inline executor)");
+  cmd->add_option("--bootstrap", s->resamples, "Bootstrap resamples")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
+  cmd->add_option("--confidence", s->confidence, "Interval confidence")
+      ->check(CLI::Range(0.5, 0.999))
+      ->capture_default_str();
+  cmd->add_option("--seed", s->seed, "Bootstrap seed")->capture_default_str();
+  cmd->add_flag("--fsync", s->fsync, "fdatasync the results after every item");
+  cmd->add_option("--json", s->json_path, "Also write the report as JSON");
+  cmd->add_option("--plot", s->plot_path,
+                  "Draw score against latency and cost (SVG, with gnuplot)");
+  cmd->callback([s, &exit_code] { run_eval(*s, exit_code); });
+}
+
+}  // namespace moa::cli

@@ -13,7 +13,7 @@
 #include <string>
 #include <string_view>
 
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 #include "moa/topology/plan.hpp"
 
 namespace moa {

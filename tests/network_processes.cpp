@@ -174,6 +174,18 @@ moa::any_backend planted(std::string name, std::string text, std::string judged 
   return moa::any_backend(moa::synthetic_backend(std::move(o)));
 }
 
+// Unique IPC endpoints for devices in this process: a loopback port released by free_port() may
+// still be held by the releasing context's I/O thread when a device binds it at once.
+std::vector<std::string> ipc_addresses(std::size_t n) {
+  static int round = 0;
+  ++round;
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < n; ++i)
+    out.push_back("ipc:///tmp/moa-test-" + std::to_string(::getpid()) + "-" +
+                  std::to_string(round) + "-" + std::to_string(i));
+  return out;
+}
+
 // ZeroMQ devices in this process, one thread each, every layer gossiped to every other device;
 // stopped (and joined) when destroyed.
 struct zmq_cluster {
@@ -205,7 +217,7 @@ struct zmq_cluster {
 
 TEST_CASE("Network.zmq_devices_run_aggregation_policies" * doctest::timeout(60)) {
   zmq::context_t ctx(1);
-  const std::vector<std::string> addresses = loopback_addresses(ctx, 3);
+  const std::vector<std::string> addresses = ipc_addresses(3);
   SUBCASE("a majority vote at each origin") {
     std::vector<moa::any_backend> models;
     models.push_back(planted("d0", "I get 41.", "the aggregator is not asked"));

@@ -53,6 +53,7 @@ class inline_executor {
     run.describe([&](std::uint32_t b) -> const std::string& { return backends[b].name(); });
     run.use_policy(backends);
     request work;
+    run.share(work);
     std::optional<group_id> built;
     std::optional<std::string> skip_reason;
     // Inline calls run back to back, so the end of one call is the start of the next: one clock
@@ -164,12 +165,15 @@ class concurrent_executor {
         std::lock_guard lock(callback_mutex_);
         abandoned_.store(true, std::memory_order_release);
       }
-      return run_.abandon(clock::now(), cancelled, [this](call_id c) {
-        const auto ph = phase_[c].load(std::memory_order_acquire);
-        return ph == done      ? call_progress::finished
-               : ph == running ? call_progress::running
-                               : call_progress::queued;
-      });
+      return run_.abandon(
+          clock::now(), cancelled,
+          [this](call_id c) {
+            const auto ph = phase_[c].load(std::memory_order_acquire);
+            return ph == done      ? call_progress::finished
+                   : ph == running ? call_progress::running
+                                   : call_progress::queued;
+          },
+          [this](std::uint32_t b) -> const std::string& { return backends_[b].name(); });
     }
 
    private:
@@ -210,6 +214,7 @@ class concurrent_executor {
         const auto& call = plan_[c];
         request req;
         req.messages = run_.messages(call.group);
+        run_.share(req);
         run_.prepare(c, now, req);
         run_.invoke(c, backends_[call.backend], req);
         run_.ended(c, clock::now(), req.deadline);

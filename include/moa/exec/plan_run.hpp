@@ -193,8 +193,7 @@ class plan_run {
         t0_(t0),
         deadline_(deadline),
         stop_(std::move(stop)),
-        records_(p.size()),
-        groups_(p.group_count()) {}
+        records_(p.size()) {}
 
   /// A run starting now, with the executors' limits: the earlier of the request's deadline and
   /// `opt.timeout` from now, and `opt.stop` if it can stop, else the request's stop token.
@@ -266,10 +265,12 @@ class plan_run {
 
   // --- the countdown ------------------------------------------------------------------------
 
-  /// Arms the countdowns (dispatchers that run calls as their inputs complete call it once,
-  /// before start()). The inline executor runs in plan order and needs none.
+  /// Arms the countdowns and the groups' storage: dispatchers that run calls as their inputs
+  /// complete call it once, before start() or ready(). The inline executor runs in plan order
+  /// and needs neither (it builds with build_into()).
   void arm() {
     const auto groups = plan_->group_count();
+    groups_.resize(groups);
     pending_ = std::make_unique<std::atomic<std::uint32_t>[]>(groups);
     for (group_id g = 0; g < groups; ++g)
       pending_[g].store(static_cast<std::uint32_t>(plan_->inputs_of(g).size()),
@@ -332,18 +333,23 @@ class plan_run {
     return true;
   }
 
-  /// Fills `req` for call c starting at `now`, all but its messages (messages(group)).
-  void prepare(call_id c, clock::time_point now, request& req) const {
-    const auto& call = (*plan_)[c];
+  /// Fills what every call's request shares: the caller's sampling and the run's stop token.
+  void share(request& req) const {
     req.sampling = prompt_->sampling;
     req.stop = stop_;
+  }
+  /// Fills what is call c's own in a request (its context and deadline, starting at `now`);
+  /// the messages are messages(group), the rest share()'s.
+  void prepare(call_id c, clock::time_point now, request& req) const {
+    const auto& call = (*plan_)[c];
     req.context = {c, call.layer, call.role};
     req.deadline = std::min(deadline_, saturating_add(now, opt_->call_timeout));
   }
-  /// The request of call c starting at `now`.
+  /// The whole request of call c starting at `now`.
   [[nodiscard]] request call_request(call_id c, clock::time_point now) const {
     request req;
     req.messages = groups_[(*plan_)[c].group];
+    share(req);
     prepare(c, now, req);
     return req;
   }
@@ -405,9 +411,11 @@ class plan_run {
   }
 
   /// The result of a run ended early (`cancelled`, or its deadline passed): finished calls as
-  /// recorded, the others marked cancelled or timed out. `progress(c)` says how far call c got.
-  template <class Progress>
-  [[nodiscard]] result abandon(clock::time_point now, bool cancelled, Progress progress) {
+  /// recorded, the others marked cancelled or timed out. `progress(c)` says how far call c got,
+  /// `name(b)` names backend b (calls still running own their records: they are described anew).
+  template <class Progress, class Name>
+  [[nodiscard]] result abandon(clock::time_point now, bool cancelled, Progress progress,
+                               Name name) {
     result res;
     res.trace.resize(plan_->size());
     const std::string why = cancelled ? "the run was cancelled" : "the run passed its deadline";
@@ -418,12 +426,12 @@ class plan_run {
         rec = records_[c];
         continue;
       }
-      const auto& src = records_[c];  // its static part, written before any call ran
-      rec.call = src.call;
-      rec.backend = src.backend;
-      rec.backend_name = src.backend_name;
-      rec.layer = src.layer;
-      rec.role = src.role;
+      const auto& call = (*plan_)[c];
+      rec.call = c;
+      rec.backend = call.backend;
+      rec.backend_name = name(call.backend);
+      rec.layer = call.layer;
+      rec.role = call.role;
       rec.status = cancelled ? call_status::cancelled : call_status::timed_out;
       rec.error = why + (where == call_progress::running
                              ? " while this call was running; its answer will be dropped"

@@ -35,6 +35,7 @@
 #include <zmq.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -47,6 +48,7 @@
 #include <ostream>
 #include <stop_token>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -85,7 +87,9 @@ struct zmq_device_options {
   bool refresh_peers = true;
   /// Decides each prompt's answer at this device, its origin (see moa/aggregate/policies.hpp).
   /// The policy runs in this device's queue in place of the aggregator's call; its own calls
-  /// (judges, rankers) go to the named device over the wire, or to this device's backend.
+  /// (judges, rankers) go to the named device over the wire, or to this device's backend; a
+  /// sparse policy's selections run on the I/O thread and may call only this device's backend
+  /// (its default judge).
   any_aggregator aggregation{};
 };
 
@@ -146,6 +150,7 @@ class zmq_device {
     wake_out_->connect(wake_address);
     router_ = &router;
     peers_ = &peers;
+    io_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     queue_.start();
 
     auto next_ping = clock::now();
@@ -358,17 +363,13 @@ class zmq_device {
     a.prompt = job.call.prompt;
     a.origin = job.call.origin;
     a.call = job.call.call;
+    call_record rec;
     if (!served) {
-      a.status = call_status::failed;
-      a.error = "device " + std::to_string(self.opt_.index) + " stopped before serving the call";
+      rec.status = call_status::failed;
+      rec.error = "device " + std::to_string(self.opt_.index) + " stopped before serving the call";
     } else if (job.decide) {
-      auto& rec = job.sink;
+      rec = std::move(job.sink);
       job.decide->run().decide(job.call.call, rec, job.inputs);
-      a.status = rec.status;
-      a.text = std::move(rec.text);
-      a.error = std::move(rec.error);
-      a.prompt_tokens = rec.usage.prompt_tokens;
-      a.completion_tokens = rec.usage.completion_tokens;
     } else {
       request req;
       req.messages = std::move(job.call.messages);
@@ -378,15 +379,14 @@ class zmq_device {
             clock::now() + std::chrono::duration_cast<clock::duration>(
                                std::chrono::duration<double, std::milli>(job.call.budget_ms));
       req.stop = self.queue_.stop_token();
-      call_record rec;
       call_backend(self.ref_, req, rec);
       enforce_limits(rec, clock::now(), req.deadline, {});
-      a.status = rec.status;
-      a.text = std::move(rec.text);
-      a.error = std::move(rec.error);
-      a.prompt_tokens = rec.usage.prompt_tokens;
-      a.completion_tokens = rec.usage.completion_tokens;
     }
+    a.status = rec.status;
+    a.text = std::move(rec.text);
+    a.error = std::move(rec.error);
+    a.prompt_tokens = rec.usage.prompt_tokens;
+    a.completion_tokens = rec.usage.completion_tokens;
     {
       std::lock_guard lock(self.outbox_mutex_);
       self.outbox_.push_back(std::move(a));
@@ -608,6 +608,16 @@ class zmq_device {
       call_backend(dev.ref_, r, rec);
       return;
     }
+    if (std::this_thread::get_id() == dev.io_thread_.load(std::memory_order_relaxed)) {
+      // A selection runs where the group is built, on the I/O thread, which the answer would
+      // have to come through: waiting for it there could only time out.
+      rec.status = call_status::failed;
+      rec.error =
+          "a selecting policy's calls run on the origin's I/O thread and can reach only "
+          "its own backend (d" +
+          std::to_string(dev.opt_.index) + "), not " + dev.names_[b];
+      return;
+    }
     wire::envelope call;
     call.type = wire::kind::call;
     call.from = dev.opt_.index;
@@ -692,6 +702,7 @@ class zmq_device {
   std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<wire::envelope>>>
       policy_calls_;                    // guarded by outbox_mutex_
   std::uint64_t next_policy_call_ = 0;  // guarded by outbox_mutex_
+  std::atomic<std::thread::id> io_thread_{};
   std::optional<zmq::socket_t> wake_out_;
 };
 

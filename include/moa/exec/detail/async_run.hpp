@@ -111,6 +111,7 @@ class async_run final : public completion_target, public std::enable_shared_from
     }
     auto& req = requests_[c];
     req.messages = run_.messages(call.group);
+    run_.share(req);
     run_.prepare(c, now, req);
     phase_[c].store(running, std::memory_order_relaxed);
     const bool local = run_.policy_decides(c);
@@ -236,12 +237,15 @@ class async_run final : public completion_target, public std::enable_shared_from
     }
     result res;
     try {
-      res = run_.abandon(clock::now(), cancelled, [this](call_id c) {
-        const auto ph = phase_[c].load(std::memory_order_acquire);
-        return ph == done     ? call_progress::finished
-               : ph == queued ? call_progress::queued
-                              : call_progress::running;
-      });
+      res = run_.abandon(
+          clock::now(), cancelled,
+          [this](call_id c) {
+            const auto ph = phase_[c].load(std::memory_order_acquire);
+            return ph == done     ? call_progress::finished
+                   : ph == queued ? call_progress::queued
+                                  : call_progress::running;
+          },
+          [this](std::uint32_t b) -> const std::string& { return backend_name(b); });
     } catch (...) {
       res.status = run_status::failed;
       res.error = "moa: out of memory while ending an abandoned run";

@@ -36,6 +36,7 @@
 #include "moa/queueing/simulator.hpp"
 #include "moa/queueing/stability.hpp"
 #include "moa/topology/gossip.hpp"
+#include "planted.hpp"
 
 using namespace std::chrono_literals;
 
@@ -126,16 +127,7 @@ comparison simulate_like(const moa::net::network_report& live,
   return c;
 }
 
-// A device that proposes `text` and answers `judged` when asked as an aggregator (the sink, or
-// a policy's judge).
-moa::any_backend planted(std::string name, std::string text, std::string judged = "") {
-  moa::synthetic_options o;
-  o.name = std::move(name);
-  o.answer = [text = std::move(text), judged = std::move(judged)](const moa::request& r) {
-    return r.context.role == moa::call_role::aggregator ? judged : text;
-  };
-  return moa::any_backend(moa::synthetic_backend(std::move(o)));
-}
+using moa_test::planted;
 
 }  // namespace
 

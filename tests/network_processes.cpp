@@ -34,6 +34,7 @@
 #include "moa/gossip/strategies.hpp"
 #include "moa/net/zmq_device.hpp"
 #include "moa/net/zmq_wire.hpp"
+#include "planted.hpp"
 
 extern char** environ;
 
@@ -164,15 +165,7 @@ struct client {
   }
 };
 
-// A device that proposes `text` and answers `judged` when asked as an aggregator.
-moa::any_backend planted(std::string name, std::string text, std::string judged = "") {
-  moa::synthetic_options o;
-  o.name = std::move(name);
-  o.answer = [text = std::move(text), judged = std::move(judged)](const moa::request& r) {
-    return r.context.role == moa::call_role::aggregator ? judged : text;
-  };
-  return moa::any_backend(moa::synthetic_backend(std::move(o)));
-}
+using moa_test::planted;
 
 // Unique IPC endpoints for devices in this process: a loopback port released by free_port() may
 // still be held by the releasing context's I/O thread when a device binds it at once.

@@ -449,17 +449,24 @@ class zmq_device {
     if (s.begin(l)) finish(prompts_.find(id));
   }
 
-  // Sends call c of prompt `id` to device d: into this device's queue, or over the wire.
-  device::refusal send_call(std::uint64_t id, prompt_state& s, std::uint32_t d, call_id c) {
+  // A call this device sends as origin (its messages still to fill in).
+  wire::envelope call_envelope(std::uint64_t prompt, call_id c, std::uint32_t layer,
+                               call_role role) const {
     wire::envelope call;
     call.type = wire::kind::call;
     call.from = opt_.index;
-    call.prompt = id;
+    call.prompt = prompt;
     call.origin = opt_.index;
     call.call = c;
-    call.layer = s.plan()[c].layer;
-    call.role = s.plan()[c].role;
+    call.layer = layer;
+    call.role = role;
     call.budget_ms = double(opt_.peer_timeout.count());
+    return call;
+  }
+
+  // Sends call c of prompt `id` to device d: into this device's queue, or over the wire.
+  device::refusal send_call(std::uint64_t id, prompt_state& s, std::uint32_t d, call_id c) {
+    auto call = call_envelope(id, c, s.plan()[c].layer, s.plan()[c].role);
     s.deadline[c] = clock::now() + opt_.peer_timeout;
     if (d == opt_.index) {
       auto job = std::make_shared<local_call>(local_call{this, std::move(call)});
@@ -618,14 +625,8 @@ class zmq_device {
           std::to_string(dev.opt_.index) + "), not " + dev.names_[b];
       return;
     }
-    wire::envelope call;
-    call.type = wire::kind::call;
-    call.from = dev.opt_.index;
-    call.origin = dev.opt_.index;
-    call.layer = r.context.layer;
-    call.role = r.context.role;
+    auto call = dev.call_envelope(0, 0, r.context.layer, r.context.role);
     call.messages = r.messages;
-    call.budget_ms = double(dev.opt_.peer_timeout.count());
     auto answer = std::make_shared<std::promise<wire::envelope>>();
     auto future = answer->get_future();
     {

@@ -217,8 +217,9 @@ TEST_CASE("Gossip.strategies_build_plans") {
 // --- device -------------------------------------------------------------------------------------
 
 TEST_CASE("Network.device_refuses_when_full_and_measures_time_averages" * doctest::timeout(30)) {
-  moa::net::device d({.capacity = 2, .record_service = true});
+  // Declared before the device: its destructor joins a worker still serving the 200 ms call.
   std::atomic<int> served{0}, handed_back{0};
+  moa::net::device d({.capacity = 2, .record_service = true});
   auto owner = std::make_shared<int>(0);
   // Two calls of 40 ms on one server: in system 2 for 40 ms then 1 for 40 ms -> mean 1.5.
   static std::atomic<int>* counters[2];

@@ -15,23 +15,13 @@
 #include <moa/pipeline.hpp>
 
 #include "each_executor.hpp"
+#include "planted.hpp"
 
 namespace {
 
 using moa_test::with_each_executor;
 
-// A backend that always answers `text` (as a proposer) and `judged` when asked as the sink or by
-// a policy (role aggregator).
-moa::synthetic_backend planted(std::string name, std::string text, std::string judged = "",
-                               bool record = false) {
-  moa::synthetic_options o;
-  o.name = std::move(name);
-  o.record = record;
-  o.answer = [text = std::move(text), judged = std::move(judged)](const moa::request& r) {
-    return r.context.role == moa::call_role::aggregator ? judged : text;
-  };
-  return moa::synthetic_backend(std::move(o));
-}
+using moa_test::planted;
 
 bool contains(const std::string& s, std::string_view part) {
   return s.find(part) != std::string::npos;

@@ -25,8 +25,10 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
+#include "moa/aggregate/policies.hpp"
 #include "moa/backends/synthetic.hpp"
 #include "moa/gossip/strategies.hpp"
 #include "moa/net/device.hpp"
@@ -34,6 +36,7 @@
 #include "moa/queueing/simulator.hpp"
 #include "moa/queueing/stability.hpp"
 #include "moa/topology/gossip.hpp"
+#include "planted.hpp"
 
 using namespace std::chrono_literals;
 
@@ -124,6 +127,8 @@ comparison simulate_like(const moa::net::network_report& live,
   return c;
 }
 
+using moa_test::planted;
+
 }  // namespace
 
 // --- gossip strategies --------------------------------------------------------------------------
@@ -212,8 +217,9 @@ TEST_CASE("Gossip.strategies_build_plans") {
 // --- device -------------------------------------------------------------------------------------
 
 TEST_CASE("Network.device_refuses_when_full_and_measures_time_averages" * doctest::timeout(30)) {
-  moa::net::device d({.capacity = 2, .record_service = true});
+  // Declared before the device: its destructor joins a worker still serving the 200 ms call.
   std::atomic<int> served{0}, handed_back{0};
+  moa::net::device d({.capacity = 2, .record_service = true});
   auto owner = std::make_shared<int>(0);
   // Two calls of 40 ms on one server: in system 2 for 40 ms then 1 for 40 ms -> mean 1.5.
   static std::atomic<int>* counters[2];
@@ -423,4 +429,109 @@ TEST_CASE("Network.silent_peer_is_skipped_at_its_deadline" * doctest::timeout(60
       CHECK(p.complete());
     }
   }
+}
+
+// --- aggregation policies on the network: the same plan run as the executors -------------------
+
+TEST_CASE("Network.majority_vote_decides_at_the_origin" * doctest::timeout(30)) {
+  // d0 dissents; every layer of 3 (origin + 2 peers of 4) holds at least two "42"s.
+  std::vector<moa::any_backend> models;
+  models.push_back(planted("d0", "I get 41.", "the aggregator must not be asked"));
+  for (int i = 1; i < 4; ++i)
+    models.push_back(planted("d" + std::to_string(i), "It is 42.", "not asked either"));
+  moa::net::network_options opt;
+  opt.layers = 1;
+  opt.aggregation = moa::any_aggregator(moa::majority_vote<moa::last_number>{});
+  moa::net::network net(std::move(models), moa::uniform_gossip{2}, opt);
+  const moa::net::arrival arrivals[] = {{0, 0}, {0.1, 1}, {0.2, 2}, {0.3, 3}, {0.4, 0}};
+  const auto r = net.run(arrivals);
+  REQUIRE(r.prompts.size() == 5);
+  CHECK(r.complete == 5);
+  for (const auto& p : r.prompts) {
+    INFO("prompt " << p.id << " from " << p.origin << ": " << p.result.error);
+    REQUIRE(p.result.ok());
+    CHECK(p.result.answer == "It is 42.");
+    REQUIRE(p.result.aggregation);
+    CHECK(p.result.aggregation->policy == "majority_vote");
+    CHECK(p.result.aggregation->calls.empty());
+    REQUIRE(p.result.trace.size() == 4);
+    const auto& sink = p.result.trace[3];
+    CHECK(sink.backend_name == "majority_vote");  // the vote, not the origin's backend
+    CHECK(sink.references == std::vector<moa::call_id>{0, 1, 2});
+    CHECK(sink.usage.total() == 0);
+    CHECK(p.result.aggregation->chosen.size() >= 2);
+  }
+}
+
+TEST_CASE("Network.judge_picks_through_the_network" * doctest::timeout(30)) {
+  // Device 3 judges every prompt (it is also a proposer); it names the second answer.
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 3; ++i)
+    models.push_back(planted("d" + std::to_string(i), "answer of d" + std::to_string(i)));
+  models.push_back(planted("judge", "answer of the judge", "Clearly [2]."));
+  moa::net::network_options opt;
+  opt.layers = 1;
+  opt.aggregation = moa::any_aggregator(moa::judge_policy{.judge = 3});
+  moa::net::network net(std::move(models), moa::uniform_gossip{2}, opt);
+  const moa::net::arrival arrivals[] = {{0, 0}, {0.1, 1}, {0.2, 2}};
+  const auto r = net.run(arrivals);
+  REQUIRE(r.prompts.size() == 3);
+  for (const auto& p : r.prompts) {
+    INFO("prompt " << p.id << ": " << p.result.error);
+    REQUIRE(p.result.ok());
+    // The judge picked [2]: the answer of the layer's second call.
+    CHECK(p.result.answer == p.result.trace[1].text);
+    REQUIRE(p.result.aggregation);
+    CHECK(p.result.aggregation->chosen == std::vector<moa::call_id>{1});
+    REQUIRE(p.result.aggregation->calls.size() == 1);
+    const auto& judge = p.result.aggregation->calls[0];
+    CHECK(judge.backend_name == "judge");
+    CHECK(judge.call == 4);  // numbered after the plan's calls
+    CHECK(judge.text == "Clearly [2].");
+    CHECK(p.result.trace[3].usage == judge.usage);
+  }
+}
+
+TEST_CASE("Network.sparse_policy_selects_between_layers" * doctest::timeout(30)) {
+  // Two layers; device 3 ranks (keeps the best 2 of 3) before layer 2 and synthesises.
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 3; ++i)
+    models.push_back(planted("d" + std::to_string(i), "answer of d" + std::to_string(i),
+                             "synthesis of d" + std::to_string(i)));
+  models.push_back(planted("ranker", "answer of the ranker", "[3] > [1] > [2]"));
+  moa::net::network_options opt;
+  opt.layers = 2;
+  opt.aggregation = moa::any_aggregator(moa::sparse_policy{.judge = 3, .keep = 2});
+  moa::net::network net(std::move(models), moa::uniform_gossip{2}, opt);
+  const moa::net::arrival arrivals[] = {{0, 0}, {0.1, 1}};
+  const auto r = net.run(arrivals);
+  for (const auto& p : r.prompts) {
+    INFO("prompt " << p.id << ": " << p.result.error);
+    REQUIRE(p.result.ok());
+    // Layer 2 read the two best of layer 1 ([3] then [1]), as in the executors.
+    CHECK(p.result.trace[3].references == std::vector<moa::call_id>{2, 0});
+    REQUIRE(p.result.aggregation);
+    CHECK(p.result.aggregation->references_dropped == 2);  // one before layer 2, one at the end
+    CHECK(p.result.answer == "synthesis of d" + std::to_string(p.origin));
+  }
+}
+
+TEST_CASE("Network.typed_by_its_gossip_topology" * doctest::timeout(30)) {
+  using edge = moa::gossip_topology<moa::devices<3>, moa::layers<2>, moa::random_k<1>>;
+  auto net = moa::net::make_network<edge>(moa::synthetic_backend({.name = "a"}),
+                                          moa::synthetic_backend({.name = "b"}),
+                                          moa::synthetic_backend({.name = "c"}));
+  static_assert(std::is_same_v<decltype(net), moa::net::network<moa::random_k<1>>>);
+  CHECK(net.size() == 3);
+  CHECK(net.options().layers == 2);  // the topology's M, whatever the options said
+  const moa::net::arrival arrivals[] = {{0, 0}, {0.1, 1}, {0.2, 2}};
+  const auto r = net.run(arrivals);
+  CHECK(r.complete == 3);
+  for (const auto& p : r.prompts) CHECK(p.result.trace.size() == edge::calls_per_prompt);
+  // With options: everything but the layers is the caller's.
+  auto bounded = moa::net::make_network<edge>(
+      moa::net::network_options{.layers = 7, .quorum = 2}, moa::synthetic_backend({.name = "a"}),
+      moa::synthetic_backend({.name = "b"}), moa::synthetic_backend({.name = "c"}));
+  CHECK(bounded.options().layers == 2);
+  CHECK(bounded.options().quorum == 2);
 }

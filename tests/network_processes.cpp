@@ -22,14 +22,19 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "cli/zmq_tsan.hpp"  // TSan: libzmq is not instrumented
+#include "moa/aggregate/policies.hpp"
+#include "moa/backends/synthetic.hpp"
+#include "moa/gossip/strategies.hpp"
 #include "moa/net/zmq_device.hpp"
 #include "moa/net/zmq_wire.hpp"
+#include "planted.hpp"
 
 extern char** environ;
 
@@ -160,7 +165,92 @@ struct client {
   }
 };
 
+using moa_test::planted;
+
+// Unique IPC endpoints for devices in this process: a loopback port released by free_port() may
+// still be held by the releasing context's I/O thread when a device binds it at once.
+std::vector<std::string> ipc_addresses(std::size_t n) {
+  static int round = 0;
+  ++round;
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < n; ++i)
+    out.push_back("ipc:///tmp/moa-test-" + std::to_string(::getpid()) + "-" +
+                  std::to_string(round) + "-" + std::to_string(i));
+  return out;
+}
+
+// ZeroMQ devices in this process, one thread each, every layer gossiped to every other device;
+// stopped (and joined) when destroyed.
+struct zmq_cluster {
+  using device = moa::net::zmq_device<moa::uniform_gossip>;
+  std::vector<std::unique_ptr<device>> devices;
+  std::vector<std::jthread> threads;
+
+  zmq_cluster(const std::vector<std::string>& addresses, std::vector<moa::any_backend> models,
+              const moa::any_aggregator& policy) {
+    const auto n = std::uint32_t(addresses.size());
+    for (std::uint32_t i = 0; i < n; ++i) {
+      moa::net::zmq_device_options opt;
+      opt.index = i;
+      opt.addresses = addresses;
+      opt.layers = 1;
+      opt.peer_timeout = 5000ms;
+      opt.heartbeat = 50ms;
+      opt.dead_after = 5000ms;
+      opt.log = nullptr;
+      opt.aggregation = policy;
+      devices.push_back(
+          std::make_unique<device>(std::move(models[i]), moa::uniform_gossip{n - 1}, opt));
+    }
+    for (auto& d : devices) threads.emplace_back([&d](std::stop_token st) { d->run(st); });
+  }
+};
+
 }  // namespace
+
+TEST_CASE("Network.zmq_devices_run_aggregation_policies" * doctest::timeout(60)) {
+  zmq::context_t ctx(1);
+  const std::vector<std::string> addresses = ipc_addresses(3);
+  SUBCASE("a majority vote at each origin") {
+    std::vector<moa::any_backend> models;
+    models.push_back(planted("d0", "I get 41.", "the aggregator is not asked"));
+    models.push_back(planted("d1", "It is 42.", "the aggregator is not asked"));
+    models.push_back(planted("d2", "Surely 42.", "the aggregator is not asked"));
+    zmq_cluster cluster(addresses, std::move(models),
+                        moa::any_aggregator(moa::majority_vote<moa::last_number>{}));
+    client c(ctx, addresses);
+    std::this_thread::sleep_for(200ms);  // let the devices bind and exchange heartbeats
+    for (int i = 0; i < 9; ++i) c.submit(i % 3, "v" + std::to_string(i));
+    c.collect(9, 30s);
+    REQUIRE(c.results.size() == 9);
+    for (const auto& entry : c.results) {
+      const outcome& r = entry.second;
+      CHECK_MESSAGE(r.error.empty(), entry.first << ": " << r.error);
+      CHECK(r.missing == 0);
+      CHECK((r.text == "It is 42." || r.text == "Surely 42."));
+    }
+  }
+  SUBCASE("a judge on another device, asked over the wire") {
+    std::vector<moa::any_backend> models;
+    for (int i = 0; i < 2; ++i)
+      models.push_back(planted("d" + std::to_string(i), "answer of d" + std::to_string(i)));
+    models.push_back(planted("judge", "answer of the judge", "[1]"));
+    zmq_cluster cluster(addresses, std::move(models),
+                        moa::any_aggregator(moa::judge_policy{.judge = 2}));
+    client c(ctx, addresses);
+    std::this_thread::sleep_for(200ms);
+    for (int i = 0; i < 6; ++i) c.submit(i % 2, "j" + std::to_string(i));
+    c.collect(6, 30s);
+    REQUIRE(c.results.size() == 6);
+    for (const auto& entry : c.results) {
+      const outcome& r = entry.second;
+      CHECK_MESSAGE(r.error.empty(), entry.first << ": " << r.error);
+      // The judge named [1], the first call of the layer: the origin's own answer.
+      const auto origin = std::stoi(entry.first.substr(1)) % 2;
+      CHECK(r.text == "answer of d" + std::to_string(origin));
+    }
+  }
+}
 
 TEST_CASE("Network.wire_decoder_rejects_malformed_input") {
   using namespace moa::net::wire;

@@ -12,10 +12,12 @@
 
 #include "moa/version.hpp"
 
+#include "moa/core/async_backend.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
 #include "moa/core/random.hpp"
+#include "moa/core/result.hpp"
 
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/gossip/random_k.hpp"
@@ -32,8 +34,9 @@
 
 #include "moa/exec/async.hpp"
 #include "moa/exec/executor.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/exec/plan_run.hpp"
 #include "moa/exec/run_options.hpp"
+#include "moa/exec/scheduler.hpp"
 #include "moa/exec/thread_pool.hpp"
 
 #include "moa/backends/synthetic.hpp"

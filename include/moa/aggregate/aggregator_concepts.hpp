@@ -50,7 +50,7 @@
 
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 #include "moa/prompt/aggregation.hpp"
 
 namespace moa {

@@ -49,10 +49,10 @@
 
 #include "moa/backends/openai/errors.hpp"
 #include "moa/backends/openai/protocol.hpp"
+#include "moa/core/async_backend.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
-#include "moa/exec/async.hpp"
 #include "moa/exec/result.hpp"
 
 namespace moa {

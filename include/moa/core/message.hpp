@@ -47,6 +47,10 @@ struct sampling {
   std::vector<std::string> stop{};
 };
 
+/// @brief A call's position in a plan (moa::plan), and an input group's.
+using call_id = std::uint32_t;
+using group_id = std::uint32_t;
+
 /// @brief What a call is for, so that a backend (or a latency model) can tell an aggregation
 /// prompt from a first-layer proposal.
 enum class call_role : std::uint8_t { proposer, aggregator };

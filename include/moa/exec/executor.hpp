@@ -30,8 +30,8 @@
 #include <vector>
 
 #include "moa/core/backend.hpp"
-#include "moa/exec/detail/run_common.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
+#include "moa/exec/plan_run.hpp"
 #include "moa/exec/run_options.hpp"
 #include "moa/exec/thread_pool.hpp"
 #include "moa/topology/plan.hpp"
@@ -46,68 +46,39 @@ class inline_executor {
  public:
   result execute(const plan& p, std::span<const backend_ref> backends, const request& prompt,
                  const run_options& opt = {}, const std::shared_ptr<const void>& = {}) const {
-    detail::check_run(p, backends, opt);
-    const auto t0 = clock::now();
-    const auto deadline = std::min(prompt.deadline, detail::saturating_add(t0, opt.timeout));
-    result res;
-    res.trace.resize(p.size());
+    check_run(p, backends, opt);
+    // Plan order is a topological order: the inline dispatcher needs no countdowns, and a group
+    // is built when its first call comes, into the one request it reuses.
+    plan_run run(p, prompt, opt);
+    run.describe([&](std::uint32_t b) -> const std::string& { return backends[b].name(); });
+    run.use_policy(backends);
     request work;
-    work.sampling = prompt.sampling;
-    work.stop = opt.stop.stop_possible() ? opt.stop : prompt.stop;
-    const auto& stop = work.stop;
-    const auto policy = detail::make_policy_run(opt, p, backends, t0, deadline, stop);
+    run.share(work);
     std::optional<group_id> built;
     std::optional<std::string> skip_reason;
-    call_list used;
-    std::size_t trimmed = 0;
-    bool deadline_hit = false;
     // Inline calls run back to back, so the end of one call is the start of the next: one clock
     // read per call instead of two.
-    auto now = t0;
+    auto now = run.t0();
     for (call_id c = 0; c < p.size(); ++c) {
-      auto& rec = res.trace[c];
-      detail::describe_call(rec, p, c, backends);
       const auto& call = p[c];
-      rec.start = rec.end = now - t0;
-      if (stop.stop_requested()) {
-        rec.status = call_status::cancelled;
-        rec.error = "the run was cancelled before this call started";
-        continue;
-      }
-      if (now >= deadline) {
-        deadline_hit = true;
-        rec.status = call_status::timed_out;
-        rec.error = "the run passed its deadline before this call started";
-        continue;
-      }
+      if (!run.may_start(c, now)) continue;
       if (built != call.group) {
-        skip_reason = detail::build_group(p, call.group, res.trace, prompt, opt, work.messages,
-                                          used, trimmed, policy.get());
+        skip_reason = run.build_into(call.group, work.messages);
         built = call.group;
       }
-      rec.references = used;
-      rec.trimmed_tokens = trimmed;
+      auto& rec = run.record(c);
       if (skip_reason) {
         rec.status = call_status::skipped;
         rec.error = *skip_reason;
         continue;
       }
-      work.context = {c, call.layer, call.role};
-      work.deadline = std::min(deadline, detail::saturating_add(now, opt.call_timeout));
-      if (c == p.sink() && policy)
-        detail::invoke_policy(*policy, p, c, res.trace, prompt, opt, rec);
-      else
-        detail::invoke(backends[call.backend], work, rec, c == p.sink() ? &opt.on_token : nullptr);
+      run.prepare(c, now, work);
+      run.invoke(c, backends[call.backend], work);
       now = clock::now();
-      rec.end = now - t0;
-      detail::enforce_limits(rec, now, work.deadline, stop);
-      if (rec.status == call_status::timed_out && now >= deadline) deadline_hit = true;
+      run.ended(c, now, work.deadline);
       if (opt.on_call) opt.on_call(rec);
     }
-    res.elapsed = now - t0;
-    detail::conclude(res, p, opt, deadline_hit, stop.stop_requested());
-    if (policy) detail::attach_report(res, *policy);
-    return res;
+    return run.conclude(now, run.stop().stop_requested());
   }
 };
 
@@ -120,7 +91,7 @@ class inline_executor {
 /// are enforced even against backends that ignore them: execute() stops waiting, records the
 /// calls still running as timed out or cancelled, and returns; their late answers are dropped.
 ///
-/// Thread-safe: many runs may execute at once on one executor. Backends (and the span of
+/// Thread-safety: many runs may execute at once on one executor. Backends (and the span of
 /// backend_refs) must stay alive until the executor is destroyed, or be kept alive by the
 /// `keep_alive` owner passed to execute() (pipelines do this).
 class concurrent_executor {
@@ -138,7 +109,7 @@ class concurrent_executor {
   result execute(const plan& p, std::span<const backend_ref> backends, const request& prompt,
                  const run_options& opt = {},
                  const std::shared_ptr<const void>& keep_alive = {}) const {
-    detail::check_run(p, backends, opt);
+    check_run(p, backends, opt);
     auto run = std::make_shared<state>(p, backends, prompt, opt, keep_alive, pool_);
     run->start();
     return run->wait();
@@ -155,75 +126,70 @@ class concurrent_executor {
           opt_(opt),
           keep_alive_(std::move(keep_alive)),
           pool_(pool),
-          t0_(clock::now()),
-          deadline_(std::min(prompt.deadline, detail::saturating_add(t0_, opt.timeout))),
-          records_(p.size()),
-          phase_(std::make_unique<std::atomic<std::uint8_t>[]>(p.size())),
-          pending_(std::make_unique<std::atomic<std::uint32_t>[]>(p.group_count())),
-          groups_(p.group_count()),
-          remaining_(static_cast<std::uint32_t>(p.size())) {
-      stop_ = opt.stop.stop_possible() ? opt.stop : prompt.stop;
-      policy_ = detail::make_policy_run(opt_, plan_, backends_, t0_, deadline_, stop_);
-      for (group_id g = 0; g < p.group_count(); ++g)
-        pending_[g].store(static_cast<std::uint32_t>(p.inputs_of(g).size()),
-                          std::memory_order_relaxed);
-      for (call_id c = 0; c < p.size(); ++c) detail::describe_call(records_[c], plan_, c, backends);
+          run_(plan_, prompt_, opt_),
+          phase_(std::make_unique<std::atomic<std::uint8_t>[]>(p.size())) {
+      run_.describe([&](std::uint32_t b) -> const std::string& { return backends[b].name(); });
+      run_.use_policy(backends_);
+      run_.arm();
     }
 
     void start() {
-      std::optional<call_id> mine;
-      for (group_id g = 0; g < plan_.group_count(); ++g)
-        if (plan_.inputs_of(g).empty()) ready(g, mine);
+      here h{*this};
+      run_.start(h);
       // The caller takes a call itself only when nothing can make it stop waiting early: a call
       // it runs cannot be abandoned at the deadline or on cancellation.
-      const bool bounded = deadline_ != clock::time_point::max() || stop_.stop_possible();
-      if (bounded && mine)
-        pool_.submit({&task_entry, shared_from_this(), *mine});
+      const bool bounded =
+          run_.deadline() != clock::time_point::max() || run_.stop().stop_possible();
+      if (bounded && h.mine)
+        pool_.submit({&task_entry, shared_from_this(), *h.mine});
       else
-        drain(mine);
+        drain(h.mine);
     }
 
     result wait() {
-      result res;
       bool deadline_hit = false;
       bool cancelled = false;
+      const auto& stop = run_.stop();
       {
         std::unique_lock lock(done_mutex_);
         const auto is_done = [this] { return done_; };
-        const bool finished = deadline_ == clock::time_point::max()
-                                  ? done_cv_.wait(lock, stop_, is_done)
-                                  : done_cv_.wait_until(lock, stop_, deadline_, is_done);
-        cancelled = stop_.stop_requested();
+        const bool finished = run_.deadline() == clock::time_point::max()
+                                  ? done_cv_.wait(lock, stop, is_done)
+                                  : done_cv_.wait_until(lock, stop, run_.deadline(), is_done);
+        cancelled = stop.stop_requested();
         deadline_hit = !finished && !cancelled;
       }
-      const bool abandon = !done_ready();
-      if (abandon) {
-        {
-          std::lock_guard lock(callback_mutex_);
-          abandoned_.store(true, std::memory_order_release);
-        }
-        res.trace = detail::abandoned_trace(
-            plan_, records_, cancelled, clock::now() - t0_,
-            [this](call_id c) {
-              const auto ph = phase_[c].load(std::memory_order_acquire);
-              return ph == done      ? detail::call_progress::finished
-                     : ph == running ? detail::call_progress::running
-                                     : detail::call_progress::queued;
-            },
-            [this](std::uint32_t b) -> const std::string& { return backends_[b].name(); });
-        res.elapsed = clock::now() - t0_;
-      } else {
-        // Every call is done and no thread touches records_ after the last completion.
-        res.trace = std::move(records_);
-        res.elapsed = clock::now() - t0_;
+      if (done_ready())  // every call is done and no thread touches the records again
+        return run_.conclude(clock::now(), cancelled, deadline_hit);
+      {
+        std::lock_guard lock(callback_mutex_);
+        abandoned_.store(true, std::memory_order_release);
       }
-      deadline_hit = deadline_hit || deadline_hit_.load(std::memory_order_relaxed);
-      detail::conclude(res, plan_, opt_, deadline_hit, cancelled);
-      if (policy_) detail::attach_report(res, *policy_);
-      return res;
+      return run_.abandon(
+          clock::now(), cancelled,
+          [this](call_id c) {
+            const auto ph = phase_[c].load(std::memory_order_acquire);
+            return ph == done      ? call_progress::finished
+                   : ph == running ? call_progress::running
+                                   : call_progress::queued;
+          },
+          [this](std::uint32_t b) -> const std::string& { return backends_[b].name(); });
     }
 
    private:
+    // The dispatcher of one thread: the first ready call stays on it, the others go to the pool.
+    struct here {
+      state& s;
+      std::optional<call_id> mine{};
+      void dispatch(call_id c) {
+        if (!mine)
+          mine = c;
+        else
+          s.pool_.submit({&task_entry, s.shared_from_this(), c});
+      }
+      void skipped(call_id c) { s.finish(c, *this); }
+    };
+
     bool done_ready() {
       std::lock_guard lock(done_mutex_);
       return done_;
@@ -240,84 +206,37 @@ class concurrent_executor {
       while (next) next = run_call(*next);
     }
 
-    // Group g has all its inputs: build its request once, then dispatch its calls. One call is
-    // returned in `mine` for the current thread (if it has none yet); the rest go to the pool.
-    void ready(group_id g, std::optional<call_id>& mine) {
-      auto& grp = groups_[g];
-      const auto skip = detail::build_group(plan_, g, records_, prompt_, opt_, grp.messages,
-                                            grp.used, grp.trimmed, policy_.get());
-      for (call_id c : plan_.calls_of(g)) {
-        records_[c].references = grp.used;
-        records_[c].trimmed_tokens = grp.trimmed;
-        if (skip) {
-          detail::record_not_run(records_[c], *skip, stop_.stop_requested());
-          finish(c, mine);
-        } else if (!mine) {
-          mine = c;
-        } else {
-          pool_.submit({&task_entry, shared_from_this(), c});
-        }
-      }
-    }
-
     std::optional<call_id> run_call(call_id c) {
-      std::optional<call_id> next;
-      if (abandoned_.load(std::memory_order_acquire)) return next;
-      auto& rec = records_[c];
-      const auto& call = plan_[c];
+      if (abandoned_.load(std::memory_order_acquire)) return std::nullopt;
       phase_[c].store(running, std::memory_order_relaxed);
       const auto now = clock::now();
-      rec.start = rec.end = now - t0_;
-      if (stop_.stop_requested()) {
-        rec.status = call_status::cancelled;
-        rec.error = "the run was cancelled before this call started";
-      } else if (now >= deadline_) {
-        deadline_hit_.store(true, std::memory_order_relaxed);
-        rec.status = call_status::timed_out;
-        rec.error = "the run passed its deadline before this call started";
-      } else {
+      if (run_.may_start(c, now)) {
+        const auto& call = plan_[c];
         request req;
-        req.messages = groups_[call.group].messages;
-        req.sampling = prompt_.sampling;
-        req.stop = stop_;
-        req.context = {c, call.layer, call.role};
-        req.deadline = std::min(deadline_, detail::saturating_add(now, opt_.call_timeout));
-        if (c == plan_.sink() && policy_)
-          detail::invoke_policy(*policy_, plan_, c, records_, prompt_, opt_, rec);
-        else
-          detail::invoke(backends_[call.backend], req, rec,
-                         c == plan_.sink() ? &opt_.on_token : nullptr);
-        const auto end = clock::now();
-        rec.end = end - t0_;
-        detail::enforce_limits(rec, end, req.deadline, stop_);
-        if (rec.status == call_status::timed_out && end >= deadline_)
-          deadline_hit_.store(true, std::memory_order_relaxed);
+        req.messages = run_.messages(call.group);
+        run_.share(req);
+        run_.prepare(c, now, req);
+        run_.invoke(c, backends_[call.backend], req);
+        run_.ended(c, clock::now(), req.deadline);
       }
-      finish(c, next);
-      return next;
+      here h{*this};
+      finish(c, h);
+      return h.mine;
     }
 
     // Publishes call c and readies the groups it completes.
-    void finish(call_id c, std::optional<call_id>& mine) {
+    void finish(call_id c, here& h) {
       phase_[c].store(done, std::memory_order_release);
       if (opt_.on_call) {
         std::lock_guard lock(callback_mutex_);
-        if (!abandoned_.load(std::memory_order_relaxed)) opt_.on_call(records_[c]);
+        if (!abandoned_.load(std::memory_order_relaxed)) opt_.on_call(run_.record(c));
       }
-      for (group_id g : plan_.consumers_of(c))
-        if (pending_[g].fetch_sub(1, std::memory_order_acq_rel) == 1) ready(g, mine);
-      if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      if (run_.complete(c, [&](group_id g) { run_.ready(g, h); })) {
         std::lock_guard lock(done_mutex_);
         done_ = true;
         done_cv_.notify_all();
       }
     }
-
-    struct group_state {
-      std::vector<message> messages;
-      call_list used;
-      std::size_t trimmed = 0;
-    };
 
     // Copies, so that threads still running after an abandoned run never see dangling state.
     const plan plan_;
@@ -326,17 +245,9 @@ class concurrent_executor {
     const run_options opt_;
     std::shared_ptr<const void> keep_alive_;
     thread_pool& pool_;
-    const clock::time_point t0_;
-    const clock::time_point deadline_;
-    std::stop_token stop_;
-    std::vector<call_record> records_;
+    plan_run run_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> phase_;
-    std::unique_ptr<std::atomic<std::uint32_t>[]> pending_;
-    std::vector<group_state> groups_;
-    std::unique_ptr<detail::policy_run> policy_;  // null without an aggregation policy
-    std::atomic<std::uint32_t> remaining_;
     std::atomic<bool> abandoned_{false};
-    std::atomic<bool> deadline_hit_{false};
     std::mutex callback_mutex_;
     std::mutex done_mutex_;
     std::condition_variable_any done_cv_;

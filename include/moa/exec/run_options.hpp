@@ -12,7 +12,7 @@
 
 #include "moa/aggregate/any_aggregator.hpp"
 #include "moa/core/message.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 #include "moa/prompt/aggregation.hpp"
 
 namespace moa {

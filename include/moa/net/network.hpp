@@ -6,9 +6,10 @@
 /// running distributed MoA over gossip (Algorithm 1 of Mitra, Kaswan and Ulukus, 2024). A prompt
 /// born at device i gets its plan from moa::make_gossip_plan (i plus k peers per layer, aggregated
 /// at i); the calls of a layer are forked to the devices' queues and joined at the origin, whose
-/// join builds the next layer's request with the executors' own reference injection
-/// (exec/detail/run_common.hpp): the plan is the one model of execution, here as in the executors
-/// and the simulator.
+/// join builds the next layer's request through moa::plan_run (moa/exec/plan_run.hpp), the core
+/// every executor runs on, with the origin-side routing of moa/net/origin.hpp: the plan is the one
+/// model of execution, here as in the executors and the simulator, and aggregation policies work
+/// here as there (network_options::aggregation).
 ///
 /// Faults, and what every prompt ends with (never silently lost):
 /// - a full queue refuses the call; the origin re-routes it to another device (the least loaded
@@ -50,19 +51,23 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "moa/aggregate/any_aggregator.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
 #include "moa/core/random.hpp"
+#include "moa/core/result.hpp"
 #include "moa/core/workload.hpp"
-#include "moa/exec/detail/run_common.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/exec/plan_run.hpp"
 #include "moa/exec/run_options.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/gossip/random_k.hpp"
 #include "moa/net/device.hpp"
+#include "moa/net/origin.hpp"
 #include "moa/prompt/aggregation.hpp"
 #include "moa/topology/gossip.hpp"
 #include "moa/topology/plan.hpp"
@@ -94,6 +99,11 @@ struct network_options {
   bool keep_records = true;
   std::uint64_t seed = 1;
   const aggregation_prompt* prompt = nullptr;  ///< reference wording; nullptr: moa's default
+  /// Decides each prompt's answer at its origin (vote, judge, rank-fuse, sparse; see
+  /// moa/aggregate/policies.hpp), as in the executors. The policy runs in the origin's queue in
+  /// place of the aggregator's call; the calls it makes (judges, rankers) go straight to the
+  /// devices' backends, bypassing their queues. Empty: the origin's backend aggregates.
+  any_aggregator aggregation{};
 };
 
 /// @brief How one prompt ended, with its trace. Times in the network's units.
@@ -174,6 +184,10 @@ class network {
     if (opt_.time_unit <= clock::duration::zero())
       MOA_THROW(invalid_argument("moa::net::network: time_unit must be positive"));
     unit_ = std::chrono::duration<double>(opt_.time_unit).count();
+    run_opt_.quorum = opt_.quorum;
+    run_opt_.on_aggregator_failure = opt_.on_aggregator_failure;
+    run_opt_.prompt = opt_.prompt;
+    run_opt_.aggregation = opt_.aggregation;
     for (std::size_t i = 0; i < n; ++i) {
       std::string name = backends_[i].name();
       refs_.emplace_back(backends_[i], name.empty() ? "device " + std::to_string(i) : name);
@@ -209,53 +223,26 @@ class network {
       MOA_THROW(invalid_argument("moa::net::network: origin " + std::to_string(origin) +
                                  " is not a device of this " + std::to_string(devices_.size()) +
                                  "-device network"));
-    auto s = std::make_shared<state>();
-    s->net = this;
-    s->self = s;
-    s->id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    s->origin = origin;
-    s->born = clock::now();
-    s->prompt = std::move(prompt);
-    s->random = rng(mix_seed(opt_.seed, s->id));
-    submitted_.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    rng random(mix_seed(opt_.seed, id));
     double load_buffer[64];
     std::vector<double> load_heap;
     const std::span<double> load = loads(load_buffer, load_heap);
-    make_gossip_plan(origin, std::uint32_t(devices_.size()), opt_.layers, gossip_, s->random, s->p,
-                     load);
-    const plan& p = s->p;
-    s->res.trace.resize(p.size());
-    s->device_of.resize(p.size());
-    s->resolved.assign(p.size(), 0);
-    s->attempt.assign(p.size(), 0);
-    s->tries.assign(p.size(), 0);
-    s->dispatched.assign(p.size(), clock::time_point{});
-    s->group_messages.resize(p.group_count());
-    s->pending.resize(p.group_count());
-    for (call_id c = 0; c < p.size(); ++c) {
-      s->device_of[c] = p[c].backend;
-      detail::describe_call(s->res.trace[c], p, c, refs_);
-    }
+    plan p;
+    make_gossip_plan(origin, std::uint32_t(devices_.size()), opt_.layers, gossip_, random, p, load);
+    auto s = std::make_shared<state>(this, id, origin, std::move(p), std::move(prompt), run_opt_,
+                                     clock::now(), random, opt_.max_reroutes);
+    s->self = s;
+    s->run().use_policy(refs_);
+    submitted_.fetch_add(1, std::memory_order_relaxed);
     bool done = false;
     {
       std::lock_guard lock(s->m);
-      if (!devices_[origin]->alive()) {
-        for (call_id c = 0; c < p.size(); ++c)
-          if (!s->resolved[c])
-            resolve(*s, c, call_status::skipped,
-                    "device " + std::to_string(origin) +
-                        " (the prompt's origin) is dead; the prompt was not admitted");
-        done = take_done(*s);
-      } else {
-        for (group_id g = 0; g < p.group_count(); ++g) {
-          s->pending[g] = std::uint32_t(p.inputs_of(g).size());
-          if (s->pending[g] == 0) s->ready.push_back(g);
-        }
-        done = advance(s);
-      }
+      link l{*this, s};
+      done = s->begin(l);
     }
     if (done) finish(*s);
-    return s->id;
+    return id;
   }
 
   /// Waits until every submitted prompt has ended.
@@ -326,26 +313,20 @@ class network {
   }
 
  private:
-  struct state {
-    network* net = nullptr;
-    std::uint64_t id = 0;
-    std::uint32_t origin = 0;
-    clock::time_point born{};
-    request prompt{};
-    rng random{};
-    plan p{};
-    result res{};
-    std::vector<std::uint32_t> device_of;
-    std::vector<std::uint8_t> resolved;
-    std::vector<std::uint32_t> attempt;  // dispatch generation: stale tasks and timers ignore
-    std::vector<std::uint32_t> tries;
+  // One prompt: its origin run, and the dispatch generation of each call (stale device tasks and
+  // timers of re-routed or timed-out calls compare it and drop out).
+  struct state : origin_run {
+    state(network* n, std::uint64_t i, std::uint32_t origin, moa::plan p, request prompt,
+          const run_options& opt, clock::time_point born, rng random, std::size_t max_reroutes)
+        : origin_run(origin, std::move(p), std::move(prompt), opt, born, random, max_reroutes),
+          net(n),
+          id(i),
+          attempt(plan().size(), 0),
+          dispatched(plan().size()) {}
+    network* net;
+    std::uint64_t id;
+    std::vector<std::uint32_t> attempt;
     std::vector<clock::time_point> dispatched;
-    std::vector<std::pair<call_id, std::uint32_t>> tried;  // (call, device) refused or lost
-    std::vector<std::vector<message>> group_messages;
-    std::vector<std::uint32_t> pending;
-    std::vector<group_id> ready;
-    std::uint32_t reroutes = 0;
-    bool done = false;
     std::weak_ptr<state> self;
     std::mutex m;
   };
@@ -355,6 +336,37 @@ class network {
     call_id call;
     std::uint32_t attempt;
     bool operator>(const timer& o) const noexcept { return at > o.at; }
+  };
+
+  // How a prompt's origin reaches the devices (moa::net::Link): their queues, in this process.
+  struct link {
+    network& net;
+    const std::shared_ptr<state>& sp;
+    [[nodiscard]] std::uint32_t devices() const noexcept {
+      return std::uint32_t(net.devices_.size());
+    }
+    [[nodiscard]] bool alive(std::uint32_t d) const { return net.devices_[d]->alive(); }
+    [[nodiscard]] double load(std::uint32_t d) const { return double(net.devices_[d]->load()); }
+    [[nodiscard]] bool has_room(std::uint32_t d) const {
+      const auto cap = net.devices_[d]->options().capacity;
+      return cap == 0 || net.devices_[d]->load() < cap;
+    }
+    [[nodiscard]] const std::string& name(std::uint32_t d) const { return net.refs_[d].name(); }
+    device::refusal send(origin_run& o, call_id c) {
+      auto& s = *sp;
+      const std::uint64_t arg = std::uint64_t(c) | (std::uint64_t(++s.attempt[c]) << 32);
+      s.dispatched[c] = clock::now();
+      const auto refused = net.devices_[o.device_of(c)]->try_push({&on_task, sp, arg});
+      if (refused == device::refusal::none && net.opt_.peer_timeout != clock::duration::max())
+        net.arm(sp, c);
+      return refused;
+    }
+    void count(route_event e) {
+      auto& counter = e == route_event::refused    ? net.refusals_
+                      : e == route_event::rerouted ? net.reroutes_
+                                                   : net.lost_;
+      counter.fetch_add(1, std::memory_order_relaxed);
+    }
   };
 
   std::span<double> loads(double (&buffer)[64], std::vector<double>& heap) const {
@@ -381,142 +393,17 @@ class network {
 
   // --- the protocol; every function below runs with the prompt's mutex held ----------------
 
-  void resolve(state& s, call_id c, call_status status, std::string error) {
-    auto& rec = s.res.trace[c];
-    rec.status = status;
-    rec.error = std::move(error);
-    s.resolved[c] = 1;
-    for (group_id g : s.p.consumers_of(c))
-      if (--s.pending[g] == 0) s.ready.push_back(g);
-  }
-
-  static bool take_done(state& s) {
-    if (s.done || !s.resolved[s.p.sink()]) return false;
-    s.done = true;
-    return true;
-  }
-
-  // Forks every ready group; true when the prompt has just ended.
+  // Forks every ready group; true when the prompt has just ended. Strategies that read loads
+  // get a later layer's peers redrawn on the loads of the moment it is forked.
   bool advance(const std::shared_ptr<state>& sp) {
-    state& s = *sp;
-    while (!s.ready.empty()) {
-      const group_id g = s.ready.back();
-      s.ready.pop_back();
-      call_list used;
-      std::size_t trimmed = 0;
-      run_options ro;
-      ro.quorum = opt_.quorum;
-      ro.prompt = opt_.prompt;
-      const auto skip = detail::build_group(s.p, g, s.res.trace, s.prompt, ro, s.group_messages[g],
-                                            used, trimmed);
-      const auto calls = s.p.calls_of(g);
-      for (call_id c : calls) {
-        s.res.trace[c].references = used;
-        s.res.trace[c].trimmed_tokens = trimmed;
-      }
-      if (skip) {
-        for (call_id c : calls) resolve(s, c, call_status::skipped, *skip);
-        continue;
-      }
-      if constexpr (requires { G::uses_load; }) {
-        if (opt_.refresh_peers && calls.size() > 1 && s.p[calls[0]].layer > 1) redraw(s, calls);
-      }
-      for (call_id c : calls) dispatch(sp, c);
+    link l{*this, sp};
+    if constexpr (requires { G::uses_load; }) {
+      return sp->advance(l, [&](std::span<const call_id> calls) {
+        if (opt_.refresh_peers) sp->redraw(l, gossip_, calls);
+      });
+    } else {
+      return sp->advance(l);
     }
-    return take_done(s);
-  }
-
-  void redraw(state& s, std::span<const call_id> calls) {
-    double buffer[64];
-    std::vector<double> heap;
-    const auto load = loads(buffer, heap);
-    std::uint32_t peers[64];
-    const std::size_t want = std::min<std::size_t>(calls.size() - 1, 64);
-    const gossip_context ctx{s.origin, std::uint32_t(devices_.size()), s.p[calls[0]].layer,
-                             &s.random, load};
-    if (gossip_.select(ctx, std::span(peers, want)) != want) return;  // keep the birth draw
-    for (std::size_t i = 0; i < want; ++i) set_device(s, calls[i + 1], peers[i]);
-  }
-
-  void set_device(state& s, call_id c, std::uint32_t d) {
-    s.device_of[c] = d;
-    s.res.trace[c].backend = d;
-    s.res.trace[c].backend_name = refs_[d].name();
-  }
-
-  // Another device for call c: alive, not already in its layer, not tried for it; the least
-  // loaded, ties broken at random.
-  std::optional<std::uint32_t> alternative(state& s, call_id c) {
-    const auto calls = s.p.calls_of(s.p[c].group);
-    const auto n = std::uint32_t(devices_.size());
-    const auto offset = std::uint32_t(s.random.below(n));
-    std::optional<std::uint32_t> best;
-    std::size_t best_load = 0;
-    for (std::uint32_t j = 0; j < n; ++j) {
-      const std::uint32_t d = (j + offset) % n;
-      if (!devices_[d]->alive()) continue;
-      bool taken = false;
-      for (call_id o : calls) taken = taken || s.device_of[o] == d;
-      for (const auto& [tc, td] : s.tried) taken = taken || (tc == c && td == d);
-      if (taken) continue;
-      const std::size_t l = devices_[d]->load();
-      const auto cap = devices_[d]->options().capacity;
-      if (cap != 0 && l >= cap) continue;
-      if (!best || l < best_load) {
-        best = d;
-        best_load = l;
-      }
-    }
-    return best;
-  }
-
-  void dispatch(const std::shared_ptr<state>& sp, call_id c) {
-    state& s = *sp;
-    std::string why;
-    for (;;) {
-      const std::uint32_t d = s.device_of[c];
-      const std::uint64_t arg = std::uint64_t(c) | (std::uint64_t(++s.attempt[c]) << 32);
-      s.dispatched[c] = clock::now();
-      const auto refused = devices_[d]->try_push({&on_task, sp, arg});
-      if (refused == device::refusal::none) {
-        if (opt_.peer_timeout != clock::duration::max()) arm(sp, c);
-        return;
-      }
-      if (refused == device::refusal::full) {
-        refusals_.fetch_add(1, std::memory_order_relaxed);
-        why += (why.empty() ? "" : "; ") + std::string("refused by ") + refs_[d].name() +
-               " (queue full)";
-      } else {
-        lost_.fetch_add(1, std::memory_order_relaxed);
-        why += (why.empty() ? "" : "; ") + refs_[d].name() + " is dead";
-      }
-      if (!reroute(s, c)) {
-        resolve(s, c, call_status::failed, why);
-        return;
-      }
-    }
-  }
-
-  bool reroute(state& s, call_id c) {
-    s.tried.emplace_back(c, s.device_of[c]);
-    if (s.tries[c] >= opt_.max_reroutes) return false;
-    const auto other = alternative(s, c);
-    if (!other) return false;
-    ++s.tries[c];
-    ++s.reroutes;
-    reroutes_.fetch_add(1, std::memory_order_relaxed);
-    set_device(s, c, *other);
-    return true;
-  }
-
-  // A call lost with its device (queued when it died, or in service): re-route or give up.
-  void lose(const std::shared_ptr<state>& sp, call_id c, const std::string& why) {
-    state& s = *sp;
-    lost_.fetch_add(1, std::memory_order_relaxed);
-    if (reroute(s, c))
-      dispatch(sp, c);
-    else
-      resolve(s, c, call_status::failed, why + "; no other device could take it");
   }
 
   static void on_task(void* owner, std::uint64_t arg, bool served) {
@@ -526,47 +413,58 @@ class network {
 
   void serve(state& s, call_id c, std::uint32_t attempt, bool served) {
     std::unique_lock lock(s.m);
-    if (s.resolved[c] || s.attempt[c] != attempt) return;  // timed out or re-routed meanwhile
-    const std::uint32_t d = s.device_of[c];
+    if (s.resolved(c) || s.attempt[c] != attempt) return;  // timed out or re-routed meanwhile
+    const std::uint32_t d = s.device_of(c);
+    const auto sp = owned(s);
+    link l{*this, sp};
     bool done = false;
     if (!served) {
-      lose(owned(s), c, refs_[d].name() + " died before serving the call");
-      done = advance(owned(s));
+      s.lose(l, c, refs_[d].name() + " died before serving the call");
+      done = advance(sp);
     } else {
-      request req;
-      req.messages = s.group_messages[s.p[c].group];
-      req.sampling = s.prompt.sampling;
-      req.context = {c, s.p[c].layer, s.p[c].role};
-      req.deadline = opt_.peer_timeout == clock::duration::max()
-                         ? s.prompt.deadline
-                         : std::min(s.prompt.deadline,
-                                    detail::saturating_add(s.dispatched[c], opt_.peer_timeout));
-      req.stop = devices_[d]->stop_token();
-      lock.unlock();
+      auto& run = s.run();
+      const bool policy = run.policy_decides(c);
       call_record rec;
+      std::vector<call_record> inputs;
+      request req;
+      req.deadline =
+          opt_.peer_timeout == clock::duration::max()
+              ? s.prompt().deadline
+              : std::min(s.prompt().deadline, saturating_add(s.dispatched[c], opt_.peer_timeout));
+      if (policy) {
+        // The policy decides in this device's queue, from copies: the prompt may end (its peer
+        // deadline) while it runs.
+        rec = run.record(c);
+        inputs = run.inputs_of(rec);
+      } else {
+        req.messages = run.messages(s.plan()[c].group);
+        req.sampling = s.prompt().sampling;
+        req.context = {c, s.plan()[c].layer, s.plan()[c].role};
+        req.stop = devices_[d]->stop_token();
+      }
+      lock.unlock();
       const auto started = clock::now();
-      detail::invoke(refs_[d], req, rec, nullptr);
+      if (policy)
+        run.decide(c, rec, inputs);
+      else
+        call_backend(refs_[d], req, rec);
       const auto ended = clock::now();
-      detail::enforce_limits(rec, ended, req.deadline, {});
+      enforce_limits(rec, ended, req.deadline, {});
       if (rec.status == call_status::timed_out && opt_.peer_timeout != clock::duration::max())
         rec.error =
             refs_[d].name() + " did not answer within the peer deadline (" +
             std::to_string(std::chrono::duration<double, std::milli>(opt_.peer_timeout).count()) +
             " ms): " + rec.error;
       lock.lock();
-      if (s.resolved[c] || s.attempt[c] != attempt) return;
+      if (s.resolved(c) || s.attempt[c] != attempt) return;
       if (!devices_[d]->alive()) {
-        lose(owned(s), c, refs_[d].name() + " died while serving the call");
+        s.lose(l, c, refs_[d].name() + " died while serving the call");
       } else {
-        auto& out = s.res.trace[c];
-        out.start = started - s.born;
-        out.end = ended - s.born;
-        out.usage = rec.usage;
-        out.finish = rec.finish;
-        out.text = std::move(rec.text);
-        resolve(s, c, rec.status, std::move(rec.error));
+        rec.start = started - s.born();
+        rec.end = ended - s.born();
+        s.answered(c, std::move(rec));
       }
-      done = advance(owned(s));
+      done = advance(sp);
     }
     lock.unlock();
     if (done) finish(s);
@@ -608,12 +506,13 @@ class network {
     bool done = false;
     {
       std::lock_guard lock(sp->m);
-      if (sp->resolved[t.call] || sp->attempt[t.call] != t.attempt) return;
+      if (sp->resolved(t.call) || sp->attempt[t.call] != t.attempt) return;
       timeouts_.fetch_add(1, std::memory_order_relaxed);
       const auto ms = std::chrono::duration<double, std::milli>(opt_.peer_timeout).count();
-      resolve(*sp, t.call, call_status::timed_out,
-              refs_[sp->device_of[t.call]].name() + " did not answer within the peer deadline (" +
-                  std::to_string(ms) + " ms); skipped");
+      sp->resolve(t.call, call_status::timed_out,
+                  refs_[sp->device_of(t.call)].name() +
+                      " did not answer within the peer deadline (" + std::to_string(ms) +
+                      " ms); skipped");
       done = advance(sp);
     }
     if (done) finish(*sp);
@@ -621,25 +520,19 @@ class network {
 
   void finish(state& s) {
     const auto end = clock::now();
-    run_options ro;
-    ro.quorum = opt_.quorum;
-    ro.on_aggregator_failure = opt_.on_aggregator_failure;
     prompt_record rec;
     {
       std::lock_guard lock(s.m);  // late tasks of timed-out calls may still look at the state
-      s.res.elapsed = end - s.born;
-      detail::conclude(s.res, s.p, ro, false, false);
-      for (call_id c = 0; c < s.p.size(); ++c)
-        if (!s.res.trace[c].ok()) rec.missing.push_back(c);
+      auto res = s.conclude(end, &rec.missing);
       rec.id = s.id;
-      rec.origin = s.origin;
-      rec.born = std::chrono::duration<double>(s.born - start_).count() / unit_;
-      rec.latency = std::chrono::duration<double>(end - s.born).count() / unit_;
-      rec.reroutes = s.reroutes;
+      rec.origin = s.origin();
+      rec.born = std::chrono::duration<double>(s.born() - start_).count() / unit_;
+      rec.latency = std::chrono::duration<double>(end - s.born()).count() / unit_;
+      rec.reroutes = s.reroutes();
       if (opt_.keep_records)
-        rec.result = std::move(s.res);
+        rec.result = std::move(res);
       else
-        rec.result.status = s.res.status;
+        rec.result.status = res.status;
     }
     auto& outcome = rec.failed() ? failed_ : rec.degraded() ? degraded_ : complete_;
     outcome.fetch_add(1, std::memory_order_relaxed);
@@ -658,6 +551,7 @@ class network {
   }
 
   network_options opt_;
+  run_options run_opt_;  // what the plan runs read: quorum, failure policy, wording, policy
   G gossip_;
   std::vector<any_backend> backends_;
   std::vector<backend_ref> refs_;
@@ -682,5 +576,59 @@ class network {
   std::priority_queue<timer, std::vector<timer>, std::greater<>> timers_;
   std::jthread watchdog_;  // last: stopped first
 };
+
+namespace detail {
+
+template <class T>
+struct is_gossip_topology : std::false_type {};
+template <class D, class L, class G>
+struct is_gossip_topology<gossip_topology<D, L, G>> : std::true_type {};
+
+// Named so that the diagnostic shows both numbers: <devices of the topology, backends given>.
+template <std::size_t Devices, std::size_t Backends>
+struct network_backend_count_mismatch {
+  static_assert(Devices == Backends,
+                "moa::net::make_network: give exactly one backend per device of the gossip "
+                "topology (see <devices, backends given> below)");
+};
+
+}  // namespace detail
+
+/// @brief A network typed by its topology: `Edge` is a `moa::gossip_topology<devices<N>,
+/// layers<M>, Gossip>`, and the backends are the N devices' models, in device order.
+///
+/// Checked at compile time, each with its own diagnostic: Edge is a gossip topology; Gossip is a
+/// gossip strategy with its fan-out k in its type; k <= N - 1; exactly N backends, each a
+/// moa::Backend. The layers of `opt` are Edge's M.
+///
+/// @code{.cpp}
+/// using edge = moa::gossip_topology<moa::devices<3>, moa::layers<2>, moa::random_k<1>>;
+/// auto net = moa::net::make_network<edge>(model_a, model_b, model_c);
+/// auto report = net.run(moa::net::poisson_arrivals(lambda, 100, 1));
+/// @endcode
+template <class Edge, class... Backends>
+auto make_network(network_options opt, Backends&&... backends) {
+  static_assert(detail::is_gossip_topology<Edge>::value,
+                "moa::net::make_network: the topology must be a moa::gossip_topology<"
+                "moa::devices<N>, moa::layers<M>, Gossip>");
+  static_assert((Backend<std::remove_cvref_t<Backends>> && ...),
+                "moa::net::make_network: every argument after the options must be a backend "
+                "(moa::Backend: moa::generate(b, request) -> response)");
+  if constexpr (detail::is_gossip_topology<Edge>::value)
+    (void)sizeof(detail::network_backend_count_mismatch<Edge::device_count, sizeof...(Backends)>);
+  std::vector<any_backend> models;
+  models.reserve(sizeof...(Backends));
+  (models.emplace_back(std::forward<Backends>(backends)), ...);
+  opt.layers = static_cast<std::uint32_t>(Edge::layer_count);
+  using G = typename Edge::gossip_type;
+  return network<G>(std::move(models), G{}, std::move(opt));
+}
+
+/// @brief As above, with the default network options.
+template <class Edge, class... Backends>
+requires(!std::same_as<std::remove_cvref_t<Backends>, network_options> &&
+         ...) auto make_network(Backends&&... backends) {
+  return make_network<Edge>(network_options{}, std::forward<Backends>(backends)...);
+}
 
 }  // namespace moa::net

@@ -13,6 +13,10 @@
 /// not thread-safe); the workers hand their answers back through a locked queue and an inproc
 /// wake-up socket.
 ///
+/// The origin side (fork, join, re-routing, redrawing a later layer's peers on the loads its
+/// heartbeats report, aggregation policies) is moa::net::origin_run, shared with the in-process
+/// network; this file is only how calls travel.
+///
 /// Faults: a peer's full queue answers `refused` and the origin re-routes (the least loaded live
 /// peer not yet in the layer) or goes on without it; a call unanswered after `peer_timeout` is
 /// skipped; a peer silent for `dead_after` (heartbeats every `heartbeat`) is declared dead and
@@ -31,9 +35,11 @@
 #include <zmq.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <future>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -42,16 +48,21 @@
 #include <ostream>
 #include <stop_token>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "moa/aggregate/any_aggregator.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
 #include "moa/core/random.hpp"
-#include "moa/exec/detail/run_common.hpp"
+#include "moa/core/result.hpp"
+#include "moa/exec/plan_run.hpp"
+#include "moa/exec/run_options.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/net/device.hpp"
+#include "moa/net/origin.hpp"
 #include "moa/net/zmq_wire.hpp"
 #include "moa/topology/gossip.hpp"
 
@@ -71,6 +82,15 @@ struct zmq_device_options {
   std::chrono::milliseconds dead_after{1000};
   std::uint64_t seed = 1;
   std::ostream* log = &std::cerr;  ///< rejected messages, dead peers; nullptr: silent
+  /// Redraw each later layer's peers when it is forked, on the loads the peers' heartbeats
+  /// reported (for strategies that read loads: `uses_load`).
+  bool refresh_peers = true;
+  /// Decides each prompt's answer at this device, its origin (see moa/aggregate/policies.hpp).
+  /// The policy runs in this device's queue in place of the aggregator's call; its own calls
+  /// (judges, rankers) go to the named device over the wire, or to this device's backend; a
+  /// sparse policy's selections run on the I/O thread and may call only this device's backend
+  /// (its default judge).
+  any_aggregator aggregation{};
 };
 
 /// @brief Counters of a ZeroMQ device (also sent as JSON in reply to `stats`).
@@ -88,8 +108,7 @@ class zmq_device {
       : opt_(std::move(opt)),
         gossip_(std::move(gossip)),
         backend_(std::move(backend)),
-        queue_(opt_.device),
-        random_(mix_seed(opt_.seed, opt_.index)) {
+        queue_(opt_.device) {
     const auto n = opt_.addresses.size();
     if (n == 0 || opt_.index >= n)
       MOA_THROW(invalid_argument("moa::net::zmq_device: index " + std::to_string(opt_.index) +
@@ -98,6 +117,9 @@ class zmq_device {
     require(check_fanout(gossip_.fanout(), n));
     std::string name = backend_.name();
     ref_ = backend_ref(backend_, name.empty() ? "d" + std::to_string(opt_.index) : name);
+    for (std::uint32_t j = 0; j < n; ++j) names_.push_back("d" + std::to_string(j));
+    run_opt_.quorum = opt_.quorum;
+    run_opt_.aggregation = opt_.aggregation;
     alive_.assign(n, true);
     load_.assign(n, 0.0);
     last_seen_.assign(n, clock::now());
@@ -128,6 +150,7 @@ class zmq_device {
     wake_out_->connect(wake_address);
     router_ = &router;
     peers_ = &peers;
+    io_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     queue_.start();
 
     auto next_ping = clock::now();
@@ -166,6 +189,7 @@ class zmq_device {
       check_peers(now);
       check_deadlines(now);
     }
+    fail_policy_calls("device " + std::to_string(opt_.index) + " stopped");
     queue_.stop();
     drain_completions();
     router_ = nullptr;
@@ -175,22 +199,44 @@ class zmq_device {
   }
 
  private:
-  struct prompt_state {
+  struct prompt_state : origin_run {
+    using origin_run::origin_run;
     std::string client, tag;
-    clock::time_point born;
-    plan p;
-    request prompt;
-    result res;
-    std::vector<std::uint32_t> device_of, pending, tries;
-    std::vector<std::uint8_t> resolved;
-    std::vector<clock::time_point> deadline;
-    std::vector<std::pair<call_id, std::uint32_t>> tried;
-    std::vector<std::vector<message>> group_messages;
-    std::vector<group_id> ready;
+    std::vector<clock::time_point> deadline;  // of each call in flight
   };
+  using prompt_map = std::unordered_map<std::uint64_t, std::shared_ptr<prompt_state>>;
   struct local_call {
     zmq_device* self;
     wire::envelope call;
+    // The policy deciding the sink here: its prompt (kept alive while it runs) and copies of
+    // the sink's record and inputs (the prompt may end at its peer deadline meanwhile).
+    std::shared_ptr<prompt_state> decide{};
+    call_record sink{};
+    std::vector<call_record> inputs{};
+  };
+
+  // How an origin reaches the devices (moa::net::Link): its own queue, or a peer over the wire.
+  struct link {
+    zmq_device& dev;
+    std::uint64_t id;
+    prompt_state& s;
+    [[nodiscard]] std::uint32_t devices() const noexcept {
+      return std::uint32_t(dev.alive_.size());
+    }
+    [[nodiscard]] bool alive(std::uint32_t d) const { return dev.alive_[d]; }
+    [[nodiscard]] double load(std::uint32_t d) const {
+      return d == dev.opt_.index ? double(dev.queue_.load()) : dev.load_[d];
+    }
+    [[nodiscard]] bool has_room(std::uint32_t) const noexcept { return true; }  // peers say so
+    [[nodiscard]] const std::string& name(std::uint32_t d) const { return dev.names_[d]; }
+    device::refusal send(origin_run& o, call_id c) {
+      return dev.send_call(id, s, o.device_of(c), c);
+    }
+    void count(route_event e) {
+      ++(e == route_event::refused    ? dev.counters_.refusals
+         : e == route_event::rerouted ? dev.counters_.reroutes
+                                      : dev.counters_.lost);
+    }
   };
 
   wire::envelope ping() const {
@@ -317,9 +363,13 @@ class zmq_device {
     a.prompt = job.call.prompt;
     a.origin = job.call.origin;
     a.call = job.call.call;
+    call_record rec;
     if (!served) {
-      a.status = call_status::failed;
-      a.error = "device " + std::to_string(self.opt_.index) + " stopped before serving the call";
+      rec.status = call_status::failed;
+      rec.error = "device " + std::to_string(self.opt_.index) + " stopped before serving the call";
+    } else if (job.decide) {
+      rec = std::move(job.sink);
+      job.decide->run().decide(job.call.call, rec, job.inputs);
     } else {
       request req;
       req.messages = std::move(job.call.messages);
@@ -329,15 +379,14 @@ class zmq_device {
             clock::now() + std::chrono::duration_cast<clock::duration>(
                                std::chrono::duration<double, std::milli>(job.call.budget_ms));
       req.stop = self.queue_.stop_token();
-      call_record rec;
-      detail::invoke(self.ref_, req, rec, nullptr);
-      detail::enforce_limits(rec, clock::now(), req.deadline, {});
-      a.status = rec.status;
-      a.text = std::move(rec.text);
-      a.error = std::move(rec.error);
-      a.prompt_tokens = rec.usage.prompt_tokens;
-      a.completion_tokens = rec.usage.completion_tokens;
+      call_backend(self.ref_, req, rec);
+      enforce_limits(rec, clock::now(), req.deadline, {});
     }
+    a.status = rec.status;
+    a.text = std::move(rec.text);
+    a.error = std::move(rec.error);
+    a.prompt_tokens = rec.usage.prompt_tokens;
+    a.completion_tokens = rec.usage.completion_tokens;
     {
       std::lock_guard lock(self.outbox_mutex_);
       self.outbox_.push_back(std::move(a));
@@ -347,9 +396,22 @@ class zmq_device {
 
   void drain_completions() {
     std::deque<wire::envelope> done;
+    std::deque<std::pair<std::uint32_t, wire::envelope>> calls;
     {
       std::lock_guard lock(outbox_mutex_);
       done.swap(outbox_);
+      calls.swap(policy_out_);
+    }
+    for (auto& [d, e] : calls) {
+      const auto id = e.prompt;
+      if (!alive_[d] || !send_to(d, std::move(e))) {
+        wire::envelope failed;
+        failed.type = wire::kind::answer;
+        failed.prompt = id;
+        failed.status = call_status::failed;
+        failed.error = names_[d] + " is dead";
+        answer_policy_call(failed);
+      }
     }
     for (auto& a : done) {
       ++counters_.served;
@@ -365,169 +427,115 @@ class zmq_device {
   void born(const std::string& client, wire::envelope e) {
     ++counters_.prompts;
     const std::uint64_t id = next_prompt_++;
-    auto& s = prompts_[id];
-    s.client = client;
-    s.tag = std::move(e.tag);
-    s.born = clock::now();
-    s.prompt.messages = std::move(e.messages);
+    rng random(mix_seed(mix_seed(opt_.seed, opt_.index), id));
     const auto n = std::uint32_t(opt_.addresses.size());
     std::vector<double> load(load_);
     load[opt_.index] = double(queue_.load());
     for (std::uint32_t j = 0; j < n; ++j)
       if (!alive_[j]) load[j] = std::numeric_limits<double>::infinity();
-    make_gossip_plan(opt_.index, n, opt_.layers, gossip_, random_, s.p, load);
-    const auto size = s.p.size();
-    s.res.trace.resize(size);
-    s.device_of.resize(size);
-    s.resolved.assign(size, 0);
-    s.tries.assign(size, 0);
-    s.deadline.assign(size, clock::time_point::max());
-    s.group_messages.resize(s.p.group_count());
-    s.pending.resize(s.p.group_count());
-    for (call_id c = 0; c < size; ++c) {
-      auto& r = s.res.trace[c];
-      r.call = c;
-      r.layer = s.p[c].layer;
-      r.role = s.p[c].role;
-      set_device(s, c, s.p[c].backend);
-    }
-    for (group_id g = 0; g < s.p.group_count(); ++g) {
-      s.pending[g] = std::uint32_t(s.p.inputs_of(g).size());
-      if (s.pending[g] == 0) s.ready.push_back(g);
-    }
-    advance(id);
+    plan p;
+    make_gossip_plan(opt_.index, n, opt_.layers, gossip_, random, p, load);
+    request prompt;
+    prompt.messages = std::move(e.messages);
+    auto sp = std::make_shared<prompt_state>(opt_.index, std::move(p), std::move(prompt), run_opt_,
+                                             clock::now(), random, opt_.max_reroutes);
+    auto& s = *sp;
+    s.client = client;
+    s.tag = std::move(e.tag);
+    s.deadline.assign(s.plan().size(), clock::time_point::max());
+    s.run().use_policy(this, n, &policy_call, &policy_name);
+    prompts_.emplace(id, std::move(sp));
+    link l{*this, id, s};
+    if (s.begin(l)) finish(prompts_.find(id));
   }
 
-  void set_device(prompt_state& s, call_id c, std::uint32_t d) {
-    s.device_of[c] = d;
-    s.res.trace[c].backend = d;
-    s.res.trace[c].backend_name = "d" + std::to_string(d);
+  // A call this device sends as origin (its messages still to fill in).
+  wire::envelope call_envelope(std::uint64_t prompt, call_id c, std::uint32_t layer,
+                               call_role role) const {
+    wire::envelope call;
+    call.type = wire::kind::call;
+    call.from = opt_.index;
+    call.prompt = prompt;
+    call.origin = opt_.index;
+    call.call = c;
+    call.layer = layer;
+    call.role = role;
+    call.budget_ms = double(opt_.peer_timeout.count());
+    return call;
   }
 
-  void resolve(prompt_state& s, call_id c, call_status status, std::string error) {
-    s.res.trace[c].status = status;
-    s.res.trace[c].error = std::move(error);
-    s.resolved[c] = 1;
-    for (group_id g : s.p.consumers_of(c))
-      if (--s.pending[g] == 0) s.ready.push_back(g);
+  // Sends call c of prompt `id` to device d: into this device's queue, or over the wire.
+  device::refusal send_call(std::uint64_t id, prompt_state& s, std::uint32_t d, call_id c) {
+    auto call = call_envelope(id, c, s.plan()[c].layer, s.plan()[c].role);
+    s.deadline[c] = clock::now() + opt_.peer_timeout;
+    if (d == opt_.index) {
+      auto job = std::make_shared<local_call>(local_call{this, std::move(call)});
+      if (s.run().policy_decides(c)) {
+        job->decide = prompts_.at(id);
+        job->sink = s.run().record(c);
+        job->inputs = s.run().inputs_of(job->sink);
+      } else {
+        job->call.messages = s.run().messages(s.plan()[c].group);
+      }
+      return queue_.try_push({&run_local, job, 0}) == device::refusal::none ? device::refusal::none
+                                                                            : device::refusal::full;
+    }
+    call.messages = s.run().messages(s.plan()[c].group);
+    return alive_[d] && send_to(d, std::move(call)) ? device::refusal::none : device::refusal::dead;
   }
 
   void advance(std::uint64_t id) {
     auto it = prompts_.find(id);
     if (it == prompts_.end()) return;
-    auto& s = it->second;
-    run_options ro;
-    ro.quorum = opt_.quorum;
-    while (!s.ready.empty()) {
-      const group_id g = s.ready.back();
-      s.ready.pop_back();
-      call_list used;
-      std::size_t trimmed = 0;
-      const auto skip = detail::build_group(s.p, g, s.res.trace, s.prompt, ro, s.group_messages[g],
-                                            used, trimmed);
-      for (call_id c : s.p.calls_of(g)) s.res.trace[c].references = used;
-      if (skip) {
-        for (call_id c : s.p.calls_of(g)) resolve(s, c, call_status::skipped, *skip);
-        continue;
-      }
-      for (call_id c : s.p.calls_of(g)) dispatch(id, s, c);
+    auto& s = *it->second;
+    link l{*this, id, s};
+    bool ended = false;
+    if constexpr (requires { G::uses_load; }) {
+      ended = s.advance(l, [&](std::span<const call_id> calls) {
+        if (opt_.refresh_peers) s.redraw(l, gossip_, calls);
+      });
+    } else {
+      ended = s.advance(l);
     }
-    if (s.resolved[s.p.sink()]) finish(it);
-  }
-
-  void dispatch(std::uint64_t id, prompt_state& s, call_id c) {
-    std::string why;
-    for (;;) {
-      const std::uint32_t d = s.device_of[c];
-      wire::envelope call;
-      call.type = wire::kind::call;
-      call.from = opt_.index;
-      call.prompt = id;
-      call.origin = opt_.index;
-      call.call = c;
-      call.layer = s.p[c].layer;
-      call.role = s.p[c].role;
-      call.messages = s.group_messages[s.p[c].group];
-      call.budget_ms = double(opt_.peer_timeout.count());
-      s.deadline[c] = clock::now() + opt_.peer_timeout;
-      if (d == opt_.index) {
-        auto job = std::make_shared<local_call>(local_call{this, std::move(call)});
-        const auto refused = queue_.try_push({&run_local, job, 0});
-        if (refused == device::refusal::none) return;
-        ++counters_.refusals;
-        why += (why.empty() ? "" : "; ") + std::string("refused by d") + std::to_string(d) +
-               " (queue full)";
-      } else if (alive_[d] && send_to(d, std::move(call))) {
-        return;
-      } else {
-        ++counters_.lost;
-        why += (why.empty() ? "" : "; ") + std::string("d") + std::to_string(d) + " is dead";
-      }
-      if (!reroute(s, c)) {
-        resolve(s, c, call_status::failed, why);
-        return;
-      }
-    }
-  }
-
-  bool reroute(prompt_state& s, call_id c) {
-    s.tried.emplace_back(c, s.device_of[c]);
-    if (s.tries[c] >= opt_.max_reroutes) return false;
-    const auto calls = s.p.calls_of(s.p[c].group);
-    const auto n = std::uint32_t(alive_.size());
-    const auto offset = std::uint32_t(random_.below(n));
-    std::optional<std::uint32_t> best;
-    double best_load = 0;
-    for (std::uint32_t k = 0; k < n; ++k) {
-      const std::uint32_t d = (k + offset) % n;
-      if (!alive_[d]) continue;
-      bool taken = false;
-      for (call_id o : calls) taken = taken || s.device_of[o] == d;
-      for (const auto& [tc, td] : s.tried) taken = taken || (tc == c && td == d);
-      if (taken) continue;
-      const double l = d == opt_.index ? double(queue_.load()) : load_[d];
-      if (!best || l < best_load) {
-        best = d;
-        best_load = l;
-      }
-    }
-    if (!best) return false;
-    ++s.tries[c];
-    ++counters_.reroutes;
-    set_device(s, c, *best);
-    return true;
+    if (ended) finish(it);
   }
 
   void on_answer(const wire::envelope& a) {
+    if (a.prompt & policy_call_bit) {
+      answer_policy_call(a);
+      return;
+    }
     auto it = prompts_.find(a.prompt);
     if (it == prompts_.end() || a.origin != opt_.index) return;  // ended already: a late answer
-    auto& s = it->second;
-    if (a.call >= s.p.size() || s.resolved[a.call]) return;
-    const bool ours = a.from == s.device_of[a.call];
-    if (!ours) return;  // from a device the call was re-routed away from
+    auto& s = *it->second;
+    if (a.call >= s.plan().size() || s.resolved(a.call)) return;
+    if (a.from != s.device_of(a.call)) return;  // from a device the call was re-routed away from
+    link l{*this, a.prompt, s};
     if (a.type == wire::kind::refused) {
-      ++counters_.refusals;
-      if (reroute(s, a.call))
-        dispatch(a.prompt, s, a.call);
-      else
-        resolve(s, a.call, call_status::failed,
-                "refused by d" + std::to_string(a.from) + " (queue full); no other device free");
+      s.refused(l, a.call);
     } else {
-      auto& r = s.res.trace[a.call];
+      call_record r;
+      r.status = a.status;
       r.text = a.text;
+      r.error = a.error;
       r.usage = {a.prompt_tokens, a.completion_tokens};
-      r.end = clock::now() - s.born;
-      resolve(s, a.call, a.status, a.error);
+      r.end = clock::now() - s.born();
+      s.answered(a.call, std::move(r));
     }
     advance(a.prompt);
   }
 
-  void lose(std::uint64_t id, prompt_state& s, call_id c, const std::string& why) {
-    ++counters_.lost;
-    if (reroute(s, c))
-      dispatch(id, s, c);
-    else
-      resolve(s, c, call_status::failed, why + "; no other device could take it");
+  // Calls one prompt's origin has in flight, in order, for the fault checks below.
+  template <class F>
+  void each_prompt(F&& f) {
+    std::vector<std::uint64_t> ids;
+    for (auto& [id, s] : prompts_) ids.push_back(id);
+    for (auto id : ids) {
+      auto it = prompts_.find(id);
+      if (it == prompts_.end()) continue;
+      link l{*this, id, *it->second};
+      if (f(l, *it->second)) advance(id);
+    }
   }
 
   void check_peers(clock::time_point now) {
@@ -539,70 +547,138 @@ class zmq_device {
           std::to_string(
               std::chrono::duration_cast<std::chrono::milliseconds>(now - last_seen_[j]).count()) +
           " ms: considered dead; re-routing its calls");
-      std::vector<std::uint64_t> ids;
-      for (auto& [id, s] : prompts_) ids.push_back(id);
-      for (auto id : ids) {
-        auto it = prompts_.find(id);
-        if (it == prompts_.end()) continue;
-        auto& s = it->second;
-        for (call_id c = 0; c < s.p.size(); ++c)
-          if (!s.resolved[c] && s.device_of[c] == j && s.deadline[c] != clock::time_point::max())
-            lose(id, s, c, "d" + std::to_string(j) + " died");
-        advance(id);
-      }
+      each_prompt([&](link& l, prompt_state& s) {
+        for (call_id c = 0; c < s.plan().size(); ++c)
+          if (!s.resolved(c) && s.device_of(c) == j && s.deadline[c] != clock::time_point::max())
+            s.lose(l, c, names_[j] + " died");
+        return true;
+      });
     }
   }
 
   void check_deadlines(clock::time_point now) {
     if (now < next_deadline_check_) return;
     next_deadline_check_ = now + std::chrono::milliseconds(5);
-    std::vector<std::uint64_t> ids;
-    for (auto& [id, s] : prompts_) ids.push_back(id);
-    for (auto id : ids) {
-      auto it = prompts_.find(id);
-      if (it == prompts_.end()) continue;
-      auto& s = it->second;
+    each_prompt([&](link&, prompt_state& s) {
       bool changed = false;
-      for (call_id c = 0; c < s.p.size(); ++c)
-        if (!s.resolved[c] && s.deadline[c] <= now) {
+      for (call_id c = 0; c < s.plan().size(); ++c)
+        if (!s.resolved(c) && s.deadline[c] <= now) {
           ++counters_.timeouts;
-          resolve(s, c, call_status::timed_out,
-                  "d" + std::to_string(s.device_of[c]) +
-                      " did not answer within the peer deadline; skipped");
+          s.resolve(c, call_status::timed_out,
+                    names_[s.device_of(c)] + " did not answer within the peer deadline; skipped");
           changed = true;
         }
-      if (changed) advance(id);
-    }
+      return changed;
+    });
   }
 
-  void finish(typename std::unordered_map<std::uint64_t, prompt_state>::iterator it) {
-    auto& s = it->second;
-    run_options ro;
-    ro.quorum = opt_.quorum;
-    s.res.elapsed = clock::now() - s.born;
-    detail::conclude(s.res, s.p, ro, false, false);
+  void finish(typename prompt_map::iterator it) {
+    auto& s = *it->second;
+    const auto res = s.conclude(clock::now());
     wire::envelope r;
     r.type = wire::kind::result;
     r.from = opt_.index;
     r.tag = s.tag;
-    r.text = s.res.has_answer() ? s.res.answer : std::string();
-    r.error = s.res.error;
-    for (const auto& c : s.res.trace) r.missing += c.ok() ? 0 : 1;
-    r.latency_ms = std::chrono::duration<double, std::milli>(s.res.elapsed).count();
-    if (!s.res.has_answer())
+    r.text = res.has_answer() ? res.answer : std::string();
+    r.error = res.error;
+    for (const auto& c : res.trace) r.missing += c.ok() ? 0 : 1;
+    r.latency_ms = std::chrono::duration<double, std::milli>(res.elapsed).count();
+    if (!res.has_answer())
       ++counters_.failed;
-    else if (r.missing > 0 || s.res.degraded())
+    else if (r.missing > 0 || res.degraded())
       ++counters_.degraded;
     else
       ++counters_.complete;
     if (r.missing > 0 && r.error.empty()) {
-      for (const auto& c : s.res.trace)
+      for (const auto& c : res.trace)
         if (!c.ok())
-          r.error += (r.error.empty() ? "missing: " : "; ") + detail::name_call(c) + " " +
+          r.error += (r.error.empty() ? "missing: " : "; ") + name_call(c) + " " +
                      std::string(to_string(c.status)) + ": " + c.error;
     }
     reply(s.client, r);
     prompts_.erase(it);
+  }
+
+  // --- calls an aggregation policy makes (on this device's worker, while it decides) ---------
+
+  // Policy calls travel as ordinary calls whose prompt id has this bit set; the answer wakes the
+  // worker that waits for it.
+  static constexpr std::uint64_t policy_call_bit = std::uint64_t(1) << 63;
+
+  static const std::string& policy_name(const void* self, std::uint32_t b) {
+    return static_cast<const zmq_device*>(self)->names_[b];
+  }
+
+  static void policy_call(const void* self, std::uint32_t b, const request& r, call_record& rec) {
+    auto& dev = *const_cast<zmq_device*>(static_cast<const zmq_device*>(self));
+    if (b == dev.opt_.index) {
+      call_backend(dev.ref_, r, rec);
+      return;
+    }
+    if (std::this_thread::get_id() == dev.io_thread_.load(std::memory_order_relaxed)) {
+      // A selection runs where the group is built, on the I/O thread, which the answer would
+      // have to come through: waiting for it there could only time out.
+      rec.status = call_status::failed;
+      rec.error =
+          "a selecting policy's calls run on the origin's I/O thread and can reach only "
+          "its own backend (d" +
+          std::to_string(dev.opt_.index) + "), not " + dev.names_[b];
+      return;
+    }
+    auto call = dev.call_envelope(0, 0, r.context.layer, r.context.role);
+    call.messages = r.messages;
+    auto answer = std::make_shared<std::promise<wire::envelope>>();
+    auto future = answer->get_future();
+    {
+      std::lock_guard lock(dev.outbox_mutex_);
+      call.prompt = policy_call_bit | dev.next_policy_call_++;
+      dev.policy_calls_.emplace(call.prompt, answer);
+      dev.policy_out_.emplace_back(b, std::move(call));
+      if (dev.wake_out_) dev.wake_out_->send(zmq::str_buffer("!"), zmq::send_flags::dontwait);
+    }
+    if (future.wait_for(dev.opt_.peer_timeout) != std::future_status::ready) {
+      rec.status = call_status::timed_out;
+      rec.error = dev.names_[b] + " did not answer within the peer deadline";
+      return;
+    }
+    const auto a = future.get();
+    if (a.type == wire::kind::refused) {
+      rec.status = call_status::failed;
+      rec.error = "refused by " + dev.names_[b] + " (queue full)";
+      return;
+    }
+    rec.status = a.status;
+    rec.text = a.text;
+    rec.error = a.error;
+    rec.usage = {a.prompt_tokens, a.completion_tokens};
+  }
+
+  void answer_policy_call(const wire::envelope& a) {
+    std::shared_ptr<std::promise<wire::envelope>> waiting;
+    {
+      std::lock_guard lock(outbox_mutex_);
+      auto it = policy_calls_.find(a.prompt);
+      if (it == policy_calls_.end()) return;  // answered already, or given up on
+      waiting = std::move(it->second);
+      policy_calls_.erase(it);
+    }
+    waiting->set_value(a);
+  }
+
+  void fail_policy_calls(const std::string& why) {
+    std::vector<std::uint64_t> ids;
+    {
+      std::lock_guard lock(outbox_mutex_);
+      for (const auto& [id, p] : policy_calls_) ids.push_back(id);
+    }
+    for (auto id : ids) {
+      wire::envelope failed;
+      failed.type = wire::kind::answer;
+      failed.prompt = id;
+      failed.status = call_status::failed;
+      failed.error = why;
+      answer_policy_call(failed);
+    }
   }
 
   zmq_device_options opt_;
@@ -610,18 +686,24 @@ class zmq_device {
   any_backend backend_;
   backend_ref ref_;
   device queue_;
-  rng random_;
   zmq_device_counters counters_;
   std::vector<bool> alive_;
   std::vector<double> load_;
   std::vector<clock::time_point> last_seen_;
-  std::unordered_map<std::uint64_t, prompt_state> prompts_;
+  std::vector<std::string> names_;  // of every device, as traces show them
+  run_options run_opt_;             // what the plan runs read: quorum, policy
+  prompt_map prompts_;
   std::uint64_t next_prompt_ = 0;
   clock::time_point next_deadline_check_{};
   zmq::socket_t* router_ = nullptr;
   std::vector<std::optional<zmq::socket_t>>* peers_ = nullptr;
   std::mutex outbox_mutex_;
-  std::deque<wire::envelope> outbox_;
+  std::deque<wire::envelope> outbox_;                                // guarded by outbox_mutex_
+  std::deque<std::pair<std::uint32_t, wire::envelope>> policy_out_;  // guarded by outbox_mutex_
+  std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<wire::envelope>>>
+      policy_calls_;                    // guarded by outbox_mutex_
+  std::uint64_t next_policy_call_ = 0;  // guarded by outbox_mutex_
+  std::atomic<std::thread::id> io_thread_{};
   std::optional<zmq::socket_t> wake_out_;
 };
 

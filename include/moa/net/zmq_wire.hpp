@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "moa/core/message.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 
 namespace moa::net::wire {
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <string_view>
 
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 #include "moa/topology/detail/dot_writer.hpp"
 #include "moa/topology/plan.hpp"
 

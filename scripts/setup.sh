@@ -11,6 +11,7 @@ MOA_PACKAGES=(
   libasio-dev
   clang-format clang-14 libclang-rt-14-dev
   cppzmq-dev libzmq3-dev
+  help2man libtbb-dev time
 )
 
 moa_missing_packages() {

@@ -12,6 +12,7 @@ include(${CMAKE_CURRENT_LIST_DIR}/moaDependencies.cmake)
 set(MOA_FOUND_COMPONENTS)
 foreach(_moa_c IN LISTS moa_components)
   moa_find_component(${_moa_c} _moa_missing)
+  string(JOIN ", " _moa_missing ${_moa_missing})
   if(_moa_missing)
     if(MOA_DEV_BUILD AND _moa_c MATCHES "^(queueing|swarm|ranges)$")
       message(FATAL_ERROR "moa: the tests, examples and programs need the ${_moa_c} component, "

@@ -44,9 +44,10 @@ if(NOT MOA_HELP2MAN)
 endif()
 
 # moa_add_man_page(<target> <name> "<one-line description>"): <name>.1 from `<target> --help`,
-# built with the default target and installed to man1.
+# built with the default target and installed to man1. Only for builds that install, and never
+# from a sanitizer build (the page would run an instrumented program at build time).
 function(moa_add_man_page _target _name _description)
-  if(NOT MOA_HELP2MAN OR CMAKE_CROSSCOMPILING)
+  if(NOT MOA_HELP2MAN OR NOT MOA_INSTALL OR MOA_DEV_SANITIZE OR CMAKE_CROSSCOMPILING)
     return()
   endif()
   set(_page ${CMAKE_CURRENT_BINARY_DIR}/${_name}.1)

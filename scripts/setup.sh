@@ -12,6 +12,7 @@ MOA_PACKAGES=(
   clang-format clang-14 libclang-rt-14-dev
   cppzmq-dev libzmq3-dev
   gnuplot-nox
+  help2man libtbb-dev time
 )
 
 moa_missing_packages() {

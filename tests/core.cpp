@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <moa/backends/synthetic.hpp>
+#include <moa/backends/tunable_synthetic.hpp>
 #include <moa/core/backend.hpp>
 #include <moa/core/random.hpp>
 #include <moa/core/workload.hpp>
@@ -287,12 +288,12 @@ TEST_CASE("Synthetic.records_requests_and_plants_answers") {
 TEST_CASE("Synthetic.tunable_parameters_reach_the_answer") {
   Eigen::VectorXd start(2);
   start << 1.0, 2.0;
-  moa::synthetic_backend tuned({.name = "tuned",
-                                .parameters = start,
-                                .tuned_answer = [](const moa::request&, const Eigen::VectorXd& p) {
-                                  return p.sum() > 2.5 ? std::string("right")
-                                                       : std::string("wrong");
-                                }});
+  moa::tunable_synthetic_backend tuned(
+      {.name = "tuned",
+       .parameters = start,
+       .tuned_answer = [](const moa::request&, const Eigen::VectorXd& p) {
+         return p.sum() > 2.5 ? std::string("right") : std::string("wrong");
+       }});
   CHECK(tuned.parameters() == start);
   CHECK(tuned.generate(moa::make_request("q")).text == "right");
   tuned.set_parameters(Eigen::VectorXd::Zero(2));

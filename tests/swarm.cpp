@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "moa/backends/synthetic.hpp"
+#include "moa/backends/tunable_synthetic.hpp"
 #include "moa/core/random.hpp"
 #include "moa/exec/executor.hpp"
 #include "moa/swarm/cost.hpp"
@@ -638,13 +639,14 @@ TEST_CASE("Swarm.cost_aware_penalises_unstable_topologies") {
 TEST_CASE("Swarm.weight_search_tunes_synthetic_backends_end_to_end") {
   // The whole weight step without a GPU: synthetic backends whose answers depend on their
   // parameters, run through a real plan by the inline executor.
-  static_assert(moa::Tunable<moa::synthetic_backend>);
+  static_assert(moa::Tunable<moa::tunable_synthetic_backend>);
+  static_assert(!moa::Tunable<moa::synthetic_backend>);
   const Eigen::Vector2d target(0.7, -0.4);
-  std::vector<moa::synthetic_backend> models;
+  std::vector<moa::tunable_synthetic_backend> models;
   moa::rng gen(5);
   for (int k = 0; k < 5; ++k) {
     const double x = 4 * gen.uniform() - 2;
-    models.emplace_back(moa::synthetic_options{
+    models.emplace_back(moa::tunable_synthetic_options{
         .name = "m" + std::to_string(k),
         .parameters = Eigen::Vector2d(x, 4 * gen.uniform() - 2),
         .tuned_answer = [target](const moa::request&, const Eigen::VectorXd& p) {

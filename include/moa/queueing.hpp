@@ -13,5 +13,5 @@
 #include "moa/queueing/service.hpp"
 #include "moa/queueing/sim_types.hpp"
 #include "moa/queueing/simulator.hpp"
-#include "moa/queueing/spectral.hpp"
+// Opt-in, not included here: moa/queueing/spectral.hpp (Eigen's eigensolvers).
 #include "moa/queueing/stability.hpp"

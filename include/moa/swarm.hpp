@@ -6,6 +6,7 @@
 /// optimisation, JFK-scores, the weight step for tunable models, utilities over datasets and
 /// cost-aware search. See docs/SWARM.md.
 
+#include "moa/backends/tunable_synthetic.hpp"
 #include "moa/swarm/cost.hpp"
 #include "moa/swarm/decode.hpp"
 #include "moa/swarm/evaluate.hpp"

@@ -3,7 +3,7 @@
 
 // The single source of the version: CMakeLists.txt parses this line.
 // MOA_VERSION = major * 10000 + minor * 100 + patch.
-#define MOA_VERSION 100
+#define MOA_VERSION 200
 
 namespace moa {
 

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: MIT
-// Two TUs include every header; linking them proves nothing is defined twice (ODR).
+// Two TUs include every umbrella header and the trace views; linking them proves nothing is
+// defined twice (ODR).
+#include <moa/exec/trace_views.hpp>
 #include <moa/moa.hpp>
+#include <moa/queueing.hpp>
+#include <moa/swarm.hpp>
 
 std::string answer_from_second_tu();
 

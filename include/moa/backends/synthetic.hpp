@@ -13,8 +13,10 @@
 ///                              .error_rate = 0.1, .seed = 7});
 /// @endcode
 ///
-/// It is also tunable (`parameters()`/`set_parameters()`, see moa/swarm/tunable.hpp): with a
+/// Its tunable variant, `moa::tunable_synthetic_backend` (moa/backends/tunable_synthetic.hpp,
+/// Eigen), has `parameters()`/`set_parameters()` (see moa/swarm/tunable.hpp): with a
 /// `tuned_answer` hook its answers depend on its parameters, so weight searches run without a GPU.
+/// This header stays free of Eigen: the core needs neither Eigen nor range-v3.
 ///
 /// The answer is `"<name> answers <8 hex digits>"`, the digits being a hash of every message of
 /// the request, so a test can tell exactly which references reached which call. Everything random
@@ -24,6 +26,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -34,8 +37,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
@@ -90,8 +91,15 @@ class latency_model {
   std::optional<service_model> model_;
 };
 
-/// @brief Settings of a synthetic_backend.
-struct synthetic_options {
+/// @brief The parameters of a synthetic backend that has none (the plain synthetic_backend).
+struct no_parameters {
+  friend bool operator==(no_parameters, no_parameters) = default;
+};
+
+/// @brief Settings of a synthetic backend whose tunable parameters are a `Parameters`
+/// (synthetic_options: none; tunable_synthetic_options: an Eigen vector).
+template <class Parameters>
+struct basic_synthetic_options {
   std::string name = "synthetic";
   latency_model latency{};
   double error_rate = 0.0;    ///< fraction of calls that throw backend_error
@@ -102,12 +110,14 @@ struct synthetic_options {
   bool record = false;  ///< keep every request, for received()
   /// Plants the answer text: when set, it replaces the hash-derived answer (may return "").
   std::function<std::string(const request&)> answer{};
-  /// Initial tunable parameters (see parameters()); empty for a backend with none.
-  Eigen::VectorXd parameters{};
+  /// Initial tunable parameters (see parameters()).
+  Parameters parameters{};
   /// Plants an answer that depends on the current parameters: what a weight search tunes.
   /// Takes precedence over `answer`.
-  std::function<std::string(const request&, const Eigen::VectorXd&)> tuned_answer{};
+  std::function<std::string(const request&, const Parameters&)> tuned_answer{};
 };
+
+using synthetic_options = basic_synthetic_options<no_parameters>;
 
 /// @brief FNV-1a over roles and contents: the identity of a request's text.
 inline std::uint64_t request_hash(const request& r) noexcept {
@@ -146,10 +156,15 @@ inline std::uint64_t estimate_tokens(std::string_view text) noexcept {
   return n;
 }
 
-class synthetic_backend {
+/// @brief The synthetic backend; `Parameters` is what a weight search may tune (see
+/// synthetic_backend and tunable_synthetic_backend).
+template <class Parameters>
+class basic_synthetic_backend {
  public:
-  explicit synthetic_backend(synthetic_options opt = {})
-      : opt_(std::make_shared<const synthetic_options>(std::move(opt))),
+  using options_type = basic_synthetic_options<Parameters>;
+
+  explicit basic_synthetic_backend(options_type opt = {})
+      : opt_(std::make_shared<const options_type>(std::move(opt))),
         log_(std::make_shared<log>()),
         parameters_(opt_->parameters) {
     if (!(opt_->error_rate >= 0 && opt_->error_rate <= 1) ||
@@ -159,7 +174,7 @@ class synthetic_backend {
   }
 
   [[nodiscard]] std::string_view name() const noexcept { return opt_->name; }
-  [[nodiscard]] const synthetic_options& options() const noexcept { return *opt_; }
+  [[nodiscard]] const options_type& options() const noexcept { return *opt_; }
 
   response generate(const request& r) const {
     const auto started = clock::now();
@@ -195,8 +210,12 @@ class synthetic_backend {
   /// The tunable parameters (moa::Tunable): they reach `tuned_answer`. Each copy of a backend
   /// has its own. set_parameters() must not race with generate() (searches set parameters
   /// between evaluations).
-  [[nodiscard]] Eigen::VectorXd parameters() const { return parameters_; }
-  void set_parameters(const Eigen::VectorXd& p) { parameters_ = p; }
+  [[nodiscard]] Parameters parameters() const requires(!std::same_as<Parameters, no_parameters>) {
+    return parameters_;
+  }
+  void set_parameters(const Parameters& p) requires(!std::same_as<Parameters, no_parameters>) {
+    parameters_ = p;
+  }
 
   /// Every request received so far (only with options.record), in arrival order. Copies of a
   /// backend share one log.
@@ -250,10 +269,13 @@ class synthetic_backend {
       MOA_THROW(cancelled_error("synthetic backend: cancelled while generating"));
   }
 
-  std::shared_ptr<const synthetic_options> opt_;
+  std::shared_ptr<const options_type> opt_;
   std::shared_ptr<log> log_;
-  Eigen::VectorXd parameters_;
+  [[no_unique_address]] Parameters parameters_;
 };
+
+/// @brief Deterministic answers, seeded latency and injected failures, with nothing to tune.
+using synthetic_backend = basic_synthetic_backend<no_parameters>;
 
 static_assert(Backend<synthetic_backend>);
 static_assert(StreamingBackend<synthetic_backend>);

@@ -98,3 +98,16 @@ if(TARGET moa_device)
   target_link_libraries(moa_zmq_header_test PRIVATE moa::moa moa_dev_settings cppzmq
                         nlohmann_json::nlohmann_json)
 endif()
+
+# Bad input never crashes, never lies: every subcommand over a generated corpus of bad arguments
+# and config files (tests/cli_corpus.sh prints the cases per class). In every stage, ASan's too.
+if(TARGET moa_device)
+  add_test(NAME cli.bad_input_corpus
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>
+                   $<TARGET_FILE:moa_device>)
+else()
+  add_test(NAME cli.bad_input_corpus
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>)
+endif()
+set_tests_properties(cli.bad_input_corpus PROPERTIES TIMEOUT 1800
+  PASS_REGULAR_EXPRESSION "cli_corpus: all [0-9]+ cases ended in a documented exit code")

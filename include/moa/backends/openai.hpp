@@ -15,7 +15,11 @@
 /// | transport    | libcurl, one easy+multi handle pair per concurrent call, pooled and reused |
 /// |              | (keep-alive); the call runs on the caller's thread, no hidden threads     |
 /// | async        | generate_async: one shared I/O thread drives every call on one curl_multi |
-/// | deadline     | request::deadline bounds every attempt and the waits between them         |
+/// | deadline     | the earlier of request::deadline and openai_options::timeout (default 5   |
+/// |              | min; 0: none) bounds every attempt and the waits between them             |
+/// | limits       | max_response_bytes caps whole and streamed answers alike; http/https only |
+/// | hostile text | invalid UTF-8 from a server is replaced (U+FFFD), never thrown on; the     |
+/// |              | user:password and query of a URL never appear in an error or a trace     |
 /// | cancellation | request::stop aborts the transfer at once (curl_multi_wakeup)              |
 /// | retries      | connection errors, 429, 5xx: exponential backoff with jitter, Retry-After |
 /// | errors       | http_error (status, server message, request id), context_length_error,     |
@@ -97,12 +101,18 @@ struct openai_options {
   std::string name{};  ///< the name in traces; empty: the model, else the base URL
   retry_policy retry{};
   std::chrono::milliseconds connect_timeout{10000};
+  /// The longest a call may take, retries and their waits included, when the request's own
+  /// deadline is later or absent: a server that accepts and then says nothing cannot hang the
+  /// caller. 0 means no limit but the request's deadline (explicitly unlimited).
+  std::chrono::milliseconds timeout{300000};
   /// Merged into every request body last (JSON merge patch): server-specific parameters such as
   /// `{"ignore_eos": true, "top_k": 40}`, or overrides of moa's (`null` removes a field).
   nlohmann::json extra = nlohmann::json::object();
   bool stream_usage = true;  ///< ask streams for a final usage chunk (stream_options.include_usage)
-  std::size_t max_response_bytes = std::size_t{64} << 20;  ///< a larger answer is an error
-  std::vector<std::string> headers{};                      ///< extra HTTP headers, "Name: value"
+  /// A larger answer is an error (http_failure::too_large), whether whole or streamed: what a
+  /// stream delivered counts in full, so an endless stream ends at this many bytes.
+  std::size_t max_response_bytes = std::size_t{64} << 20;
+  std::vector<std::string> headers{};  ///< extra HTTP headers, "Name: value"
 };
 
 namespace openai::detail {
@@ -156,6 +166,7 @@ struct transfer {
   openai::sse_parser sse{};
   openai::stream_accumulator acc{};
   std::exception_ptr error{};  // thrown by a parser or the token callback, rethrown after curl
+  std::size_t received = 0;    // body bytes, whole or streamed
   bool too_large = false;
 
   void decide() {
@@ -174,6 +185,11 @@ struct transfer {
     const std::string_view bytes(data, size * n);
     try {
       if (!t.decided) t.decide();
+      t.received += bytes.size();
+      if (t.received > t.opt->max_response_bytes) {
+        t.too_large = true;
+        return 0;
+      }
       if (t.streaming) {
         t.sse.feed(bytes, [&t](std::string_view event) {
           t.acc.on_data(event, [&t](std::string_view token) {
@@ -182,10 +198,6 @@ struct transfer {
           });
         });
       } else {
-        if (t.body.size() + bytes.size() > t.opt->max_response_bytes) {
-          t.too_large = true;
-          return 0;
-        }
         t.body.append(bytes);
       }
     } catch (...) {
@@ -214,7 +226,7 @@ struct transfer {
              (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
         value.remove_suffix(1);
       if (name == "x-request-id" || name == "request-id")
-        t.ctx.request_id = std::string(value);
+        t.ctx.request_id = openai::detail::snippet(value, 200);
       else if (name == "retry-after")
         t.retry_after = std::string(value);
       else if (name == "content-type")
@@ -248,6 +260,33 @@ inline double parse_retry_after(const std::string& value) {
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
   return std::max<double>(0.0, static_cast<double>(when - now));
+}
+
+/// `url` as it may be shown: without the user:password of its authority and without its query
+/// and fragment (where API keys travel), each replaced by `***`.
+inline std::string redact_url(std::string_view url) {
+  const auto scheme = url.find("://");
+  const std::size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
+  auto end = url.find_first_of("/?#", start);
+  if (end == std::string_view::npos) end = url.size();
+  std::string out(url.substr(0, start));
+  auto authority = url.substr(start, end - start);
+  if (const auto at = authority.rfind('@'); at != std::string_view::npos) {
+    out += "***@";
+    authority.remove_prefix(at + 1);
+  }
+  out += authority;
+  const auto rest = url.substr(end);
+  const auto q = rest.find_first_of("?#");
+  out += rest.substr(0, q);
+  if (q != std::string_view::npos) out += "?***";
+  return openai::detail::snippet(out, 2048);
+}
+
+/// True for the schemes the backend speaks: http:// and https:// (any case).
+inline bool http_scheme(std::string_view url) {
+  const auto head = openai::detail::lower(url.substr(0, 8));
+  return head.rfind("http://", 0) == 0 || head.rfind("https://", 0) == 0;
 }
 
 inline double uniform01() {
@@ -305,8 +344,8 @@ class openai_backend {
 
   [[nodiscard]] std::string_view name() const noexcept { return s_->name; }
   [[nodiscard]] const openai_options& options() const noexcept { return s_->opt; }
-  /// The URL requests go to.
-  [[nodiscard]] const std::string& endpoint() const noexcept { return s_->url; }
+  /// The URL requests go to, as it may be shown (a user:password or query replaced by `***`).
+  [[nodiscard]] const std::string& endpoint() const noexcept { return s_->shown; }
 
   /// Counters since construction, shared by copies.
   struct statistics {
@@ -329,11 +368,20 @@ class openai_backend {
       if (opt.base_url.empty())
         MOA_THROW(invalid_argument(
             "moa::openai_backend: base_url is empty; give e.g. http://127.0.0.1:8080/v1"));
+      if (!openai::detail::http_scheme(opt.base_url))
+        MOA_THROW(invalid_argument("moa::openai_backend: base_url '" +
+                                   openai::detail::redact_url(opt.base_url) +
+                                   "' is not an http:// or https:// URL"));
+      if (opt.timeout.count() < 0)
+        MOA_THROW(invalid_argument("moa::openai_backend: timeout is negative; 0 means none"));
       openai::detail::global_init();
       std::string base = opt.base_url;
       while (!base.empty() && base.back() == '/') base.pop_back();
       url = base + "/chat/completions";
-      name = !opt.name.empty() ? opt.name : !opt.model.empty() ? opt.model : base;
+      shown = openai::detail::redact_url(url);
+      name = !opt.name.empty()    ? opt.name
+             : !opt.model.empty() ? opt.model
+                                  : openai::detail::redact_url(base);
       key = opt.api_key;
       if (key.empty() && !opt.api_key_env.empty())
         if (const char* k = std::getenv(opt.api_key_env.c_str())) key = k;
@@ -362,12 +410,21 @@ class openai_backend {
     io_loop& loop();
 
     [[noreturn]] void throw_timeout(int attempts) const {
-      MOA_THROW(timeout_error("moa::openai: " + url + ": no complete answer before the call's " +
+      MOA_THROW(timeout_error("moa::openai: " + shown + ": no complete answer before the call's " +
                               "deadline (after " + std::to_string(attempts) +
-                              " attempt(s)); raise the run's call_timeout or lower max_tokens"));
+                              " attempt(s)); raise the run's call_timeout or the backend's "
+                              "timeout, or lower max_tokens"));
     }
     [[noreturn]] void throw_cancelled() const {
-      MOA_THROW(cancelled_error("moa::openai: " + url + ": the call was cancelled"));
+      MOA_THROW(cancelled_error("moa::openai: " + shown + ": the call was cancelled"));
+    }
+    /// The call's deadline: the request's, or sooner by openai_options::timeout.
+    [[nodiscard]] clock::time_point deadline(const request& r) const noexcept {
+      if (opt.timeout.count() <= 0) return r.deadline;
+      const auto now = clock::now();
+      if (r.deadline <= now) return r.deadline;
+      // Compared as a distance from now, so a far-away request deadline cannot overflow.
+      return r.deadline - now > opt.timeout ? now + opt.timeout : r.deadline;
     }
 
     // Both paths: set up `easy` for one attempt that collects into `a`.
@@ -382,7 +439,7 @@ class openai_backend {
                                        clock::time_point deadline) const;
 
     openai_options opt;
-    std::string url, name, key;
+    std::string url, shown, name, key;  // shown: url as errors and traces may print it
     std::mutex mutex;
     std::vector<std::unique_ptr<openai::detail::handle>> free;
     std::atomic<std::uint64_t> calls{0}, attempts{0}, retries{0};
@@ -404,15 +461,16 @@ class openai_backend {
     s_->calls.fetch_add(1, std::memory_order_relaxed);
     const std::string body = openai::build_request_body(r, s_->opt.model, on_token != nullptr,
                                                         s_->opt.extra, s_->opt.stream_usage);
+    const auto deadline = s_->deadline(r);
     for (int attempt = 1;; ++attempt) {
       if (r.stop.stop_requested()) s_->throw_cancelled();
-      if (clock::now() >= r.deadline) s_->throw_timeout(attempt - 1);
+      if (clock::now() >= deadline) s_->throw_timeout(attempt - 1);
       s_->attempts.fetch_add(1, std::memory_order_relaxed);
       std::size_t delivered = 0;
       try {
-        return attempt_once(r, body, on_token, delivered);
+        return attempt_once(r, deadline, body, on_token, delivered);
       } catch (const http_error& e) {
-        const auto wait = s_->next_wait(e, attempt, delivered, r.deadline);
+        const auto wait = s_->next_wait(e, attempt, delivered, deadline);
         s_->retries.fetch_add(1, std::memory_order_relaxed);
         sleep_until(clock::now() + wait, r.stop);
       }
@@ -432,8 +490,8 @@ class openai_backend {
     if (stop.stop_requested()) s_->throw_cancelled();
   }
 
-  response attempt_once(const request& r, const std::string& body, token_callback* on_token,
-                        std::size_t& delivered) const {
+  response attempt_once(const request& r, clock::time_point deadline, const std::string& body,
+                        token_callback* on_token, std::size_t& delivered) const {
     lease l{*s_, s_->acquire()};
     CURL* easy = l.h->easy;
     CURLM* multi = l.h->multi;
@@ -465,14 +523,14 @@ class openai_backend {
       delivered = a.t.acc.chunks();
       if (r.stop.stop_requested()) s_->throw_cancelled();
       const auto now = clock::now();
-      if (now >= r.deadline) s_->throw_timeout(1);
+      if (now >= deadline) s_->throw_timeout(1);
       // Wake at least every second even without traffic, and at the deadline.
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(r.deadline - now);
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
       const int wait_ms = static_cast<int>(std::clamp<std::int64_t>(left.count() + 1, 1, 1000));
       curl_multi_poll(multi, nullptr, 0, wait_ms, nullptr);
     }
     delivered = a.t.acc.chunks();
-    return s_->conclude(a, result, r.deadline, r.stop, on_token);
+    return s_->conclude(a, result, deadline, r.stop, on_token);
   }
 
   static bool retryable_curl(CURLcode c) noexcept {
@@ -673,7 +731,7 @@ class openai_backend::io_loop {
         if (c->owner == owner && !c->over)
           end(*c, {},
               std::make_exception_ptr(
-                  cancelled_error("moa::openai: " + owner->url +
+                  cancelled_error("moa::openai: " + owner->shown +
                                   ": the backend was destroyed while this call was in flight")));
     }
 
@@ -829,7 +887,7 @@ inline void openai_backend::start_async(const request& r, token_callback* on_tok
     c->body = openai::build_request_body(r, s_->opt.model, on_token != nullptr, s_->opt.extra,
                                          s_->opt.stream_usage);
     c->stop = r.stop;
-    c->deadline = r.deadline;
+    c->deadline = s_->deadline(r);
     if (on_token) c->on_token.emplace(*on_token);
     s_->loop().submit(std::move(c));
   } catch (...) {
@@ -854,7 +912,7 @@ inline void openai_backend::shared::prepare(CURL* easy, openai::detail::attempt&
   auto& t = a.t;
   t.easy = easy;
   t.opt = &opt;
-  t.ctx.url = url;
+  t.ctx.url = shown;
   t.want_stream = on_token != nullptr;
   t.on_token = on_token;
   t.started = clock::now();
@@ -887,6 +945,16 @@ inline void openai_backend::shared::prepare(CURL* easy, openai::detail::attempt&
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::max<std::int64_t>(1, opt.connect_timeout.count())));
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, a.curl_message);
+  // http and https only, redirects included (never file://, whose content could end up in an
+  // error message). CURLOPT_PROTOCOLS_STR is 7.85+; the bitmask is what older libcurl has.
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  curl_easy_setopt(easy, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS,
+                   static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
 }
 
 inline response openai_backend::shared::conclude(openai::detail::attempt& a, CURLcode result,
@@ -910,7 +978,7 @@ inline response openai_backend::shared::conclude(openai::detail::attempt& a, CUR
     // retry: what was delivered cannot be taken back.
     const bool cut = t.streaming && t.acc.chunks() > 0;
     if (!cut && !retryable_curl(result))  // a bad URL, an unsupported scheme: not transient
-      MOA_THROW(backend_error("moa::openai: " + url + ": " + what + " (curl error " +
+      MOA_THROW(backend_error("moa::openai: " + shown + ": " + what + " (curl error " +
                               std::to_string(static_cast<int>(result)) +
                               "); check base_url and the options"));
     auto info = openai::detail::info_from(

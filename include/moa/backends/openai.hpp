@@ -973,7 +973,8 @@ inline response openai_backend::shared::conclude(openai::detail::attempt& a, CUR
   }
   if (result != CURLE_OK) {
     if (result == CURLE_OPERATION_TIMEDOUT && clock::now() >= deadline) throw_timeout(1);
-    std::string what = a.curl_message[0] ? a.curl_message : curl_easy_strerror(result);
+    std::string what = openai::detail::snippet(
+        a.curl_message[0] ? std::string_view(a.curl_message) : curl_easy_strerror(result), 500);
     // A broken stream that already delivered content is cut, not a connection problem to
     // retry: what was delivered cannot be taken back.
     const bool cut = t.streaming && t.acc.chunks() > 0;

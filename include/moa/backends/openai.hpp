@@ -7,8 +7,11 @@
 /// (server-sent events), with retries, deadlines, cancellation and typed errors.
 ///
 /// The only moa header that needs libcurl and nlohmann-json (link `CURL::libcurl` and
-/// `nlohmann_json::nlohmann_json`). The wire format lives in moa/backends/openai/protocol.hpp and
-/// the errors in moa/backends/openai/errors.hpp; see docs/HTTP.md for the whole story.
+/// `nlohmann_json::nlohmann_json`). Split by concern under moa/backends/openai/: options.hpp (the
+/// settings and the retry policy), protocol.hpp (the wire format), errors.hpp (the typed errors),
+/// transfer.hpp (one attempt on libcurl, shared by both paths) and usage.hpp (token accounting);
+/// this header holds the backend: the synchronous path, the asynchronous I/O thread, and one
+/// retry_state that both use. See docs/HTTP.md for the whole story.
 ///
 /// | concern      | behaviour                                                                  |
 /// |--------------|----------------------------------------------------------------------------|
@@ -52,7 +55,10 @@
 #include <vector>
 
 #include "moa/backends/openai/errors.hpp"
+#include "moa/backends/openai/options.hpp"
 #include "moa/backends/openai/protocol.hpp"
+#include "moa/backends/openai/transfer.hpp"
+#include "moa/backends/openai/usage.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
@@ -60,241 +66,6 @@
 #include "moa/exec/result.hpp"
 
 namespace moa {
-
-/// @brief When and how often a failed call is tried again.
-///
-/// Retried: no connection (refused, reset, DNS), HTTP 429 and 5xx, a stream that broke before
-/// its first token. Never retried: other 4xx (the request is wrong; repeating it cannot help), a
-/// context-length error, a stream that already delivered tokens (they reached the callback).
-/// The wait before attempt n+1 is `min(max_backoff, initial_backoff * multiplier^(n-1))`, of
-/// which a random fraction up to `jitter` is taken off (so that clients that failed together do
-/// not retry together), and at least the server's `Retry-After`. No wait passes the request's
-/// deadline: the last error is thrown instead.
-struct retry_policy {
-  int max_attempts = 3;  ///< attempts in all, the first included; 1 disables retries
-  std::chrono::milliseconds initial_backoff{200};
-  std::chrono::milliseconds max_backoff{5000};
-  double multiplier = 2.0;
-  double jitter = 0.5;  ///< in [0, 1]
-  /// A longer Retry-After is not waited for: the error is thrown at once.
-  std::chrono::milliseconds max_retry_after{30000};
-
-  /// The wait after `attempt` failed attempts (attempt >= 1), for a uniform draw `u` in [0, 1).
-  [[nodiscard]] std::chrono::nanoseconds backoff(int attempt, double u) const noexcept {
-    double d = static_cast<double>(std::chrono::nanoseconds(initial_backoff).count());
-    const double cap = static_cast<double>(std::chrono::nanoseconds(max_backoff).count());
-    for (int i = 1; i < attempt && d < cap; ++i) d *= multiplier;
-    d = std::min(d, cap);
-    d *= 1.0 - std::clamp(jitter, 0.0, 1.0) * std::clamp(u, 0.0, 1.0);
-    return std::chrono::nanoseconds(static_cast<std::int64_t>(d));
-  }
-};
-
-/// @brief Settings of an openai_backend.
-struct openai_options {
-  /// Up to and including the API version: moa posts to `{base_url}/chat/completions`.
-  std::string base_url = "http://127.0.0.1:8080/v1";
-  std::string model{};    ///< sent as `model`; omitted when empty (llama.cpp serves one model)
-  std::string api_key{};  ///< sent as `Authorization: Bearer ...`; empty: read api_key_env
-  /// The environment variable holding the key when api_key is empty (nothing sent if unset).
-  std::string api_key_env = "OPENAI_API_KEY";
-  std::string name{};  ///< the name in traces; empty: the model, else the base URL
-  retry_policy retry{};
-  std::chrono::milliseconds connect_timeout{10000};
-  /// The longest a call may take, retries and their waits included, when the request's own
-  /// deadline is later or absent: a server that accepts and then says nothing cannot hang the
-  /// caller. 0 means no limit but the request's deadline (explicitly unlimited).
-  std::chrono::milliseconds timeout{300000};
-  /// Merged into every request body last (JSON merge patch): server-specific parameters such as
-  /// `{"ignore_eos": true, "top_k": 40}`, or overrides of moa's (`null` removes a field).
-  nlohmann::json extra = nlohmann::json::object();
-  bool stream_usage = true;  ///< ask streams for a final usage chunk (stream_options.include_usage)
-  /// A larger answer is an error (http_failure::too_large), whether whole or streamed: what a
-  /// stream delivered counts in full, so an endless stream ends at this many bytes.
-  std::size_t max_response_bytes = std::size_t{64} << 20;
-  std::vector<std::string> headers{};  ///< extra HTTP headers, "Name: value"
-};
-
-namespace openai::detail {
-
-inline void global_init() {
-  // curl_global_init is not thread-safe on every libcurl build: do it once, before any handle.
-  static const bool done = [] {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-      MOA_THROW(backend_error("moa::openai: curl_global_init failed"));
-    return true;
-  }();
-  (void)done;
-}
-
-struct curl_slist_deleter {
-  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
-};
-using header_list = std::unique_ptr<curl_slist, curl_slist_deleter>;
-
-/// A transfer's pair of handles. The multi handle gives the call a poll it can wake (stop) and
-/// bound (deadline); it also keeps the connection cache, so a reused pair reuses its connection.
-struct handle {
-  CURL* easy = curl_easy_init();
-  CURLM* multi = curl_multi_init();
-  handle() {
-    if (!easy || !multi) MOA_THROW(backend_error("moa::openai: cannot create a curl handle"));
-  }
-  handle(const handle&) = delete;
-  handle& operator=(const handle&) = delete;
-  ~handle() {
-    curl_multi_cleanup(multi);
-    curl_easy_cleanup(easy);
-  }
-};
-
-/// What one attempt collects while curl runs its callbacks.
-struct transfer {
-  CURL* easy = nullptr;
-  const openai_options* opt = nullptr;
-  openai::wire_context ctx{};
-  bool want_stream = false;
-  token_callback* on_token = nullptr;
-  clock::time_point started{};
-  clock::time_point first_token{};
-
-  bool decided = false;    // status known and the body's kind chosen
-  bool streaming = false;  // the body is parsed as SSE as it comes
-  std::string body{};      // the whole body when not streaming
-  std::string retry_after{};
-  std::string content_type{};
-  openai::sse_parser sse{};
-  openai::stream_accumulator acc{};
-  std::exception_ptr error{};  // thrown by a parser or the token callback, rethrown after curl
-  std::size_t received = 0;    // body bytes, whole or streamed
-  bool too_large = false;
-
-  void decide() {
-    decided = true;
-    long status = 0;
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-    ctx.status = static_cast<int>(status);
-    // Parse as a stream only a 2xx event stream: an error answer to a stream request is JSON.
-    streaming = want_stream && status >= 200 && status < 300 &&
-                openai::detail::lower(content_type).find("text/event-stream") != std::string::npos;
-    if (streaming) acc = openai::stream_accumulator(ctx);
-  }
-
-  static std::size_t on_write(char* data, std::size_t size, std::size_t n, void* self) noexcept {
-    auto& t = *static_cast<transfer*>(self);
-    const std::string_view bytes(data, size * n);
-    try {
-      if (!t.decided) t.decide();
-      t.received += bytes.size();
-      if (t.received > t.opt->max_response_bytes) {
-        t.too_large = true;
-        return 0;
-      }
-      if (t.streaming) {
-        t.sse.feed(bytes, [&t](std::string_view event) {
-          t.acc.on_data(event, [&t](std::string_view token) {
-            if (t.first_token == clock::time_point{}) t.first_token = clock::now();
-            if (t.on_token) (*t.on_token)(token);
-          });
-        });
-      } else {
-        t.body.append(bytes);
-      }
-    } catch (...) {
-      t.error = std::current_exception();
-      return 0;  // aborts the transfer; the exception is rethrown by the caller
-    }
-    return bytes.size();
-  }
-
-  static std::size_t on_header(char* data, std::size_t size, std::size_t n, void* self) noexcept {
-    auto& t = *static_cast<transfer*>(self);
-    std::string_view line(data, size * n);
-    try {
-      if (line.substr(0, 5) == "HTTP/") {  // a new answer (after 100 Continue): forget the last
-        t.retry_after.clear();
-        t.content_type.clear();
-        return line.size();
-      }
-      const auto colon = line.find(':');
-      if (colon == std::string_view::npos) return line.size();
-      const auto name = openai::detail::lower(line.substr(0, colon));
-      auto value = line.substr(colon + 1);
-      while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
-        value.remove_prefix(1);
-      while (!value.empty() &&
-             (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
-        value.remove_suffix(1);
-      if (name == "x-request-id" || name == "request-id")
-        t.ctx.request_id = openai::detail::snippet(value, 200);
-      else if (name == "retry-after")
-        t.retry_after = std::string(value);
-      else if (name == "content-type")
-        t.content_type = std::string(value);
-    } catch (...) {
-      return 0;  // out of memory on a header: abort
-    }
-    return line.size();
-  }
-};
-
-/// One attempt: what curl's callbacks fill in, the headers and curl's message. curl keeps their
-/// addresses while the transfer runs, so an attempt never moves.
-struct attempt {
-  transfer t{};
-  header_list headers{};
-  char curl_message[CURL_ERROR_SIZE] = {};
-  attempt() = default;
-  attempt(const attempt&) = delete;
-  attempt& operator=(const attempt&) = delete;
-};
-
-/// Seconds a `Retry-After` value asks for: delta-seconds or an HTTP date; -1 when absent or bad.
-inline double parse_retry_after(const std::string& value) {
-  if (value.empty()) return -1.0;
-  if (std::all_of(value.begin(), value.end(), [](unsigned char c) { return std::isdigit(c); }))
-    return std::strtod(value.c_str(), nullptr);
-  const auto when = curl_getdate(value.c_str(), nullptr);
-  if (when < 0) return -1.0;
-  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                       std::chrono::system_clock::now().time_since_epoch())
-                       .count();
-  return std::max<double>(0.0, static_cast<double>(when - now));
-}
-
-/// `url` as it may be shown: without the user:password of its authority and without its query
-/// and fragment (where API keys travel), each replaced by `***`.
-inline std::string redact_url(std::string_view url) {
-  const auto scheme = url.find("://");
-  const std::size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
-  auto end = url.find_first_of("/?#", start);
-  if (end == std::string_view::npos) end = url.size();
-  std::string out(url.substr(0, start));
-  auto authority = url.substr(start, end - start);
-  if (const auto at = authority.rfind('@'); at != std::string_view::npos) {
-    out += "***@";
-    authority.remove_prefix(at + 1);
-  }
-  out += authority;
-  const auto rest = url.substr(end);
-  const auto q = rest.find_first_of("?#");
-  out += rest.substr(0, q);
-  if (q != std::string_view::npos) out += "?***";
-  return openai::detail::snippet(out, 2048);
-}
-
-/// True for the schemes the backend speaks: http:// and https:// (any case).
-inline bool http_scheme(std::string_view url) {
-  const auto head = openai::detail::lower(url.substr(0, 8));
-  return head.rfind("http://", 0) == 0 || head.rfind("https://", 0) == 0;
-}
-
-inline double uniform01() {
-  thread_local std::mt19937_64 gen{std::random_device{}()};
-  return std::uniform_real_distribution<double>(0.0, 1.0)(gen);
-}
-
-}  // namespace openai::detail
 
 /// @brief A backend for an OpenAI-compatible `POST {base_url}/chat/completions` endpoint.
 ///
@@ -448,6 +219,31 @@ class openai_backend {
     std::shared_ptr<io_loop> io;  // set by the first asynchronous call
   };
 
+  // One call's retries, whichever path drives it (the caller's thread in a loop, or the I/O
+  // thread on timers): the same checks before every attempt and the same decision after a
+  // failure, so the two paths cannot drift apart.
+  struct retry_state {
+    shared* owner = nullptr;
+    clock::time_point deadline{};
+    std::stop_token stop{};
+    int attempt = 0;  // attempts started
+
+    // Starts the next attempt, or throws why there is none: cancelled, or past the deadline.
+    void begin() {
+      if (stop.stop_requested()) owner->throw_cancelled();
+      if (clock::now() >= deadline) owner->throw_timeout(attempt);
+      owner->attempts.fetch_add(1, std::memory_order_relaxed);
+      ++attempt;
+    }
+    // When the next attempt may start after `e` ended this one (which delivered `delivered`
+    // tokens); throws the final error when there is to be none.
+    clock::time_point failed(const http_error& e, std::size_t delivered) {
+      const auto wait = owner->next_wait(e, attempt, delivered, deadline);
+      owner->retries.fetch_add(1, std::memory_order_relaxed);
+      return clock::now() + wait;
+    }
+  };
+
   // Returns the handle to the pool on every path, exceptions included.
   struct lease {
     shared& s;
@@ -461,18 +257,14 @@ class openai_backend {
     s_->calls.fetch_add(1, std::memory_order_relaxed);
     const std::string body = openai::build_request_body(r, s_->opt.model, on_token != nullptr,
                                                         s_->opt.extra, s_->opt.stream_usage);
-    const auto deadline = s_->deadline(r);
-    for (int attempt = 1;; ++attempt) {
-      if (r.stop.stop_requested()) s_->throw_cancelled();
-      if (clock::now() >= deadline) s_->throw_timeout(attempt - 1);
-      s_->attempts.fetch_add(1, std::memory_order_relaxed);
+    retry_state retry{s_.get(), s_->deadline(r), r.stop};
+    for (;;) {
+      retry.begin();
       std::size_t delivered = 0;
       try {
-        return attempt_once(r, deadline, body, on_token, delivered);
+        return attempt_once(r, retry.deadline, body, on_token, delivered);
       } catch (const http_error& e) {
-        const auto wait = s_->next_wait(e, attempt, delivered, deadline);
-        s_->retries.fetch_add(1, std::memory_order_relaxed);
-        sleep_until(clock::now() + wait, r.stop);
+        sleep_until(retry.failed(e, delivered), r.stop);
       }
     }
   }
@@ -567,10 +359,8 @@ class openai_backend {
     shared* owner;
     completion done;
     std::string body{};
-    std::stop_token stop{};
-    clock::time_point deadline{};
+    retry_state retry{};
     std::optional<token_callback> on_token{};
-    int attempt = 0;           // attempts started
     clock::time_point wake{};  // without a transfer: when the next attempt starts
     CURL* easy = nullptr;      // the transfer in flight, if any
     std::optional<openai::detail::attempt> current{};
@@ -713,7 +503,7 @@ class openai_backend::io_loop {
     void adopt(std::vector<std::unique_ptr<async_call>> in) {
       for (auto& c : in) {
         // Runs the waker at once if stop was already requested; tick() then sees it.
-        c->on_stop.emplace(c->stop, async_call::waker{multi_});
+        c->on_stop.emplace(c->retry.stop, async_call::waker{multi_});
         calls_.push_back(std::move(c));
       }
     }
@@ -760,9 +550,9 @@ class openai_backend::io_loop {
         auto& c = *p;
         if (c.over) continue;
         try {
-          if (c.stop.stop_requested()) c.owner->throw_cancelled();
+          if (c.retry.stop.stop_requested()) c.owner->throw_cancelled();
           if (c.easy != nullptr) {
-            if (now >= c.deadline) c.owner->throw_timeout(c.attempt);
+            if (now >= c.retry.deadline) c.owner->throw_timeout(c.retry.attempt);
           } else if (now >= c.wake) {
             start_attempt(c);
           }
@@ -773,9 +563,7 @@ class openai_backend::io_loop {
     }
 
     void start_attempt(async_call& c) {
-      if (clock::now() >= c.deadline) c.owner->throw_timeout(c.attempt);
-      c.owner->attempts.fetch_add(1, std::memory_order_relaxed);
-      ++c.attempt;
+      c.retry.begin();
       c.current.emplace();
       CURL* e = take_easy();
       try {
@@ -814,7 +602,7 @@ class openai_backend::io_loop {
       std::optional<response> answer;
       std::exception_ptr error;
       try {
-        answer = c.owner->conclude(*c.current, result, c.deadline, c.stop, c.tokens());
+        answer = c.owner->conclude(*c.current, result, c.retry.deadline, c.retry.stop, c.tokens());
       } catch (...) {
         error = std::current_exception();
       }
@@ -824,9 +612,7 @@ class openai_backend::io_loop {
         std::rethrow_exception(error);
       } catch (const http_error& e) {
         try {
-          const auto wait = c.owner->next_wait(e, c.attempt, c.current->t.acc.chunks(), c.deadline);
-          c.owner->retries.fetch_add(1, std::memory_order_relaxed);
-          c.wake = clock::now() + wait;
+          c.wake = c.retry.failed(e, c.current->t.acc.chunks());
         } catch (...) {
           end(c, {}, std::current_exception());
         }
@@ -859,7 +645,8 @@ class openai_backend::io_loop {
       const auto now = clock::now();
       auto next = now + std::chrono::seconds(1);
       for (const auto& c : calls_)
-        next = std::min(next, c->easy != nullptr ? c->deadline : std::min(c->wake, c->deadline));
+        next = std::min(
+            next, c->easy != nullptr ? c->retry.deadline : std::min(c->wake, c->retry.deadline));
       if (next <= now) return 0;
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count();
       return static_cast<int>(std::clamp<std::int64_t>(ms + 1, 0, 1000));
@@ -886,8 +673,7 @@ inline void openai_backend::start_async(const request& r, token_callback* on_tok
     auto c = std::make_unique<async_call>(s_.get(), done);
     c->body = openai::build_request_body(r, s_->opt.model, on_token != nullptr, s_->opt.extra,
                                          s_->opt.stream_usage);
-    c->stop = r.stop;
-    c->deadline = s_->deadline(r);
+    c->retry = {s_.get(), s_->deadline(r), r.stop};
     if (on_token) c->on_token.emplace(*on_token);
     s_->loop().submit(std::move(c));
   } catch (...) {
@@ -1026,37 +812,5 @@ inline std::chrono::nanoseconds openai_backend::shared::next_wait(
 static_assert(StreamingBackend<openai_backend>);
 static_assert(NamedBackend<openai_backend>);
 static_assert(AsyncBackend<openai_backend>);
-
-namespace openai {
-
-/// @brief Token usage of a run, per model (the backend name in the trace) and in all.
-struct usage_report {
-  struct entry {
-    std::string model;
-    moa::usage usage{};
-    std::size_t calls = 0;  ///< calls of the run on this model
-  };
-  std::vector<entry> per_model;  ///< in order of first appearance in the trace
-  moa::usage total{};
-};
-
-/// @brief Sums the usage the servers reported, per model (backend name) and for the run.
-inline usage_report summarize_usage(const result& r) {
-  usage_report out;
-  for (const auto& call : r.trace) {
-    auto it = std::find_if(out.per_model.begin(), out.per_model.end(),
-                           [&](const auto& e) { return e.model == call.backend_name; });
-    if (it == out.per_model.end()) {
-      out.per_model.push_back({call.backend_name, {}, 0});
-      it = std::prev(out.per_model.end());
-    }
-    it->usage += call.usage;
-    ++it->calls;
-    out.total += call.usage;
-  }
-  return out;
-}
-
-}  // namespace openai
 
 }  // namespace moa

@@ -113,24 +113,25 @@ inline int network_command(const network_settings& s) {
   for (std::uint32_t i = 0; i < n; ++i)
     models.push_back(synthetic_device(i, alpha[i], scv > 0, s.seed));
   const auto arrivals = moa::net::poisson_arrivals(rates, s.prompts, s.seed);
+  std::ostringstream out;  // printed whole, after the run: an error leaves no half table
   moa::net::network_options opt;
   opt.layers = s.layers;
   opt.device.capacity = s.capacity;
   opt.seed = s.seed;
   opt.keep_records = false;
-  std::cout << "network: n=" << n << " M=" << s.layers << " k=" << s.k << " gossip=" << s.gossip
-            << ", lambda=" << lambda << " per user per ms (" << lambda / limit
-            << " x the uniform limit " << limit << "), " << s.prompts << " prompts\n";
+  out << "network: n=" << n << " M=" << s.layers << " k=" << s.k << " gossip=" << s.gossip
+      << ", lambda=" << lambda << " per user per ms (" << lambda / limit << " x the uniform limit "
+      << limit << "), " << s.prompts << " prompts\n";
   const auto r = with_gossip(s.gossip, s.k, [&](auto g) {
     moa::net::network<decltype(g)> net(std::move(models), g, opt);
     return net.run(arrivals);
   });
-  std::cout << std::fixed << std::setprecision(3);
+  out << std::fixed << std::setprecision(3);
   // L(M/G/1) uses the nominal service time; L(calib.) the service each device measured (the
   // backend plus the protocol's own work, thread wake-ups included), which is what a live network
   // on a loaded machine should be held to.
-  std::cout << "device  rho(uniform)  util(live)  L(M/G/1)  L(calib.)  L(live)  served  refused  "
-               "max queue\n";
+  out << "device  rho(uniform)  util(live)  L(M/G/1)  L(calib.)  L(live)  served  refused  "
+         "max queue\n";
   for (std::uint32_t i = 0; i < n; ++i) {
     const auto& d = r.devices[i];
     const double arrival = rho[i] / alpha[i];
@@ -138,19 +139,20 @@ inline int network_command(const network_settings& s) {
     const double calibrated =
         d.mean_service > 0 ? moa::queueing::mg1(arrival, d.mean_service, scv).number_in_system
                            : q.number_in_system;
-    std::cout << std::setw(6) << i << std::setw(14) << rho[i] << std::setw(12) << d.utilisation
-              << std::setw(10) << q.number_in_system << std::setw(11) << calibrated << std::setw(9)
-              << d.mean_queue << std::setw(8) << d.completed << std::setw(9) << d.refused
-              << std::setw(11) << d.max_in_system << '\n';
+    out << std::setw(6) << i << std::setw(14) << rho[i] << std::setw(12) << d.utilisation
+        << std::setw(10) << q.number_in_system << std::setw(11) << calibrated << std::setw(9)
+        << d.mean_queue << std::setw(8) << d.completed << std::setw(9) << d.refused << std::setw(11)
+        << d.max_in_system << '\n';
   }
-  std::cout << "prompts: " << r.submitted << " submitted, " << r.complete << " complete, "
-            << r.degraded << " degraded, " << r.failed << " failed; refusals " << r.refusals
-            << ", re-routed " << r.reroutes << '\n'
-            << "latency: mean " << r.mean_latency << " ms, max " << r.max_latency
-            << " ms; throughput " << r.throughput << " prompts/ms over " << r.window << " ms\n"
-            << "analytic (uniform gossip): " << (verdict.stable ? "STABLE" : "UNSTABLE")
-            << ", bottleneck device " << verdict.bottleneck << " at rho " << verdict.max_utilisation
-            << '\n';
+  out << "prompts: " << r.submitted << " submitted, " << r.complete << " complete, " << r.degraded
+      << " degraded, " << r.failed << " failed; refusals " << r.refusals << ", re-routed "
+      << r.reroutes << '\n'
+      << "latency: mean " << r.mean_latency << " ms, max " << r.max_latency << " ms; throughput "
+      << r.throughput << " prompts/ms over " << r.window << " ms\n"
+      << "analytic (uniform gossip): " << (verdict.stable ? "STABLE" : "UNSTABLE")
+      << ", bottleneck device " << verdict.bottleneck << " at rho " << verdict.max_utilisation
+      << '\n';
+  std::cout << out.str();
   return r.accounted() ? 0 : 1;
 }
 

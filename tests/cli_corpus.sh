@@ -22,7 +22,9 @@ vmem_limit_kb=$((4 * 1024 * 1024))        # address space, where the build allow
 # An ASan build reserves terabytes of address space: it cannot run under ulimit -v, so only the
 # peak RSS bounds it.
 use_ulimit=1
-if ! (ulimit -v "$vmem_limit_kb" && "$moa" --version) >/dev/null 2>&1; then use_ulimit=0; fi
+if ! { (ulimit -v "$vmem_limit_kb" && "$moa" --version) >/dev/null 2>&1; } 2>/dev/null; then
+  use_ulimit=0
+fi
 gnu_time=/usr/bin/time
 [ -x "$gnu_time" ] || { echo "cli_corpus: GNU time (/usr/bin/time) is missing" >&2; exit 1; }
 

@@ -6,7 +6,8 @@
 //   moa stability           is a gossip network stable? loads, margins, queue/latency estimates
 //   moa simulate            discrete-event simulation of a gossip network (one run or a sweep)
 //
-// Every subcommand has --help. Exit codes: 0 success, 1 the run gave no answer, 2 bad input.
+// Every subcommand has --help. Exit codes: 0 success, 1 the work ran but gave no answer (or
+// failed), 2 bad input (an option, a config file, an output path); never a signal.
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -41,13 +42,5 @@ int main(int argc, char** argv) {
 #if MOA_CLI_ZMQ
   moa::cli::add_device_command(app, exit_code);
 #endif
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  } catch (const moa::error& e) {
-    std::cerr << "moa: error: " << e.what() << '\n';
-    return 2;
-  }
-  return exit_code;
+  return moa::cli::run_program(app, argc, argv, "moa", exit_code);
 }

@@ -13,6 +13,7 @@
 
 #include <iostream>
 
+#include "cli/common.hpp"
 #include "cli/network_commands.hpp"
 #include "cli/zmq_tsan.hpp"  // TSan: libzmq is not instrumented
 
@@ -21,16 +22,5 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int exit_code = 0;
   moa::cli::add_device_command(app, exit_code);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  } catch (const moa::error& e) {
-    std::cerr << "moa_device: error: " << e.what() << '\n';
-    return 2;
-  } catch (const std::exception& e) {  // zmq::error_t: address in use, bad endpoint
-    std::cerr << "moa_device: error: " << e.what() << '\n';
-    return 2;
-  }
-  return exit_code;
+  return moa::cli::run_program(app, argc, argv, "moa_device", exit_code);
 }

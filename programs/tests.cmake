@@ -144,3 +144,32 @@ set_tests_properties(cli.replay PROPERTIES PASS_REGULAR_EXPRESSION
 add_test(NAME cli.replay_bad_config COMMAND moa_cli replay --times ${_eval_data}/measured_times.json --config 3:1)
 set_tests_properties(cli.replay_bad_config PROPERTIES
   PASS_REGULAR_EXPRESSION "M = 3 layers, but 2 were measured")
+
+# Bad input never crashes, never lies: every subcommand over a generated corpus of bad arguments
+# and config files (tests/cli_corpus.sh prints the cases per class). In every stage, ASan's too.
+if(TARGET moa_device)
+  add_test(NAME cli.bad_input_corpus
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>
+                   $<TARGET_FILE:moa_device>)
+else()
+  add_test(NAME cli.bad_input_corpus
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>)
+endif()
+set_tests_properties(cli.bad_input_corpus PROPERTIES TIMEOUT 1800
+  PASS_REGULAR_EXPRESSION "cli_corpus: all [0-9]+ cases ended in a documented exit code")
+
+# The async path's critical path counts a call from when it starts running: on one thread, four
+# 5 ms proposers wait for each other, so the makespan is about 2.5 critical paths (the trace's
+# dispatch-to-answer durations would call it 1.0).
+add_test(NAME cli.bench_async_critical_path COMMAND moa_cli bench --path async --threads 1 -l 1
+         -p 4 -n 10 --latency-ms 5 --latency-runs 3)
+set_tests_properties(cli.bench_async_critical_path PROPERTIES
+  PASS_REGULAR_EXPRESSION "critical-path efficiency.*async +(1\\.[5-9]|[2-9]\\.)")
+
+# A prompt from a file or stdin (-), bounded; the argument and --prompt-file exclude each other.
+add_test(NAME cli.run_prompt_stdin COMMAND bash -c
+         "head -c 200000 /dev/zero | tr '\\\\0' x | $<TARGET_FILE:moa_cli> run --prompt-file - --format json")
+set_tests_properties(cli.run_prompt_stdin PROPERTIES
+  PASS_REGULAR_EXPRESSION "\"prompt_tokens\": 1,.*\"status\": \"ok\"")
+add_test(NAME cli.run_prompt_too_large COMMAND bash -c
+         "$<TARGET_FILE:moa_cli> run --prompt-file /dev/zero; test $? -eq 2")

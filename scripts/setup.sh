@@ -9,6 +9,7 @@ MOA_PACKAGES=(
   libeigen3-dev librange-v3-dev doctest-dev libcli11-dev nlohmann-json3-dev libbenchmark-dev
   libcurl4-openssl-dev curl
   libasio-dev
+  time
   clang-format clang-14 libclang-rt-14-dev
   cppzmq-dev libzmq3-dev
   gnuplot-nox

@@ -4,7 +4,8 @@
 // A one-thread HTTP server on 127.0.0.1 that answers each request with the next scripted reply:
 // recorded llama-server bodies (tests/fixtures/openai) under statuses and framings that a healthy
 // local server will not produce on demand (429 with Retry-After, 503, a connection cut mid-stream,
-// silence). It only replays bytes; everything else is the real client and libcurl.
+// silence), and hostile ones: endless streams, bodies larger than any cap, stalls. It only
+// replays bytes; everything else is the real client and libcurl.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -48,6 +49,9 @@ struct reply {
   std::size_t cut_at = 0;  // > 0: close the connection after this many body bytes
   bool hang = false;       // send nothing; wait until the client goes away or the server stops
   std::chrono::milliseconds delay{0};  // before answering
+  std::string repeat{};  // hostile: after the body, send this again and again until the client
+                         // goes away (an endless stream, a body larger than any cap)
+  bool stall = false;    // hostile: after the body, keep the connection open and say nothing
 };
 
 /// A complete answer with Content-Length and Connection: close.
@@ -102,6 +106,8 @@ class replay_server {
     return "http://127.0.0.1:" + std::to_string(port_) + "/v1";
   }
   [[nodiscard]] int requests() const { return served_.load(); }
+  /// Bytes written to clients so far (what a hostile reply managed to push).
+  [[nodiscard]] std::size_t bytes_sent() const { return bytes_sent_.load(); }
   [[nodiscard]] std::string last_request() const {
     std::lock_guard lock(mutex_);
     return last_;
@@ -160,12 +166,27 @@ class replay_server {
       return;
     }
     std::string out = r.head + "\r\n" + (r.cut_at > 0 ? r.body.substr(0, r.cut_at) : r.body);
+    if (!send_all(c, out)) return;
+    while (!r.repeat.empty() && !stop_.load())
+      if (!send_all(c, r.repeat)) return;
+    if (r.stall)
+      while (!stop_.load())
+        if (wait_readable(c, 20) && ::recv(c, buf, sizeof buf, 0) <= 0) return;
+  }
+
+  // False once the client has gone away (or the server stops).
+  bool send_all(int c, const std::string& out) {
     std::size_t sent = 0;
     while (sent < out.size()) {
+      if (stop_.load()) return false;
+      pollfd p{c, POLLOUT, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
       const auto n = ::send(c, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) return;
+      if (n <= 0) return false;
       sent += static_cast<std::size_t>(n);
+      bytes_sent_.fetch_add(static_cast<std::size_t>(n));
     }
+    return true;
   }
 
   std::vector<reply> script_;
@@ -173,6 +194,7 @@ class replay_server {
   int port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> served_{0};
+  std::atomic<std::size_t> bytes_sent_{0};
   mutable std::mutex mutex_;
   std::string last_;
   std::thread thread_;

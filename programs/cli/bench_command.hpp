@@ -100,21 +100,22 @@ inline void add_bench_command(CLI::App& app, int& exit_code) {
       "paths");
   cmd->add_option("-l,--layers", s->layers, "Proposer layers M")
       ->capture_default_str()
-      ->check(CLI::Range(0, 64));
+      ->transform(count_in(0, max_models));
   cmd->add_option("-p,--proposers", s->proposers, "Proposers per layer")
       ->capture_default_str()
-      ->check(CLI::Range(1, 64));
+      ->transform(count_in(1, max_models));
   cmd->add_option("--path", s->path, "inline, concurrent, async or all")
       ->capture_default_str()
       ->check(CLI::IsMember({"inline", "concurrent", "async", "all"}));
   cmd->add_option("-n,--runs", s->runs, "Runs measured per path")
       ->capture_default_str()
-      ->check(CLI::Range(1, 10000000));
+      ->transform(count_in(1, 10000000));
   cmd->add_option("--threads", s->threads, "Pool threads (0: the widest layer)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(count_in(0, 1024));
   cmd->add_option("--in-flight", s->in_flight, "Async path: runs started at once (throughput)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000000));
+      ->transform(count_in(1, 100000));
   cmd->add_option("--policy", s->policy.name, "Aggregation: synthesis, vote or judge")
       ->capture_default_str()
       ->check(CLI::IsMember({"synthesis", "vote", "judge"}));
@@ -125,9 +126,10 @@ inline void add_bench_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--latency-ms", s->latency.mean_ms,
                   "Mean latency of the efficiency runs in ms (0: skip them)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(number_in(0, 60000));
   cmd->add_option("--latency-runs", s->latency_runs, "Runs of the efficiency measurement")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(count_in(0, 100000));
   cmd->callback([s, &exit_code] { exit_code = bench_command(*s); });
 }
 

@@ -29,11 +29,17 @@
 
 #include <moa/net/zmq_device.hpp>
 #endif
+#include "cli/common.hpp"
+
 #if MOA_CLI_ZMQ && MOA_CLI_OPENAI
 #include <moa/backends/openai.hpp>
 #endif
 
 namespace moa::cli {
+
+/// Devices of a live network (in-process or ZeroMQ), and the longest mean service time (a minute).
+inline constexpr std::uint64_t max_network_devices = 256;
+inline constexpr double max_service_ms = 60000;
 
 struct network_settings {
   std::uint32_t devices = 4;
@@ -62,22 +68,40 @@ auto with_gossip(const std::string& name, std::size_t k, Run&& run) {
 // peers must all be started with the same values).
 inline void add_gossip_options(CLI::App* cmd, std::uint32_t& layers, std::size_t& k,
                                std::string& gossip) {
-  cmd->add_option("-M,--layers", layers, "Layers")->capture_default_str()->check(CLI::Range(1, 64));
-  cmd->add_option("-k,--fanout", k, "Peers per layer")->capture_default_str();
+  cmd->add_option("-M,--layers", layers, "Layers")
+      ->capture_default_str()
+      ->transform(count_in(1, max_models));
+  cmd->add_option("-k,--fanout", k, "Peers per layer (at most the devices - 1)")
+      ->capture_default_str()
+      ->transform(count_in(0, max_network_devices - 1));
   cmd->add_option("--gossip", gossip, "uniform, round-robin, least-loaded or power-of-2")
       ->capture_default_str()
       ->check(CLI::IsMember({"uniform", "round-robin", "least-loaded", "power-of-2"}));
 }
 
+/// A device's model when it is synthetic: mean `alpha_ms`, constant or exponential.
+inline moa::any_backend synthetic_device(std::uint32_t index, double alpha_ms, bool exponential,
+                                         std::uint64_t seed) {
+  const auto mean = duration_ms(alpha_ms);
+  return moa::any_backend(
+      moa::synthetic_backend({.name = "d" + std::to_string(index),
+                              .latency = exponential ? moa::latency_model::exponential(mean)
+                                                     : moa::latency_model::constant(mean),
+                              .seed = seed + index}));
+}
+
 inline int network_command(const network_settings& s) {
   const std::uint32_t n = s.devices;
+  if (s.alpha_ms.size() != 1 && s.alpha_ms.size() != n)
+    reject("--alpha-ms", std::to_string(s.alpha_ms.size()) + " values for " + std::to_string(n) +
+                             " devices; give one for all or one per device");
+  if (s.k > n - 1)
+    reject("--fanout", "k = " + std::to_string(s.k) + " is larger than the " +
+                           std::to_string(n - 1) + " other devices; give 0.." +
+                           std::to_string(n - 1));
   std::vector<double> alpha(n);
   for (std::uint32_t i = 0; i < n; ++i)
-    alpha[i] = s.alpha_ms.size() == 1 ? s.alpha_ms[0] : s.alpha_ms.at(i);
-  if (s.alpha_ms.size() != 1 && s.alpha_ms.size() != n)
-    throw moa::invalid_argument("--alpha-ms has " + std::to_string(s.alpha_ms.size()) +
-                                " values for " + std::to_string(n) +
-                                " devices; give one for all or one per device");
+    alpha[i] = s.alpha_ms.size() == 1 ? s.alpha_ms[0] : s.alpha_ms[i];
   const double limit = moa::queueing::heterogeneous_limit(s.layers, s.k, alpha);
   const double lambda = s.lambda > 0 ? s.lambda : s.load * limit;
   std::vector<double> rates(n, lambda);
@@ -86,33 +110,28 @@ inline int network_command(const network_settings& s) {
   const double scv = s.latency == "exponential" ? 1.0 : 0.0;
 
   std::vector<moa::any_backend> models;
-  for (std::uint32_t i = 0; i < n; ++i) {
-    const auto mean = std::chrono::nanoseconds(static_cast<std::int64_t>(alpha[i] * 1e6));
-    models.emplace_back(
-        moa::synthetic_backend({.name = "d" + std::to_string(i),
-                                .latency = scv > 0 ? moa::latency_model::exponential(mean)
-                                                   : moa::latency_model::constant(mean),
-                                .seed = s.seed + i}));
-  }
+  for (std::uint32_t i = 0; i < n; ++i)
+    models.push_back(synthetic_device(i, alpha[i], scv > 0, s.seed));
   const auto arrivals = moa::net::poisson_arrivals(rates, s.prompts, s.seed);
+  std::ostringstream out;  // printed whole, after the run: an error leaves no half table
   moa::net::network_options opt;
   opt.layers = s.layers;
   opt.device.capacity = s.capacity;
   opt.seed = s.seed;
   opt.keep_records = false;
-  std::cout << "network: n=" << n << " M=" << s.layers << " k=" << s.k << " gossip=" << s.gossip
-            << ", lambda=" << lambda << " per user per ms (" << lambda / limit
-            << " x the uniform limit " << limit << "), " << s.prompts << " prompts\n";
+  out << "network: n=" << n << " M=" << s.layers << " k=" << s.k << " gossip=" << s.gossip
+      << ", lambda=" << lambda << " per user per ms (" << lambda / limit << " x the uniform limit "
+      << limit << "), " << s.prompts << " prompts\n";
   const auto r = with_gossip(s.gossip, s.k, [&](auto g) {
     moa::net::network<decltype(g)> net(std::move(models), g, opt);
     return net.run(arrivals);
   });
-  std::cout << std::fixed << std::setprecision(3);
+  out << std::fixed << std::setprecision(3);
   // L(M/G/1) uses the nominal service time; L(calib.) the service each device measured (the
   // backend plus the protocol's own work, thread wake-ups included), which is what a live network
   // on a loaded machine should be held to.
-  std::cout << "device  rho(uniform)  util(live)  L(M/G/1)  L(calib.)  L(live)  served  refused  "
-               "max queue\n";
+  out << "device  rho(uniform)  util(live)  L(M/G/1)  L(calib.)  L(live)  served  refused  "
+         "max queue\n";
   for (std::uint32_t i = 0; i < n; ++i) {
     const auto& d = r.devices[i];
     const double arrival = rho[i] / alpha[i];
@@ -120,19 +139,20 @@ inline int network_command(const network_settings& s) {
     const double calibrated =
         d.mean_service > 0 ? moa::queueing::mg1(arrival, d.mean_service, scv).number_in_system
                            : q.number_in_system;
-    std::cout << std::setw(6) << i << std::setw(14) << rho[i] << std::setw(12) << d.utilisation
-              << std::setw(10) << q.number_in_system << std::setw(11) << calibrated << std::setw(9)
-              << d.mean_queue << std::setw(8) << d.completed << std::setw(9) << d.refused
-              << std::setw(11) << d.max_in_system << '\n';
+    out << std::setw(6) << i << std::setw(14) << rho[i] << std::setw(12) << d.utilisation
+        << std::setw(10) << q.number_in_system << std::setw(11) << calibrated << std::setw(9)
+        << d.mean_queue << std::setw(8) << d.completed << std::setw(9) << d.refused << std::setw(11)
+        << d.max_in_system << '\n';
   }
-  std::cout << "prompts: " << r.submitted << " submitted, " << r.complete << " complete, "
-            << r.degraded << " degraded, " << r.failed << " failed; refusals " << r.refusals
-            << ", re-routed " << r.reroutes << '\n'
-            << "latency: mean " << r.mean_latency << " ms, max " << r.max_latency
-            << " ms; throughput " << r.throughput << " prompts/ms over " << r.window << " ms\n"
-            << "analytic (uniform gossip): " << (verdict.stable ? "STABLE" : "UNSTABLE")
-            << ", bottleneck device " << verdict.bottleneck << " at rho " << verdict.max_utilisation
-            << '\n';
+  out << "prompts: " << r.submitted << " submitted, " << r.complete << " complete, " << r.degraded
+      << " degraded, " << r.failed << " failed; refusals " << r.refusals << ", re-routed "
+      << r.reroutes << '\n'
+      << "latency: mean " << r.mean_latency << " ms, max " << r.max_latency << " ms; throughput "
+      << r.throughput << " prompts/ms over " << r.window << " ms\n"
+      << "analytic (uniform gossip): " << (verdict.stable ? "STABLE" : "UNSTABLE")
+      << ", bottleneck device " << verdict.bottleneck << " at rho " << verdict.max_utilisation
+      << '\n';
+  std::cout << out.str();
   return r.accounted() ? 0 : 1;
 }
 
@@ -145,23 +165,35 @@ inline void add_network_command(CLI::App& app, int& exit_code) {
       "prints per-device statistics against the analytic prediction");
   cmd->add_option("-n,--devices", s->devices, "Devices")
       ->capture_default_str()
-      ->check(CLI::Range(1, 256));
+      ->transform(count_in(1, max_network_devices));
   add_gossip_options(cmd, s->layers, s->k, s->gossip);
   cmd->add_option("--alpha-ms", s->alpha_ms, "Mean service time in ms (one, or one per device)")
       ->capture_default_str()
-      ->delimiter(',');
+      ->delimiter(',')
+      ->check(number_in(0, max_service_ms, true));
   cmd->add_option("--load", s->load, "Fraction of the uniform stability limit")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--lambda", s->lambda, "Prompts per user per ms (overrides --load)");
-  cmd->add_option("--prompts", s->prompts, "Prompts in all")->capture_default_str();
+      ->check(number_in(0, 10, true));
+  cmd->add_option("--lambda", s->lambda, "Prompts per user per ms (overrides --load; 0: use it)")
+      ->check(number_in(0, 1000));
+  cmd->add_option("--prompts", s->prompts, "Prompts in all")
+      ->capture_default_str()
+      ->transform(count_in(1, 1000000));
   cmd->add_option("--latency", s->latency, "constant or exponential service times")
       ->capture_default_str()
       ->check(CLI::IsMember({"constant", "exponential"}));
   cmd->add_option("--capacity", s->capacity, "Queue capacity per device (0: unbounded)")
-      ->capture_default_str();
-  cmd->add_option("--seed", s->seed, "Seed")->capture_default_str();
-  cmd->callback([s, &exit_code] { exit_code = network_command(*s); });
+      ->capture_default_str()
+      ->transform(count_in(0, 1000000));
+  cmd->add_option("--seed", s->seed, "Seed")->capture_default_str()->transform(any_seed());
+  auto config = std::make_shared<std::string>();
+  cmd->add_option("--config", *config,
+                  "JSON file with the options (keys as the long options); options on the command "
+                  "line win");
+  cmd->callback([s, cmd, config, &exit_code] {
+    if (!config->empty()) apply_config(cmd, *config);
+    exit_code = network_command(*s);
+  });
 }
 
 #if MOA_CLI_ZMQ
@@ -183,6 +215,7 @@ struct device_settings {
   std::string model;
   std::string api_key_env = "OPENAI_API_KEY";
   int max_tokens = 256;
+  double http_timeout_ms = default_http_timeout_ms;
 };
 
 // Set by SIGTERM/SIGINT; a watcher thread turns it into a stop request (a signal handler may
@@ -201,18 +234,37 @@ inline moa::any_backend device_model(const device_settings& s) {
     o.api_key_env = s.api_key_env;
     o.name = "d" + std::to_string(s.index);
     o.extra["max_tokens"] = s.max_tokens;
+    o.timeout =
+        std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.http_timeout_ms));
     return moa::any_backend(moa::openai_backend(std::move(o)));
   }
 #endif
-  const auto mean = std::chrono::nanoseconds(static_cast<std::int64_t>(s.alpha_ms * 1e6));
-  return moa::any_backend(moa::synthetic_backend(
-      {.name = "d" + std::to_string(s.index),
-       .latency = s.latency == "exponential" ? moa::latency_model::exponential(mean)
-                                             : moa::latency_model::constant(mean),
-       .seed = s.seed + s.index}));
+  return synthetic_device(s.index, s.alpha_ms, s.latency == "exponential", s.seed);
+}
+
+/// A ZeroMQ endpoint as the device accepts it: tcp://, ipc:// or inproc://, not empty.
+inline CLI::Validator zmq_endpoint() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        for (const char* scheme : {"tcp://", "ipc://", "inproc://"})
+          if (v.rfind(scheme, 0) == 0 && v.size() > std::string_view(scheme).size() &&
+              v.size() <= 1024)
+            return {};
+        return "'" + v.substr(0, 64) + "' is not a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH)";
+      },
+      "tcp://HOST:PORT or ipc://PATH", "zmq endpoint");
 }
 
 inline int device_command(const device_settings& s) {
+  if (s.addresses.size() < 2 || s.addresses.size() > max_network_devices)
+    reject("--peers", std::to_string(s.addresses.size()) + " endpoints; a network has 2.." +
+                          std::to_string(max_network_devices) + " devices");
+  if (s.index >= s.addresses.size())
+    reject("--index", std::to_string(s.index) + " is not a position in --peers (0.." +
+                          std::to_string(s.addresses.size() - 1) + ")");
+  if (s.k > s.addresses.size() - 1)
+    reject("--fanout", "k = " + std::to_string(s.k) + " is larger than the " +
+                           std::to_string(s.addresses.size() - 1) + " other devices");
   auto model = device_model(s);
   moa::net::zmq_device_options opt;
   opt.index = s.index;
@@ -220,8 +272,10 @@ inline int device_command(const device_settings& s) {
   opt.bind = s.bind;
   opt.layers = s.layers;
   opt.device.capacity = s.capacity;
-  opt.peer_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.peer_timeout_ms));
-  opt.dead_after = std::chrono::milliseconds(static_cast<std::int64_t>(s.dead_after_ms));
+  opt.peer_timeout =
+      std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.peer_timeout_ms));
+  opt.dead_after =
+      std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.dead_after_ms));
   opt.seed = s.seed;
   std::signal(SIGTERM, [](int) { device_signalled().store(true); });
   std::signal(SIGINT, [](int) { device_signalled().store(true); });
@@ -234,11 +288,18 @@ inline int device_command(const device_settings& s) {
   std::cerr << "moa device " << s.index << ": serving at " << s.addresses.at(s.index) << " with "
             << s.addresses.size() - 1 << " peers, model "
             << (s.endpoint.empty() ? std::string("synthetic") : s.endpoint) << std::endl;
-  with_gossip(s.gossip, s.k, [&](auto g) {
-    moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
-    dev.run(stop.get_token());
-    return 0;
-  });
+  try {
+    with_gossip(s.gossip, s.k, [&](auto g) {
+      moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
+      dev.run(stop.get_token());
+      return 0;
+    });
+  } catch (const zmq::error_t& e) {
+    // Binding or connecting: an address in use, a host that does not resolve, a bad endpoint.
+    stop.request_stop();
+    reject("--peers/--bind", std::string("ZeroMQ refused an endpoint: ") + e.what() + " (bind " +
+                                 (s.bind.empty() ? s.addresses[s.index] : s.bind) + ")");
+  }
   std::cerr << "moa device " << s.index << ": stopped" << std::endl;
   return 0;
 }
@@ -250,31 +311,43 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
       "device",
       "Runs one device of a ZeroMQ network of processes: its model (synthetic, or --endpoint), "
       "its address and its peers' (every device's endpoint, in order; this one is --index)");
-  cmd->add_option("--index", s->index, "This device's position in --peers")->required();
+  cmd->add_option("--index", s->index, "This device's position in --peers")
+      ->required()
+      ->transform(count_in(0, max_network_devices - 1));
   cmd->add_option("--peers", s->addresses, "Every device's endpoint, e.g. tcp://10.0.0.7:5550")
       ->required()
-      ->delimiter(',');
-  cmd->add_option("--bind", s->bind,
-                  "Endpoint to bind (default: this device's, e.g. tcp://*:5550)");
+      ->delimiter(',')
+      ->check(zmq_endpoint());
+  cmd->add_option("--bind", s->bind, "Endpoint to bind (default: this device's, e.g. tcp://*:5550)")
+      ->check(zmq_endpoint());
   add_gossip_options(cmd, s->layers, s->k, s->gossip);
   cmd->add_option("--alpha-ms", s->alpha_ms, "Mean service time of the model (ms)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(0, max_service_ms, true));
   cmd->add_option("--latency", s->latency, "constant or exponential")
       ->capture_default_str()
       ->check(CLI::IsMember({"constant", "exponential"}));
   cmd->add_option("--capacity", s->capacity, "Queue capacity (0: unbounded)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(count_in(0, 1000000));
   cmd->add_option("--peer-timeout-ms", s->peer_timeout_ms, "Per-peer deadline")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(1, max_duration_ms));
   cmd->add_option("--dead-after-ms", s->dead_after_ms, "Silence after which a peer is dead")
-      ->capture_default_str();
-  cmd->add_option("--seed", s->seed, "Seed")->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(1, max_duration_ms));
+  cmd->add_option("--seed", s->seed, "Seed")->capture_default_str()->transform(any_seed());
 #if MOA_CLI_OPENAI
   cmd->add_option(
-      "--endpoint", s->endpoint,
-      "OpenAI-compatible endpoint of this device's model, e.g. http://127.0.0.1:8080/v1 "
-      "(default: a synthetic model)");
+         "--endpoint", s->endpoint,
+         "OpenAI-compatible endpoint of this device's model, e.g. http://127.0.0.1:8080/v1 "
+         "(default: a synthetic model)")
+      ->check(http_url());
   cmd->add_option("--model", s->model, "Model name sent to the endpoint");
+  cmd->add_option("--http-timeout-ms", s->http_timeout_ms,
+                  "Deadline of each HTTP call when the network sets none earlier")
+      ->capture_default_str()
+      ->transform(timeout_ms());
   cmd->add_option("--api-key-env", s->api_key_env, "Environment variable holding the API key")
       ->capture_default_str();
   cmd->add_option("--max-tokens", s->max_tokens, "Tokens per answer (with --endpoint)")

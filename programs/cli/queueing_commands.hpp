@@ -11,16 +11,21 @@
 // A network can also come from a JSON file (--config), with the keys of the long options:
 //   {"devices": 4, "layers": 2, "fanout": 2, "lambda": [0.1, 0.1, 0.2, 0.1], "alpha": 1.0,
 //    "adjacency": [[0,1,0,1], ...]}   (adjacency: gossip to graph neighbours instead of uniform)
+// Options on the command line win over the file; an unknown key, a wrong type or a value out of
+// range is an error naming the key (exit 2).
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
-#include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -46,53 +51,72 @@ struct network_options {
   std::string service = "exponential";
   double sigma = 0.5;
 
-  void add_to(CLI::App* cmd) {
-    cmd->add_option("-n,--devices", devices, "Number of devices n")->capture_default_str();
-    cmd->add_option("-m,--layers", layers, "Proposer layers M")->capture_default_str();
-    cmd->add_option("-k,--fanout", fanout, "Gossip peers per layer k")->capture_default_str();
+  CLI::App* cmd = nullptr;
+
+  void add_to(CLI::App* c) {
+    cmd = c;
+    cmd->add_option("-n,--devices", devices, "Number of devices n")
+        ->capture_default_str()
+        ->transform(count_in(1, max_devices));
+    cmd->add_option("-m,--layers", layers, "Proposer layers M")
+        ->capture_default_str()
+        ->transform(count_in(1, max_models));
+    cmd->add_option("-k,--fanout", fanout, "Gossip peers per layer k (at most n - 1)")
+        ->capture_default_str()
+        ->transform(count_in(0, max_devices - 1));
     cmd->add_option("--lambda", lambda, "Prompt rate per user (one, or one per device)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(number_in(0, 1e9));
     cmd->add_option("--alpha", alpha, "Mean inference time (one, or one per device)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(number_in(0, 1e9, true));
     cmd->add_option("--service", service, "Service times: exponential, constant or lognormal")
         ->check(CLI::IsMember({"exponential", "constant", "lognormal"}))
         ->capture_default_str();
     cmd->add_option("--sigma", sigma, "Lognormal: standard deviation of log time")
-        ->capture_default_str();
-    cmd->add_option("--config", config, "JSON file with the network (keys as the long options)")
-        ->check(CLI::ExistingFile);
+        ->capture_default_str()
+        ->check(number_in(0, max_sigma));
+    cmd->add_option("--config", config,
+                    "JSON file with the network: keys as the long options, plus \"adjacency\" "
+                    "(an n x n 0/1 matrix); options on the command line win");
   }
 
+  /// Reads --config into the options not given on the command line, then checks what the
+  /// options cannot check alone. Runs before anything is allocated by n.
   void load() {
-    if (config.empty()) return;
-    std::ifstream in(config);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-      if (j.contains("devices")) devices = j["devices"].get<std::size_t>();
-      if (j.contains("layers")) layers = j["layers"].get<std::size_t>();
-      if (j.contains("fanout")) fanout = j["fanout"].get<std::size_t>();
-      auto numbers = [&](const char* key, std::vector<double>& out) {
-        if (!j.contains(key)) return;
-        out = j[key].is_array() ? j[key].get<std::vector<double>>()
-                                : std::vector<double>{j[key].get<double>()};
-      };
-      numbers("lambda", lambda);
-      numbers("alpha", alpha);
-      if (j.contains("adjacency"))
-        adjacency = j["adjacency"].get<std::vector<std::vector<double>>>();
-      if (j.contains("service")) service = j["service"].get<std::string>();
-      if (j.contains("sigma")) sigma = j["sigma"].get<double>();
-    } catch (const nlohmann::json::exception& e) {
-      MOA_THROW(moa::invalid_argument("moa: cannot read " + config + ": " + e.what()));
+    if (!config.empty()) {
+      const auto rest = apply_config(cmd, config, {"adjacency"});
+      if (rest.contains("adjacency")) {
+        const auto& a = rest["adjacency"];
+        const std::string key = "--config " + config + ", key \"adjacency\"";
+        if (!a.is_array() || a.size() != devices)
+          reject(key, "must be a list of " + std::to_string(devices) + " rows (one per device)");
+        adjacency.assign(devices, {});
+        for (std::size_t i = 0; i < devices; ++i) {
+          if (!a[i].is_array() || a[i].size() != devices)
+            reject(key, "row " + std::to_string(i) + " must hold " + std::to_string(devices) +
+                            " numbers; give an n x n matrix");
+          for (const auto& x : a[i]) {
+            if (!x.is_number() || !std::isfinite(x.get<double>()) || x.get<double>() < 0)
+              reject(key, "row " + std::to_string(i) + " holds " + x.dump() +
+                              "; entries are finite numbers >= 0 (0: no edge)");
+            adjacency[i].push_back(x.get<double>());
+          }
+        }
+      }
     }
+    if (fanout > devices - 1)
+      reject("--fanout", "k = " + std::to_string(fanout) + " is larger than the " +
+                             std::to_string(devices - 1) + " other devices; give 1.." +
+                             std::to_string(devices - 1));
+    for (const auto* v : {&lambda, &alpha})
+      if (v->size() != 1 && v->size() != devices)
+        reject(v == &lambda ? "--lambda" : "--alpha",
+               std::to_string(v->size()) + " values for " + std::to_string(devices) +
+                   " devices; give 1 or " + std::to_string(devices));
   }
 
-  [[nodiscard]] Eigen::VectorXd per_device(const std::vector<double>& v, const char* name) const {
-    if (v.size() != 1 && v.size() != devices)
-      MOA_THROW(moa::invalid_argument(
-          "moa: --" + std::string(name) + " has " + std::to_string(v.size()) + " values for " +
-          std::to_string(devices) + " devices; give 1 or " + std::to_string(devices)));
+  [[nodiscard]] Eigen::VectorXd per_device(const std::vector<double>& v) const {
     Eigen::VectorXd out(static_cast<Eigen::Index>(devices));
     for (std::size_t i = 0; i < devices; ++i) out(Eigen::Index(i)) = v.size() == 1 ? v[0] : v[i];
     return out;
@@ -100,17 +124,10 @@ struct network_options {
 
   [[nodiscard]] Eigen::MatrixXd inclusion() const {
     if (adjacency.empty()) return moa::queueing::uniform_inclusion(devices, fanout);
-    const auto n = static_cast<Eigen::Index>(adjacency.size());
+    const auto n = static_cast<Eigen::Index>(devices);  // load() checked the shape
     Eigen::MatrixXd a(n, n);
-    for (Eigen::Index i = 0; i < n; ++i) {
-      if (adjacency[std::size_t(i)].size() != adjacency.size())
-        MOA_THROW(moa::invalid_argument("moa: adjacency row " + std::to_string(i) +
-                                        " has the wrong length; give an n x n matrix"));
+    for (Eigen::Index i = 0; i < n; ++i)
       for (Eigen::Index j = 0; j < n; ++j) a(i, j) = adjacency[std::size_t(i)][std::size_t(j)];
-    }
-    if (std::size_t(n) != devices)
-      MOA_THROW(moa::invalid_argument("moa: the adjacency matrix has " + std::to_string(n) +
-                                      " rows for " + std::to_string(devices) + " devices"));
     return moa::queueing::graph_inclusion(a, fanout);
   }
 
@@ -129,9 +146,9 @@ struct analysed_network {
   Eigen::MatrixXd inclusion;
   moa::queueing::stability_report report;
 
-  explicit analysed_network(network_options& o)
-      : lambda((o.load(), o.per_device(o.lambda, "lambda"))),
-        alpha(o.per_device(o.alpha, "alpha")),
+  explicit analysed_network(const network_options& o)
+      : lambda(o.per_device(o.lambda)),
+        alpha(o.per_device(o.alpha)),
         // Uniform gossip needs no n x n matrix: O(n) for any n (moa stability -n 1000000).
         inclusion(o.adjacency.empty() ? Eigen::MatrixXd() : o.inclusion()),
         report(o.adjacency.empty()
@@ -145,8 +162,20 @@ struct analysed_network {
   }
 };
 
+/// A number for a table: "-" when there is none (NaN: nothing measured), so a table never says
+/// "nan".
+inline std::string cell(double x, int width, int precision) {
+  char buf[64];
+  if (std::isnan(x))
+    std::snprintf(buf, sizeof buf, "%*s", width, "-");
+  else
+    std::snprintf(buf, sizeof buf, "%*.*f", width, precision, x);
+  return buf;
+}
+
 inline void stability_command(network_options& o, const std::string& format) {
   namespace q = moa::queueing;
+  o.load();
   const analysed_network net(o);
   const auto& [lambda, alpha, p, r] = net;
   const double scv = o.model(1.0).scv();
@@ -158,6 +187,7 @@ inline void stability_command(network_options& o, const std::string& format) {
     return uniform ? (*uniform)(std::uint32_t(d))
                    : q::latency(r, o.layers, p, alpha, std::uint32_t(d), scv);
   };
+  std::ostringstream out;  // printed whole: an error never leaves half a table behind
   if (format == "json") {
     auto j = q::to_json(r);
     nlohmann::json per = nlohmann::json::array();
@@ -174,22 +204,31 @@ inline void stability_command(network_options& o, const std::string& format) {
     std::cout << j.dump(2) << '\n';
     return;
   }
-  std::printf("network: n = %zu devices, M = %zu layers, k = %zu peers (%s gossip)\n", o.devices,
-              o.layers, o.fanout, o.adjacency.empty() ? "uniform" : "graph");
-  std::printf("verdict: %s, margin %.4f (max utilisation %.4f at device %zu)\n",
-              r.stable ? "STABLE" : "UNSTABLE", r.margin, r.max_utilisation, r.bottleneck);
-  std::printf("rates can be scaled by up to %.4f before the network saturates\n", r.max_scale);
-  std::printf("\n%6s %10s %8s %10s %10s %12s %12s\n", "device", "calls/t", "rho", "queue",
-              "sojourn", "latency lo", "latency ~");
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "network: n = %zu devices, M = %zu layers, k = %zu peers (%s gossip)\n", o.devices,
+                o.layers, o.fanout, o.adjacency.empty() ? "uniform" : "graph");
+  out << line;
+  std::snprintf(line, sizeof line,
+                "verdict: %s, margin %.4f (max utilisation %.4f at device %zu)\n",
+                r.stable ? "STABLE" : "UNSTABLE", r.margin, r.max_utilisation, r.bottleneck);
+  out << line;
+  std::snprintf(line, sizeof line,
+                "rates can be scaled by up to %.4f before the network saturates\n", r.max_scale);
+  out << line;
+  std::snprintf(line, sizeof line, "\n%6s %10s %8s %10s %10s %12s %12s\n", "device", "calls/t",
+                "rho", "queue", "sojourn", "latency lo", "latency ~");
+  out << line;
   for (Eigen::Index d = 0; d < lambda.size(); ++d) {
     const auto est = q::mg1(r.arrival(d), alpha(d), scv);
     const auto lat = latency_of(d);
-    std::printf("%6td %10.4f %8.4f %10.4f %10.4f %12.4f %12.4f\n", d, r.arrival(d),
-                r.utilisation(d), est.number_in_system, est.sojourn, lat.lower, lat.approx);
+    out << std::setw(6) << d << cell(r.arrival(d), 11, 4) << cell(r.utilisation(d), 9, 4)
+        << cell(est.number_in_system, 11, 4) << cell(est.sojourn, 11, 4) << cell(lat.lower, 13, 4)
+        << cell(lat.approx, 13, 4) << '\n';
   }
-  std::printf(
-      "\nqueue and sojourn: M/G/1 (Pollaczek-Khinchine) per device; latency: fork-join "
-      "lower bound and Nelson-Tantawi estimate for a prompt born at the device\n");
+  out << "\nqueue and sojourn: M/G/1 (Pollaczek-Khinchine) per device; latency: fork-join "
+         "lower bound and Nelson-Tantawi estimate for a prompt born at the device\n";
+  std::cout << out.str();
 }
 
 struct simulate_options {
@@ -203,35 +242,72 @@ struct simulate_options {
   double sample_period = 0;
 };
 
+/// Points of a sweep at most, and samples of the queue series per run at most: each bounds memory.
+inline constexpr std::uint64_t max_sweep_steps = 1000;
+inline constexpr double max_samples = 1e6;
+
+/// `--sweep FROM:TO:STEPS`, checked: fractions of the stability limit, 0 < FROM <= TO <= 10.
+inline std::vector<double> sweep_fractions(const std::string& sweep) {
+  if (sweep.empty()) return {1.0};
+  const auto bad = [&sweep] {
+    reject("--sweep", "'" + sweep.substr(0, 64) +
+                          "' must read FROM:TO:STEPS, fractions of the stability limit with "
+                          "0 < FROM <= TO <= 10 and STEPS in [1, " +
+                          std::to_string(max_sweep_steps) + "], e.g. 0.1:0.95:10");
+  };
+  const auto a = sweep.find(':');
+  const auto b = a == std::string::npos ? a : sweep.find(':', a + 1);
+  if (b == std::string::npos) bad();
+  double from = 0, to = 0;
+  std::uint64_t steps = 0;
+  if (!parse_number(std::string_view(sweep).substr(0, a), from) ||
+      !parse_number(std::string_view(sweep).substr(a + 1, b - a - 1), to) ||
+      !parse_count(std::string_view(sweep).substr(b + 1), steps) || !(from > 0) || !(to >= from) ||
+      to > 10 || steps < 1 || steps > max_sweep_steps)
+    bad();
+  std::vector<double> out;
+  for (std::uint64_t i = 0; i < steps; ++i)
+    out.push_back(from + (to - from) * (steps > 1 ? double(i) / double(steps - 1) : 0));
+  return out;
+}
+
 inline void simulate_command(network_options& o, const simulate_options& s) {
   namespace q = moa::queueing;
+  // Every check before the analysis, the simulation and the first line of output.
+  o.load();
+  const auto fractions = sweep_fractions(s.sweep);
+  if (s.warmup >= s.horizon)
+    reject("--warmup", number_text(s.warmup) + " is not below the horizon " +
+                           number_text(s.horizon) + "; nothing would be measured");
+  if (s.sample_period > 0 && s.horizon / s.sample_period > max_samples)
+    reject("--sample", "a period of " + number_text(s.sample_period) + " over a horizon of " +
+                           number_text(s.horizon) + " records more than " +
+                           number_text(max_samples) + " samples per device; raise it to at least " +
+                           number_text(s.horizon / max_samples));
+  output_file csv(s.csv, "--csv");
+  output_file json_file(s.json, "--json");
   const analysed_network net(o);
   const auto& [lambda, alpha, p, base] = net;
+  // Without --sweep the rates run as given; a sweep scales them by fractions of the limit.
   std::vector<double> scales{1.0};
   if (!s.sweep.empty()) {
-    double from = 0, to = 0;
-    int steps = 0;
-    if (std::sscanf(s.sweep.c_str(), "%lf:%lf:%d", &from, &to, &steps) != 3 || steps < 1 ||
-        !(from > 0) || !(to >= from))
-      MOA_THROW(moa::invalid_argument("moa: --sweep '" + s.sweep +
-                                      "' must read FROM:TO:STEPS, fractions of the stability "
-                                      "limit with 0 < FROM <= TO, e.g. 0.1:0.95:10"));
+    if (!std::isfinite(base.max_scale))
+      reject("--sweep", "the network has no stability limit to scale (no load at all)");
     scales.clear();
-    for (int i = 0; i < steps; ++i)
-      scales.push_back((from + (to - from) * (steps > 1 ? double(i) / (steps - 1) : 0)) *
-                       base.max_scale);
+    for (double f : fractions) scales.push_back(f * base.max_scale);
   }
   const auto n = static_cast<std::uint32_t>(o.devices);
   const bool progress = progress_wanted();
-  nlohmann::json out = nlohmann::json::array();
-  std::ofstream csv;
-  if (!s.csv.empty()) {
-    csv.open(s.csv);
-    csv << "scale,max_rho,stable,mean_queue,mean_queue_ci,mean_latency,mean_latency_ci,p50,p95,"
-           "p99,throughput,growth_rate\n";
-  }
-  std::printf("%8s %8s %9s %16s %18s %9s %9s %9s\n", "scale", "max rho", "verdict", "mean queue",
-              "mean latency", "p50", "p95", "p99");
+  nlohmann::json points = nlohmann::json::array();
+  std::ostringstream table, csv_text;
+  char line[512];
+  csv_text << "scale,max_rho,stable,mean_queue,mean_queue_ci,mean_latency,mean_latency_ci,p50,p95,"
+              "p99,throughput,growth_rate\n";
+  std::snprintf(line, sizeof line, "%8s %8s %9s %16s %18s %9s %9s %9s\n", "scale", "max rho",
+                "verdict", "mean queue", "mean latency", "p50", "p95", "p99");
+  table << line;
+  // NaN (a run stopped by the backlog limit completes no prompt) is an empty CSV field.
+  const auto csv_cell = [](double x) { return std::isfinite(x) ? number_text(x) : std::string(); };
   for (std::size_t i = 0; i < scales.size(); ++i) {
     q::sim_config cfg;
     cfg.lambda.assign(lambda.data(), lambda.data() + lambda.size());
@@ -260,28 +336,43 @@ inline void simulate_command(network_options& o, const simulate_options& s) {
       queue_ci += e.half_width / double(n);
     }
     const double rho = base.max_utilisation * scales[i];
-    std::printf("%8.4f %8.4f %9s %9.3f+-%-6.3f %10.3f+-%-7.3f %9.3f %9.3f %9.3f\n", scales[i], rho,
-                rep.stable                                ? "stable"
-                : rep.unstable_runs * 2 > rep.runs.size() ? "UNSTABLE"
-                                                          : "undecided",
-                queue, queue_ci, rep.mean_latency.mean, rep.mean_latency.half_width, rep.p50.mean,
-                rep.p95.mean, rep.p99.mean);
+    const bool stopped = std::any_of(rep.runs.begin(), rep.runs.end(),
+                                     [](const q::run_result& r) { return r.truncated; });
+    std::snprintf(line, sizeof line, "%8.4f %8.4f %9s ", scales[i], rho,
+                  rep.stable                                ? "stable"
+                  : rep.unstable_runs * 2 > rep.runs.size() ? "UNSTABLE"
+                                                            : "undecided");
+    table << line << cell(queue, 9, 3) << "+-" << std::left << cell(queue_ci, 6, 3) << std::right
+          << cell(rep.mean_latency.mean, 11, 3) << "+-" << std::left
+          << cell(rep.mean_latency.half_width, 7, 3) << std::right << cell(rep.p50.mean, 10, 3)
+          << cell(rep.p95.mean, 10, 3) << cell(rep.p99.mean, 10, 3) << '\n';
     if (!rep.stable)
-      std::printf("         backlog grows by %.4f calls per unit time\n", rep.growth_rate.mean);
-    if (csv)
-      csv << scales[i] << ',' << rho << ',' << rep.stable << ',' << queue << ',' << queue_ci << ','
-          << rep.mean_latency.mean << ',' << rep.mean_latency.half_width << ',' << rep.p50.mean
-          << ',' << rep.p95.mean << ',' << rep.p99.mean << ',' << rep.throughput.mean << ','
-          << rep.growth_rate.mean << '\n';
-    if (!s.json.empty()) {
+      table << "         backlog grows by " << cell(rep.growth_rate.mean, 0, 4)
+            << " calls per unit time"
+            << (stopped ? "; stopped at the backlog limit (no latency measured: -)" : "") << '\n';
+    csv_text << number_text(scales[i]) << ',' << number_text(rho) << ',' << rep.stable << ','
+             << csv_cell(queue) << ',' << csv_cell(queue_ci) << ','
+             << csv_cell(rep.mean_latency.mean) << ',' << csv_cell(rep.mean_latency.half_width)
+             << ',' << csv_cell(rep.p50.mean) << ',' << csv_cell(rep.p95.mean) << ','
+             << csv_cell(rep.p99.mean) << ',' << csv_cell(rep.throughput.mean) << ','
+             << csv_cell(rep.growth_rate.mean) << '\n';
+    if (json_file) {
       nlohmann::json point = {{"scale", scales[i]}, {"max_rho", rho}, {"stable", rep.stable}};
       nlohmann::json runs = nlohmann::json::array();
       for (const auto& r : rep.runs) runs.push_back(q::to_json(r));
       point["runs"] = runs;
-      out.push_back(point);
+      points.push_back(point);
     }
   }
-  if (!s.json.empty()) std::ofstream(s.json) << out.dump(2) << '\n';
+  std::cout << table.str();
+  if (csv) {
+    csv.stream() << csv_text.str();
+    csv.finish();
+  }
+  if (json_file) {
+    json_file.stream() << points.dump(2) << '\n';
+    json_file.finish();
+  }
 }
 
 /// Adds `moa stability`.
@@ -308,18 +399,33 @@ inline void add_simulate_command(CLI::App& app) {
       "Discrete-event simulation of a distributed MoA network (one point or a lambda sweep), "
       "with confidence intervals over replications");
   network->add_to(cmd);
-  cmd->add_option("--horizon", sim->horizon, "Virtual time per run")->capture_default_str();
-  cmd->add_option("--warmup", sim->warmup, "Warm-up time removed (default: 10% of horizon)");
+  cmd->add_option("--horizon", sim->horizon, "Virtual time per run")
+      ->capture_default_str()
+      ->check(number_in(0, 1e9, true));
+  cmd->add_option("--warmup", sim->warmup,
+                  "Warm-up time removed, below the horizon (default: 10% of it)")
+      ->check(number_in(0, 1e9));
   cmd->add_option("-r,--replications", sim->replications, "Independent runs per point")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
-  cmd->add_option("-j,--threads", sim->threads, "Threads (0: all cores)")->capture_default_str();
-  cmd->add_option("--seed", sim->seed, "Seed of replication 0")->capture_default_str();
+      ->transform(count_in(1, 10000));
+  cmd->add_option("-j,--threads", sim->threads, "Threads (0: all cores)")
+      ->capture_default_str()
+      ->transform(count_in(0, 1024));
+  cmd->add_option("--seed", sim->seed, "Seed of replication 0")
+      ->capture_default_str()
+      ->transform(any_seed());
   cmd->add_option("--sweep", sim->sweep,
-                  "FROM:TO:STEPS: scale lambda from FROM to TO times the stability limit");
-  cmd->add_option("--sample", sim->sample_period, "Record queue lengths this often (JSON series)");
-  cmd->add_option("--csv", sim->csv, "Write the summary of each point to this CSV file");
-  cmd->add_option("--json", sim->json, "Write every run (and series) to this JSON file");
+                  "FROM:TO:STEPS: scale lambda from FROM to TO times the stability limit "
+                  "(0 < FROM <= TO <= 10, STEPS in [1, " +
+                      std::to_string(max_sweep_steps) + "])");
+  cmd->add_option("--sample", sim->sample_period,
+                  "Record queue lengths this often (JSON series; 0: never; at most " +
+                      number_text(max_samples) + " samples per run)")
+      ->check(number_in(0, 1e9));
+  cmd->add_option("--csv", sim->csv,
+                  "Write the summary of each point to this CSV file (-: stdout)");
+  cmd->add_option("--json", sim->json,
+                  "Write every run (and series) to this JSON file (-: stdout)");
   cmd->callback([network, sim] { simulate_command(*network, *sim); });
 }
 

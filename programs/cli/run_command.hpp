@@ -12,6 +12,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@ namespace moa::cli {
 
 struct run_settings {
   std::string prompt;
+  std::string prompt_file;
   std::size_t layers = 2;
   std::size_t proposers = 3;
   std::size_t aggregator = 0;
@@ -45,6 +47,7 @@ struct run_settings {
   std::string model;
   std::string api_key_env = "OPENAI_API_KEY";
   int max_tokens = 256;
+  double http_timeout_ms = default_http_timeout_ms;
   policy_options policy;
 };
 
@@ -89,7 +92,13 @@ inline nlohmann::json to_json(const moa::result& r) {
           {"aggregation", r.aggregation ? to_json(*r.aggregation) : nlohmann::json(nullptr)}};
 }
 
-inline int run_command(const run_settings& s) {
+inline int run_command(run_settings& s) {
+  // Everything that can be refused is refused before a backend is built or a file written.
+  if (!s.prompt_file.empty())
+    s.prompt = read_text(s.prompt_file, "--prompt-file", max_prompt_bytes);
+  else if (s.prompt.size() > max_prompt_bytes)
+    reject("prompt", "longer than " + std::to_string(max_prompt_bytes) + " bytes");
+  output_file dot(s.dot_file, "--dot");
   std::vector<moa::any_backend> backends;
   const std::size_t count = std::max(s.proposers, s.aggregator + 1);
 #if MOA_CLI_OPENAI
@@ -100,6 +109,8 @@ inline int run_command(const run_settings& s) {
     o.model = s.model;
     o.api_key_env = s.api_key_env;
     o.name = model_name(i);
+    o.timeout =
+        std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.http_timeout_ms));
     backends.emplace_back(moa::openai_backend(std::move(o)));
   }
 #endif
@@ -127,11 +138,8 @@ inline int run_command(const run_settings& s) {
   opt.quorum = s.quorum;
   opt.aggregation = s.policy.make();
   if (s.strict) opt.on_aggregator_failure = moa::aggregator_fallback::fail;
-  using ms = std::chrono::duration<double, std::milli>;
-  if (s.timeout_ms > 0)
-    opt.timeout = std::chrono::duration_cast<moa::clock::duration>(ms(s.timeout_ms));
-  if (s.call_timeout_ms > 0)
-    opt.call_timeout = std::chrono::duration_cast<moa::clock::duration>(ms(s.call_timeout_ms));
+  if (s.timeout_ms > 0) opt.timeout = duration_ms(s.timeout_ms);
+  if (s.call_timeout_ms > 0) opt.call_timeout = duration_ms(s.call_timeout_ms);
   const bool progress = progress_wanted();
   std::atomic<std::size_t> done{0};
   const std::size_t total = pipeline.plan().size();
@@ -154,24 +162,29 @@ inline int run_command(const run_settings& s) {
   }
   if (progress) std::fprintf(stderr, "\r%*s\r", 24, "");
 
-  if (!s.dot_file.empty()) std::ofstream(s.dot_file) << pipeline.dot(r.trace);
+  std::ostringstream out;
   if (s.format == "json") {
-    std::cout << to_json(r).dump(2) << '\n';
+    // Answers from servers may hold invalid UTF-8: replaced, never thrown on.
+    out << to_json(r).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
   } else {
-    std::cout << "status: " << moa::to_string(r.status) << '\n';
-    if (r.has_answer()) std::cout << "answer: " << r.answer << '\n';
-    if (!r.error.empty()) std::cout << "error: " << r.error << '\n';
-    std::cout << "tokens: " << r.usage.prompt_tokens << " in, " << r.usage.completion_tokens
-              << " out; " << std::chrono::duration<double, std::milli>(r.elapsed).count()
-              << " ms\n";
+    out << "status: " << moa::to_string(r.status) << '\n';
+    if (r.has_answer()) out << "answer: " << r.answer << '\n';
+    if (!r.error.empty()) out << "error: " << r.error << '\n';
+    out << "tokens: " << r.usage.prompt_tokens << " in, " << r.usage.completion_tokens << " out; "
+        << std::chrono::duration<double, std::milli>(r.elapsed).count() << " ms\n";
     if (r.aggregation) {
       const auto& a = *r.aggregation;
-      std::cout << "policy: " << a.policy << " (" << a.calls.size() << " calls of its own";
-      if (a.calls_saved > 0) std::cout << ", " << a.calls_saved << " plan calls saved";
-      std::cout << (a.fallback ? ", fell back" : "") << ")\n";
-      for (const auto& note : a.notes) std::cout << "  " << note << '\n';
+      out << "policy: " << a.policy << " (" << a.calls.size() << " calls of its own";
+      if (a.calls_saved > 0) out << ", " << a.calls_saved << " plan calls saved";
+      out << (a.fallback ? ", fell back" : "") << ")\n";
+      for (const auto& note : a.notes) out << "  " << note << '\n';
     }
-    std::cout << '\n' << r.trace;
+    out << '\n' << r.trace;
+  }
+  std::cout << out.str();
+  if (dot) {
+    dot.stream() << pipeline.dot(r.trace);
+    dot.finish();
   }
   return r.has_answer() ? 0 : 1;
 }
@@ -182,22 +195,28 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
       "run",
       "Run one prompt through a layered MoA of embedded synthetic models and print the "
       "answer and the trace of every call");
-  cmd->add_option("prompt", settings->prompt, "The prompt")->required();
+  auto* prompt = cmd->add_option("prompt", settings->prompt, "The prompt");
+  auto* prompt_file = cmd->add_option("--prompt-file", settings->prompt_file,
+                                      "Read the prompt from this file (-: stdin), at most " +
+                                          std::to_string(max_prompt_bytes >> 20) + " MiB");
+  prompt->excludes(prompt_file);
+  prompt_file->excludes(prompt);
   cmd->add_option("-l,--layers", settings->layers,
                   "Number of proposer layers M (0: aggregator only)")
       ->capture_default_str()
-      ->check(CLI::Range(0, 64));
+      ->transform(count_in(0, max_models));
   cmd->add_option("-p,--proposers", settings->proposers, "Proposers per layer (models 0..P-1)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 64));
+      ->transform(count_in(1, max_models));
   cmd->add_option("-a,--aggregator", settings->aggregator, "Index of the aggregating model")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(count_in(0, max_models - 1));
   cmd->add_option("-e,--executor", settings->executor, "inline (sequential) or concurrent")
       ->capture_default_str()
       ->check(CLI::IsMember({"inline", "concurrent"}));
   cmd->add_option("--threads", settings->threads, "Worker threads of the concurrent executor")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
+      ->transform(count_in(1, 1024));
   cmd->add_option("-f,--format", settings->format, "Output: table or json")
       ->capture_default_str()
       ->check(CLI::IsMember({"table", "json"}));
@@ -207,21 +226,23 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"zero", "constant", "exponential", "lognormal"}));
   cmd->add_option("--latency-ms", settings->latency.mean_ms, "Mean latency in milliseconds")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(number_in(0, max_latency_ms));
   cmd->add_option("--sigma", settings->latency.sigma, "Lognormal sigma (log-space sd)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(number_in(0, max_sigma));
   cmd->add_option("--error-rate", settings->error_rate, "Fraction of calls that fail")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", settings->seed, "Seed of the synthetic models")->capture_default_str();
-  cmd->add_option("--timeout-ms", settings->timeout_ms, "Deadline of the whole run (0: none)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--call-timeout-ms", settings->call_timeout_ms, "Deadline of each call (0: none)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(number_in(0.0, 1.0));
+  cmd->add_option("--seed", settings->seed, "Seed of the synthetic models")
+      ->capture_default_str()
+      ->transform(any_seed());
+  cmd->add_option("--timeout-ms", settings->timeout_ms, "Deadline of the whole run")
+      ->transform(timeout_ms());
+  cmd->add_option("--call-timeout-ms", settings->call_timeout_ms, "Deadline of each call")
+      ->transform(timeout_ms());
   cmd->add_option("-q,--quorum", settings->quorum, "Answers a layer needs to go on")
       ->capture_default_str()
-      ->check(CLI::Range(1, 64));
+      ->transform(count_in(1, max_models));
   cmd->add_flag("--strict", settings->strict,
                 "Fail the run when the aggregator fails (default: degraded answer)");
   cmd->add_option("--policy", settings->policy.name,
@@ -233,22 +254,29 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
       ->capture_default_str()
       ->check(CLI::IsMember({"whole", "number", "letter"}));
   cmd->add_option("--judge", settings->policy.judge,
-                  "Backend that judges or ranks (judge, rank-fuse, sparse; default: --aggregator)");
+                  "Backend that judges or ranks (judge, rank-fuse, sparse; default: --aggregator)")
+      ->transform(count_in(0, max_models - 1));
   cmd->add_option("--top", settings->policy.top, "rank-fuse: answers fused")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->transform(count_in(1, max_models));
   cmd->add_option("--keep", settings->policy.keep, "sparse: answers passed on per layer")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->transform(count_in(1, max_models));
   cmd->add_flag("--moderate", settings->policy.moderate,
                 "sparse: stop early when every answer agrees (by --extract)");
-  cmd->add_option("--dot", settings->dot_file, "Write the run as Graphviz DOT to this file");
+  cmd->add_option("--dot", settings->dot_file,
+                  "Write the run as Graphviz DOT to this file (-: stdout)");
 #if MOA_CLI_OPENAI
   cmd->add_option("--endpoint", settings->endpoints,
                   "OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (repeatable; model i "
                   "uses endpoint i mod count; replaces the synthetic models)")
-      ->allow_extra_args(false);
+      ->allow_extra_args(false)
+      ->check(http_url());
   cmd->add_option("--model", settings->model, "Model name sent to the endpoints");
+  cmd->add_option("--http-timeout-ms", settings->http_timeout_ms,
+                  "Deadline of each HTTP call when the run sets none earlier")
+      ->capture_default_str()
+      ->transform(timeout_ms());
   cmd->add_option("--api-key-env", settings->api_key_env,
                   "Environment variable holding the API key")
       ->capture_default_str();
@@ -256,7 +284,11 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
 #endif
-  cmd->callback([settings, &exit_code] { exit_code = run_command(*settings); });
+  cmd->callback([settings, prompt, &exit_code] {
+    if (settings->prompt_file.empty() && prompt->count() == 0)
+      reject("prompt", "give the prompt as an argument or with --prompt-file FILE (-: stdin)");
+    exit_code = run_command(*settings);
+  });
 }
 
 }  // namespace moa::cli

@@ -13,6 +13,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,8 @@
 #endif
 
 #include <moa/swarm/planted.hpp>
+
+#include "cli/common.hpp"
 
 namespace moa::cli {
 
@@ -49,6 +52,7 @@ struct search_settings {
   std::string model{};
   std::string api_key_env = "OPENAI_API_KEY";
   int max_tokens = 64;
+  double http_timeout_ms = default_http_timeout_ms;
   std::string dataset_path{};
   std::string score = "exact";
   // --joint: Heterogeneous Swarms' joint loop (roles and weights) on tunable synthetic models.
@@ -56,16 +60,18 @@ struct search_settings {
   std::size_t rounds = 5;
 };
 
+/// A dataset's size at most (it is read whole).
+inline constexpr std::size_t max_dataset_bytes = std::size_t{64} << 20;
+
 /// Reads a dataset: one JSON object a line, {"prompt": "...", "reference": "..."}.
 inline std::vector<moa::swarm::example> read_dataset(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw CLI::ValidationError("--dataset", "cannot open " + path);
+  std::istringstream in(read_text(path, "--dataset", max_dataset_bytes));
   std::vector<moa::swarm::example> data;
   std::string line;
   for (std::size_t number = 1; std::getline(in, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() ||
+    const auto j = parse_json_text(line, "--dataset " + path + ":" + std::to_string(number), 4);
+    if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() ||
         !j.contains("reference") || !j["reference"].is_string())
       throw CLI::ValidationError("--dataset", path + ":" + std::to_string(number) +
                                                   ": expected {\"prompt\": \"...\", "
@@ -96,28 +102,23 @@ inline nlohmann::json topology_json(const moa::swarm::topology_search_result& r,
   return j;
 }
 
-/// Writes the best topology as JSON (--json, - for stdout) and DOT (--dot).
-inline void write_search_outputs(const search_settings& s, const nlohmann::json& j,
+/// Writes the best topology as JSON (--json, - for stdout) and DOT (--dot), into the files that
+/// run_search opened before the search started.
+inline void write_search_outputs(output_file& json, output_file& dot, const nlohmann::json& j,
                                  const moa::dag_topology& best,
                                  const std::vector<std::string>& names) {
-  const auto json = j.dump(2);
-  if (s.json_path == "-") {
-    std::cout << json << '\n';
-  } else {
-    std::ofstream out(s.json_path);
-    if (!(out << json << '\n'))
-      throw CLI::RuntimeError("moa search: cannot write " + s.json_path, 1);
-  }
-  if (!s.dot_path.empty()) {
-    std::ofstream out(s.dot_path);
-    if (!(out << best.to_dot(names, "moa_search")))
-      throw CLI::RuntimeError("moa search: cannot write " + s.dot_path, 1);
+  json.stream() << j.dump(2) << '\n';
+  json.finish();
+  if (dot) {
+    dot.stream() << best.to_dot(names, "moa_search");
+    dot.finish();
   }
 }
 
 /// `moa search --joint`: roles and weights, alternated, on the tunable planted models. The utility
 /// is uncached: a model's answers change with its weights.
-inline void run_joint_search(const search_settings& s, moa::swarm::planted_swarm& bed) {
+inline void run_joint_search(const search_settings& s, moa::swarm::planted_swarm& bed,
+                             output_file& json_out, output_file& dot_out) {
   if (!s.endpoints.empty())
     throw CLI::ValidationError("--joint",
                                "the joint search tunes model weights, which "
@@ -161,11 +162,13 @@ inline void run_joint_search(const search_settings& s, moa::swarm::planted_swarm
   json["rounds"] = r.rounds;
   for (const auto& p : r.parameters)
     json["parameters"].push_back(std::vector<double>(p.data(), p.data() + p.size()));
-  write_search_outputs(s, json, r.best, bed.names);
+  write_search_outputs(json_out, dot_out, json, r.best, bed.names);
   std::fprintf(stderr, "best utility %.3f after %zu rounds\n", r.utility, r.rounds);
 }
 
 inline void run_search(const search_settings& s) {
+  output_file json(s.json_path.empty() ? std::string("-") : s.json_path, "--json");
+  output_file dot(s.dot_path, "--dot");
   std::vector<std::string> names;
   std::function<double(const moa::dag_topology&)> utility;
   std::unique_ptr<moa::swarm::planted_swarm> bed;
@@ -188,6 +191,8 @@ inline void run_search(const search_settings& s) {
       o.api_key_env = s.api_key_env;
       o.name = model_name(i);
       o.extra = {{"max_tokens", s.max_tokens}};
+      o.timeout =
+          std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.http_timeout_ms));
       names.push_back(o.name);
       remote.emplace_back(moa::openai_backend(std::move(o)));
     }
@@ -205,7 +210,7 @@ inline void run_search(const search_settings& s) {
       throw CLI::ValidationError("--models", "between 1 and 16 synthetic models");
     for (std::size_t i = 0; i < s.models; ++i) names.push_back(model_name(i));
     bed = std::make_unique<moa::swarm::planted_swarm>(s.models, s.plant_seed, names, s.joint);
-    if (s.joint) return run_joint_search(s, *bed);
+    if (s.joint) return run_joint_search(s, *bed, json, dot);
     const std::vector<moa::swarm::example> data = {{"Why is the sky blue?", ""},
                                                    {"What is 17 * 23?", ""}};
     utility = moa::swarm::dataset_utility(
@@ -229,7 +234,7 @@ inline void run_search(const search_settings& s) {
               "iteration %zu: best %.3f, this iteration %.3f (mean %.3f), %zu evaluations\n",
               p.iteration, p.best_utility, p.iteration_best, p.iteration_mean, p.evaluations);
       });
-  write_search_outputs(s, topology_json(r, names), r.best, names);
+  write_search_outputs(json, dot, topology_json(r, names), r.best, names);
   std::fprintf(stderr, "best utility %.3f after %zu iterations (%s)\n", r.utility, r.iterations,
                std::string(moa::swarm::to_string(r.stop)).c_str());
 }
@@ -242,30 +247,34 @@ inline void add_search_command(CLI::App& app) {
       "Search a DAG topology (Heterogeneous Swarms PSO) over synthetic models with a "
       "planted best DAG; writes the best topology as JSON and DOT");
   cmd->add_option("--models", settings->models, "Number of models (one node each)")
-      ->check(CLI::Range(1, 16))
+      ->transform(count_in(1, 16))
       ->capture_default_str();
-  cmd->add_option("--seed", settings->seed, "Seed of the search")->capture_default_str();
+  cmd->add_option("--seed", settings->seed, "Seed of the search")
+      ->capture_default_str()
+      ->transform(any_seed());
   cmd->add_option("--plant-seed", settings->plant_seed, "Seed of the planted best DAG")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(any_seed());
   cmd->add_option("--particles", settings->particles, "PSO particles")
-      ->check(CLI::Range(1, 1000))
+      ->transform(count_in(1, 1000))
       ->capture_default_str();
   cmd->add_option("--iterations", settings->iterations, "Iteration cap")
-      ->check(CLI::Range(1, 100000))
+      ->transform(count_in(1, 100000))
       ->capture_default_str();
   cmd->add_option("--patience", settings->patience,
                   "Stop after this many iterations without "
                   "improvement")
-      ->check(CLI::Range(1, 100000))
+      ->transform(count_in(1, 100000))
       ->capture_default_str();
   cmd->add_option("--step", settings->step, "PSO step length")
-      ->check(CLI::PositiveNumber)
+      ->check(number_in(0, 1e6, true))
       ->capture_default_str();
   cmd->add_option("--top-p", settings->top_p, "Decode by top-p sampling (0: greedy)")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_in(0.0, 1.0))
       ->capture_default_str();
   cmd->add_option("--threads", settings->threads, "Utility threads (0: one per core)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(count_in(0, 1024));
   cmd->add_option("--json", settings->json_path,
                   "Where to write the best topology as JSON (-: stdout)")
       ->capture_default_str();
@@ -280,7 +289,8 @@ inline void add_search_command(CLI::App& app) {
 #if MOA_CLI_OPENAI
   cmd->add_option("--endpoint", settings->endpoints,
                   "OpenAI-compatible base URL of a model (repeat: one model per endpoint; "
-                  "replaces the synthetic models, needs --dataset)");
+                  "replaces the synthetic models, needs --dataset)")
+      ->check(http_url());
   cmd->add_option("--model", settings->model, "Model name sent to the endpoints");
   cmd->add_option("--api-key-env", settings->api_key_env,
                   "Environment variable holding the API key")
@@ -288,9 +298,13 @@ inline void add_search_command(CLI::App& app) {
   cmd->add_option("--max-tokens", settings->max_tokens, "Tokens per answer")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
+  cmd->add_option("--http-timeout-ms", settings->http_timeout_ms, "Deadline of each HTTP call")
+      ->capture_default_str()
+      ->transform(timeout_ms());
   cmd->add_option("--dataset", settings->dataset_path,
-                  "JSON lines {\"prompt\": ..., \"reference\": ...} that score a topology")
-      ->check(CLI::ExistingFile);
+                  "JSON lines {\"prompt\": ..., \"reference\": ...} that score a topology (at "
+                  "most " +
+                      std::to_string(max_dataset_bytes >> 20) + " MiB)");
   cmd->add_option("--score", settings->score,
                   "exact (exact match) or choice (multiple-choice letter)")
       ->check(CLI::IsMember({"exact", "choice"}))

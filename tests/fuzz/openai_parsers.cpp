@@ -1,31 +1,49 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target for the wire parsers of moa/backends/openai (clang -fsanitize=fuzzer,address):
 // arbitrary bytes as a completion body, as an error body, and as an event stream fed in pieces
-// whose sizes come from the input. Every outcome must be an answer or a moa::http_error: any
-// other exception, a crash or a sanitizer report is a bug. scripts/test.sh's `fuzz` stage runs it
-// for a bounded time from a corpus of recorded server answers (tests/fixtures/openai).
+// whose sizes come from the input. Every outcome must be an answer or a moa::http_error whose
+// message is valid UTF-8: any other exception, a crash or a sanitizer report is a bug.
+// scripts/test.sh's `fuzz` stage runs it for a bounded time from a corpus of recorded server
+// answers (tests/fixtures/openai).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 
+#include <nlohmann/json.hpp>
+
 #include <moa/backends/openai/protocol.hpp>
 
 namespace {
+
+// Every message made from a server's bytes is valid UTF-8 (a JSON dump would throw otherwise):
+// what `moa run --format json` prints.
+void require_utf8(const std::string& s) {
+  try {
+    (void)nlohmann::json(s).dump();
+  } catch (...) {
+    std::abort();
+  }
+}
 
 void completion(std::string_view data) {
   try {
     const auto r =
         moa::openai::parse_response(data, {.url = "fuzz", .request_id = {}, .status = 200});
     (void)r;
-  } catch (const moa::http_error&) {
+  } catch (const moa::http_error& e) {
+    require_utf8(e.what());
   }
   try {
-    (void)moa::openai::parse_error_info(data, {.url = "fuzz", .request_id = {}, .status = 400});
+    const auto info =
+        moa::openai::parse_error_info(data, {.url = "fuzz", .request_id = {}, .status = 400});
+    require_utf8(moa::http_error(info).what());
   } catch (...) {
     std::abort();  // parse_error_info must never throw
   }
+  for (std::size_t limit : {std::size_t{0}, std::size_t{3}, std::size_t{200}, data.size()})
+    require_utf8(moa::openai::detail::snippet(data, limit));
 }
 
 void stream(std::string_view data, std::uint8_t step) {
@@ -39,7 +57,8 @@ void stream(std::string_view data, std::uint8_t step) {
       sse.feed(data.substr(i, n), [&](std::string_view event) { acc.on_data(event, on_token); });
     const auto r = acc.finish();
     if (r.text != text) std::abort();  // the answer is exactly what was streamed
-  } catch (const moa::http_error&) {
+  } catch (const moa::http_error& e) {
+    require_utf8(e.what());
   }
 }
 

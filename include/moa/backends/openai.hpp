@@ -7,15 +7,22 @@
 /// (server-sent events), with retries, deadlines, cancellation and typed errors.
 ///
 /// The only moa header that needs libcurl and nlohmann-json (link `CURL::libcurl` and
-/// `nlohmann_json::nlohmann_json`). The wire format lives in moa/backends/openai/protocol.hpp and
-/// the errors in moa/backends/openai/errors.hpp; see docs/HTTP.md for the whole story.
+/// `nlohmann_json::nlohmann_json`). Split by concern under moa/backends/openai/: options.hpp (the
+/// settings and the retry policy), protocol.hpp (the wire format), errors.hpp (the typed errors),
+/// transfer.hpp (one attempt on libcurl, shared by both paths) and usage.hpp (token accounting);
+/// this header holds the backend: the synchronous path, the asynchronous I/O thread, and one
+/// retry_state that both use. See docs/HTTP.md for the whole story.
 ///
 /// | concern      | behaviour                                                                  |
 /// |--------------|----------------------------------------------------------------------------|
 /// | transport    | libcurl, one easy+multi handle pair per concurrent call, pooled and reused |
 /// |              | (keep-alive); the call runs on the caller's thread, no hidden threads     |
 /// | async        | generate_async: one shared I/O thread drives every call on one curl_multi |
-/// | deadline     | request::deadline bounds every attempt and the waits between them         |
+/// | deadline     | the earlier of request::deadline and openai_options::timeout (default 5   |
+/// |              | min; 0: none) bounds every attempt and the waits between them             |
+/// | limits       | max_response_bytes caps whole and streamed answers alike; http/https only |
+/// | hostile text | invalid UTF-8 from a server is replaced (U+FFFD), never thrown on; the     |
+/// |              | user:password and query of a URL never appear in an error or a trace     |
 /// | cancellation | request::stop aborts the transfer at once (curl_multi_wakeup)              |
 /// | retries      | connection errors, 429, 5xx: exponential backoff with jitter, Retry-After |
 /// | errors       | http_error (status, server message, request id), context_length_error,     |
@@ -48,7 +55,10 @@
 #include <vector>
 
 #include "moa/backends/openai/errors.hpp"
+#include "moa/backends/openai/options.hpp"
 #include "moa/backends/openai/protocol.hpp"
+#include "moa/backends/openai/transfer.hpp"
+#include "moa/backends/openai/usage.hpp"
 #include "moa/core/async_backend.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
@@ -56,206 +66,6 @@
 #include "moa/exec/result.hpp"
 
 namespace moa {
-
-/// @brief When and how often a failed call is tried again.
-///
-/// Retried: no connection (refused, reset, DNS), HTTP 429 and 5xx, a stream that broke before
-/// its first token. Never retried: other 4xx (the request is wrong; repeating it cannot help), a
-/// context-length error, a stream that already delivered tokens (they reached the callback).
-/// The wait before attempt n+1 is `min(max_backoff, initial_backoff * multiplier^(n-1))`, of
-/// which a random fraction up to `jitter` is taken off (so that clients that failed together do
-/// not retry together), and at least the server's `Retry-After`. No wait passes the request's
-/// deadline: the last error is thrown instead.
-struct retry_policy {
-  int max_attempts = 3;  ///< attempts in all, the first included; 1 disables retries
-  std::chrono::milliseconds initial_backoff{200};
-  std::chrono::milliseconds max_backoff{5000};
-  double multiplier = 2.0;
-  double jitter = 0.5;  ///< in [0, 1]
-  /// A longer Retry-After is not waited for: the error is thrown at once.
-  std::chrono::milliseconds max_retry_after{30000};
-
-  /// The wait after `attempt` failed attempts (attempt >= 1), for a uniform draw `u` in [0, 1).
-  [[nodiscard]] std::chrono::nanoseconds backoff(int attempt, double u) const noexcept {
-    double d = static_cast<double>(std::chrono::nanoseconds(initial_backoff).count());
-    const double cap = static_cast<double>(std::chrono::nanoseconds(max_backoff).count());
-    for (int i = 1; i < attempt && d < cap; ++i) d *= multiplier;
-    d = std::min(d, cap);
-    d *= 1.0 - std::clamp(jitter, 0.0, 1.0) * std::clamp(u, 0.0, 1.0);
-    return std::chrono::nanoseconds(static_cast<std::int64_t>(d));
-  }
-};
-
-/// @brief Settings of an openai_backend.
-struct openai_options {
-  /// Up to and including the API version: moa posts to `{base_url}/chat/completions`.
-  std::string base_url = "http://127.0.0.1:8080/v1";
-  std::string model{};    ///< sent as `model`; omitted when empty (llama.cpp serves one model)
-  std::string api_key{};  ///< sent as `Authorization: Bearer ...`; empty: read api_key_env
-  /// The environment variable holding the key when api_key is empty (nothing sent if unset).
-  std::string api_key_env = "OPENAI_API_KEY";
-  std::string name{};  ///< the name in traces; empty: the model, else the base URL
-  retry_policy retry{};
-  std::chrono::milliseconds connect_timeout{10000};
-  /// Merged into every request body last (JSON merge patch): server-specific parameters such as
-  /// `{"ignore_eos": true, "top_k": 40}`, or overrides of moa's (`null` removes a field).
-  nlohmann::json extra = nlohmann::json::object();
-  bool stream_usage = true;  ///< ask streams for a final usage chunk (stream_options.include_usage)
-  std::size_t max_response_bytes = std::size_t{64} << 20;  ///< a larger answer is an error
-  std::vector<std::string> headers{};                      ///< extra HTTP headers, "Name: value"
-};
-
-namespace openai::detail {
-
-inline void global_init() {
-  // curl_global_init is not thread-safe on every libcurl build: do it once, before any handle.
-  static const bool done = [] {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-      MOA_THROW(backend_error("moa::openai: curl_global_init failed"));
-    return true;
-  }();
-  (void)done;
-}
-
-struct curl_slist_deleter {
-  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
-};
-using header_list = std::unique_ptr<curl_slist, curl_slist_deleter>;
-
-/// A transfer's pair of handles. The multi handle gives the call a poll it can wake (stop) and
-/// bound (deadline); it also keeps the connection cache, so a reused pair reuses its connection.
-struct handle {
-  CURL* easy = curl_easy_init();
-  CURLM* multi = curl_multi_init();
-  handle() {
-    if (!easy || !multi) MOA_THROW(backend_error("moa::openai: cannot create a curl handle"));
-  }
-  handle(const handle&) = delete;
-  handle& operator=(const handle&) = delete;
-  ~handle() {
-    curl_multi_cleanup(multi);
-    curl_easy_cleanup(easy);
-  }
-};
-
-/// What one attempt collects while curl runs its callbacks.
-struct transfer {
-  CURL* easy = nullptr;
-  const openai_options* opt = nullptr;
-  openai::wire_context ctx{};
-  bool want_stream = false;
-  token_callback* on_token = nullptr;
-  clock::time_point started{};
-  clock::time_point first_token{};
-
-  bool decided = false;    // status known and the body's kind chosen
-  bool streaming = false;  // the body is parsed as SSE as it comes
-  std::string body{};      // the whole body when not streaming
-  std::string retry_after{};
-  std::string content_type{};
-  openai::sse_parser sse{};
-  openai::stream_accumulator acc{};
-  std::exception_ptr error{};  // thrown by a parser or the token callback, rethrown after curl
-  bool too_large = false;
-
-  void decide() {
-    decided = true;
-    long status = 0;
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-    ctx.status = static_cast<int>(status);
-    // Parse as a stream only a 2xx event stream: an error answer to a stream request is JSON.
-    streaming = want_stream && status >= 200 && status < 300 &&
-                openai::detail::lower(content_type).find("text/event-stream") != std::string::npos;
-    if (streaming) acc = openai::stream_accumulator(ctx);
-  }
-
-  static std::size_t on_write(char* data, std::size_t size, std::size_t n, void* self) noexcept {
-    auto& t = *static_cast<transfer*>(self);
-    const std::string_view bytes(data, size * n);
-    try {
-      if (!t.decided) t.decide();
-      if (t.streaming) {
-        t.sse.feed(bytes, [&t](std::string_view event) {
-          t.acc.on_data(event, [&t](std::string_view token) {
-            if (t.first_token == clock::time_point{}) t.first_token = clock::now();
-            if (t.on_token) (*t.on_token)(token);
-          });
-        });
-      } else {
-        if (t.body.size() + bytes.size() > t.opt->max_response_bytes) {
-          t.too_large = true;
-          return 0;
-        }
-        t.body.append(bytes);
-      }
-    } catch (...) {
-      t.error = std::current_exception();
-      return 0;  // aborts the transfer; the exception is rethrown by the caller
-    }
-    return bytes.size();
-  }
-
-  static std::size_t on_header(char* data, std::size_t size, std::size_t n, void* self) noexcept {
-    auto& t = *static_cast<transfer*>(self);
-    std::string_view line(data, size * n);
-    try {
-      if (line.substr(0, 5) == "HTTP/") {  // a new answer (after 100 Continue): forget the last
-        t.retry_after.clear();
-        t.content_type.clear();
-        return line.size();
-      }
-      const auto colon = line.find(':');
-      if (colon == std::string_view::npos) return line.size();
-      const auto name = openai::detail::lower(line.substr(0, colon));
-      auto value = line.substr(colon + 1);
-      while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
-        value.remove_prefix(1);
-      while (!value.empty() &&
-             (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
-        value.remove_suffix(1);
-      if (name == "x-request-id" || name == "request-id")
-        t.ctx.request_id = std::string(value);
-      else if (name == "retry-after")
-        t.retry_after = std::string(value);
-      else if (name == "content-type")
-        t.content_type = std::string(value);
-    } catch (...) {
-      return 0;  // out of memory on a header: abort
-    }
-    return line.size();
-  }
-};
-
-/// One attempt: what curl's callbacks fill in, the headers and curl's message. curl keeps their
-/// addresses while the transfer runs, so an attempt never moves.
-struct attempt {
-  transfer t{};
-  header_list headers{};
-  char curl_message[CURL_ERROR_SIZE] = {};
-  attempt() = default;
-  attempt(const attempt&) = delete;
-  attempt& operator=(const attempt&) = delete;
-};
-
-/// Seconds a `Retry-After` value asks for: delta-seconds or an HTTP date; -1 when absent or bad.
-inline double parse_retry_after(const std::string& value) {
-  if (value.empty()) return -1.0;
-  if (std::all_of(value.begin(), value.end(), [](unsigned char c) { return std::isdigit(c); }))
-    return std::strtod(value.c_str(), nullptr);
-  const auto when = curl_getdate(value.c_str(), nullptr);
-  if (when < 0) return -1.0;
-  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                       std::chrono::system_clock::now().time_since_epoch())
-                       .count();
-  return std::max<double>(0.0, static_cast<double>(when - now));
-}
-
-inline double uniform01() {
-  thread_local std::mt19937_64 gen{std::random_device{}()};
-  return std::uniform_real_distribution<double>(0.0, 1.0)(gen);
-}
-
-}  // namespace openai::detail
 
 /// @brief A backend for an OpenAI-compatible `POST {base_url}/chat/completions` endpoint.
 ///
@@ -305,8 +115,8 @@ class openai_backend {
 
   [[nodiscard]] std::string_view name() const noexcept { return s_->name; }
   [[nodiscard]] const openai_options& options() const noexcept { return s_->opt; }
-  /// The URL requests go to.
-  [[nodiscard]] const std::string& endpoint() const noexcept { return s_->url; }
+  /// The URL requests go to, as it may be shown (a user:password or query replaced by `***`).
+  [[nodiscard]] const std::string& endpoint() const noexcept { return s_->shown; }
 
   /// Counters since construction, shared by copies.
   struct statistics {
@@ -329,11 +139,20 @@ class openai_backend {
       if (opt.base_url.empty())
         MOA_THROW(invalid_argument(
             "moa::openai_backend: base_url is empty; give e.g. http://127.0.0.1:8080/v1"));
+      if (!openai::detail::http_scheme(opt.base_url))
+        MOA_THROW(invalid_argument("moa::openai_backend: base_url '" +
+                                   openai::detail::redact_url(opt.base_url) +
+                                   "' is not an http:// or https:// URL"));
+      if (opt.timeout.count() < 0)
+        MOA_THROW(invalid_argument("moa::openai_backend: timeout is negative; 0 means none"));
       openai::detail::global_init();
       std::string base = opt.base_url;
       while (!base.empty() && base.back() == '/') base.pop_back();
       url = base + "/chat/completions";
-      name = !opt.name.empty() ? opt.name : !opt.model.empty() ? opt.model : base;
+      shown = openai::detail::redact_url(url);
+      name = !opt.name.empty()    ? opt.name
+             : !opt.model.empty() ? opt.model
+                                  : openai::detail::redact_url(base);
       key = opt.api_key;
       if (key.empty() && !opt.api_key_env.empty())
         if (const char* k = std::getenv(opt.api_key_env.c_str())) key = k;
@@ -362,12 +181,21 @@ class openai_backend {
     io_loop& loop();
 
     [[noreturn]] void throw_timeout(int attempts) const {
-      MOA_THROW(timeout_error("moa::openai: " + url + ": no complete answer before the call's " +
+      MOA_THROW(timeout_error("moa::openai: " + shown + ": no complete answer before the call's " +
                               "deadline (after " + std::to_string(attempts) +
-                              " attempt(s)); raise the run's call_timeout or lower max_tokens"));
+                              " attempt(s)); raise the run's call_timeout or the backend's "
+                              "timeout, or lower max_tokens"));
     }
     [[noreturn]] void throw_cancelled() const {
-      MOA_THROW(cancelled_error("moa::openai: " + url + ": the call was cancelled"));
+      MOA_THROW(cancelled_error("moa::openai: " + shown + ": the call was cancelled"));
+    }
+    /// The call's deadline: the request's, or sooner by openai_options::timeout.
+    [[nodiscard]] clock::time_point deadline(const request& r) const noexcept {
+      if (opt.timeout.count() <= 0) return r.deadline;
+      const auto now = clock::now();
+      if (r.deadline <= now) return r.deadline;
+      // Compared as a distance from now, so a far-away request deadline cannot overflow.
+      return r.deadline - now > opt.timeout ? now + opt.timeout : r.deadline;
     }
 
     // Both paths: set up `easy` for one attempt that collects into `a`.
@@ -382,13 +210,38 @@ class openai_backend {
                                        clock::time_point deadline) const;
 
     openai_options opt;
-    std::string url, name, key;
+    std::string url, shown, name, key;  // shown: url as errors and traces may print it
     std::mutex mutex;
     std::vector<std::unique_ptr<openai::detail::handle>> free;
     std::atomic<std::uint64_t> calls{0}, attempts{0}, retries{0};
     std::atomic<std::size_t> created{0};
     std::mutex loop_mutex;
     std::shared_ptr<io_loop> io;  // set by the first asynchronous call
+  };
+
+  // One call's retries, whichever path drives it (the caller's thread in a loop, or the I/O
+  // thread on timers): the same checks before every attempt and the same decision after a
+  // failure, so the two paths cannot drift apart.
+  struct retry_state {
+    shared* owner = nullptr;
+    clock::time_point deadline{};
+    std::stop_token stop{};
+    int attempt = 0;  // attempts started
+
+    // Starts the next attempt, or throws why there is none: cancelled, or past the deadline.
+    void begin() {
+      if (stop.stop_requested()) owner->throw_cancelled();
+      if (clock::now() >= deadline) owner->throw_timeout(attempt);
+      owner->attempts.fetch_add(1, std::memory_order_relaxed);
+      ++attempt;
+    }
+    // When the next attempt may start after `e` ended this one (which delivered `delivered`
+    // tokens); throws the final error when there is to be none.
+    clock::time_point failed(const http_error& e, std::size_t delivered) {
+      const auto wait = owner->next_wait(e, attempt, delivered, deadline);
+      owner->retries.fetch_add(1, std::memory_order_relaxed);
+      return clock::now() + wait;
+    }
   };
 
   // Returns the handle to the pool on every path, exceptions included.
@@ -404,17 +257,14 @@ class openai_backend {
     s_->calls.fetch_add(1, std::memory_order_relaxed);
     const std::string body = openai::build_request_body(r, s_->opt.model, on_token != nullptr,
                                                         s_->opt.extra, s_->opt.stream_usage);
-    for (int attempt = 1;; ++attempt) {
-      if (r.stop.stop_requested()) s_->throw_cancelled();
-      if (clock::now() >= r.deadline) s_->throw_timeout(attempt - 1);
-      s_->attempts.fetch_add(1, std::memory_order_relaxed);
+    retry_state retry{s_.get(), s_->deadline(r), r.stop};
+    for (;;) {
+      retry.begin();
       std::size_t delivered = 0;
       try {
-        return attempt_once(r, body, on_token, delivered);
+        return attempt_once(r, retry.deadline, body, on_token, delivered);
       } catch (const http_error& e) {
-        const auto wait = s_->next_wait(e, attempt, delivered, r.deadline);
-        s_->retries.fetch_add(1, std::memory_order_relaxed);
-        sleep_until(clock::now() + wait, r.stop);
+        sleep_until(retry.failed(e, delivered), r.stop);
       }
     }
   }
@@ -432,8 +282,8 @@ class openai_backend {
     if (stop.stop_requested()) s_->throw_cancelled();
   }
 
-  response attempt_once(const request& r, const std::string& body, token_callback* on_token,
-                        std::size_t& delivered) const {
+  response attempt_once(const request& r, clock::time_point deadline, const std::string& body,
+                        token_callback* on_token, std::size_t& delivered) const {
     lease l{*s_, s_->acquire()};
     CURL* easy = l.h->easy;
     CURLM* multi = l.h->multi;
@@ -465,14 +315,14 @@ class openai_backend {
       delivered = a.t.acc.chunks();
       if (r.stop.stop_requested()) s_->throw_cancelled();
       const auto now = clock::now();
-      if (now >= r.deadline) s_->throw_timeout(1);
+      if (now >= deadline) s_->throw_timeout(1);
       // Wake at least every second even without traffic, and at the deadline.
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(r.deadline - now);
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
       const int wait_ms = static_cast<int>(std::clamp<std::int64_t>(left.count() + 1, 1, 1000));
       curl_multi_poll(multi, nullptr, 0, wait_ms, nullptr);
     }
     delivered = a.t.acc.chunks();
-    return s_->conclude(a, result, r.deadline, r.stop, on_token);
+    return s_->conclude(a, result, deadline, r.stop, on_token);
   }
 
   static bool retryable_curl(CURLcode c) noexcept {
@@ -509,10 +359,8 @@ class openai_backend {
     shared* owner;
     completion done;
     std::string body{};
-    std::stop_token stop{};
-    clock::time_point deadline{};
+    retry_state retry{};
     std::optional<token_callback> on_token{};
-    int attempt = 0;           // attempts started
     clock::time_point wake{};  // without a transfer: when the next attempt starts
     CURL* easy = nullptr;      // the transfer in flight, if any
     std::optional<openai::detail::attempt> current{};
@@ -655,7 +503,7 @@ class openai_backend::io_loop {
     void adopt(std::vector<std::unique_ptr<async_call>> in) {
       for (auto& c : in) {
         // Runs the waker at once if stop was already requested; tick() then sees it.
-        c->on_stop.emplace(c->stop, async_call::waker{multi_});
+        c->on_stop.emplace(c->retry.stop, async_call::waker{multi_});
         calls_.push_back(std::move(c));
       }
     }
@@ -673,7 +521,7 @@ class openai_backend::io_loop {
         if (c->owner == owner && !c->over)
           end(*c, {},
               std::make_exception_ptr(
-                  cancelled_error("moa::openai: " + owner->url +
+                  cancelled_error("moa::openai: " + owner->shown +
                                   ": the backend was destroyed while this call was in flight")));
     }
 
@@ -702,9 +550,9 @@ class openai_backend::io_loop {
         auto& c = *p;
         if (c.over) continue;
         try {
-          if (c.stop.stop_requested()) c.owner->throw_cancelled();
+          if (c.retry.stop.stop_requested()) c.owner->throw_cancelled();
           if (c.easy != nullptr) {
-            if (now >= c.deadline) c.owner->throw_timeout(c.attempt);
+            if (now >= c.retry.deadline) c.owner->throw_timeout(c.retry.attempt);
           } else if (now >= c.wake) {
             start_attempt(c);
           }
@@ -715,9 +563,7 @@ class openai_backend::io_loop {
     }
 
     void start_attempt(async_call& c) {
-      if (clock::now() >= c.deadline) c.owner->throw_timeout(c.attempt);
-      c.owner->attempts.fetch_add(1, std::memory_order_relaxed);
-      ++c.attempt;
+      c.retry.begin();
       c.current.emplace();
       CURL* e = take_easy();
       try {
@@ -756,7 +602,7 @@ class openai_backend::io_loop {
       std::optional<response> answer;
       std::exception_ptr error;
       try {
-        answer = c.owner->conclude(*c.current, result, c.deadline, c.stop, c.tokens());
+        answer = c.owner->conclude(*c.current, result, c.retry.deadline, c.retry.stop, c.tokens());
       } catch (...) {
         error = std::current_exception();
       }
@@ -766,9 +612,7 @@ class openai_backend::io_loop {
         std::rethrow_exception(error);
       } catch (const http_error& e) {
         try {
-          const auto wait = c.owner->next_wait(e, c.attempt, c.current->t.acc.chunks(), c.deadline);
-          c.owner->retries.fetch_add(1, std::memory_order_relaxed);
-          c.wake = clock::now() + wait;
+          c.wake = c.retry.failed(e, c.current->t.acc.chunks());
         } catch (...) {
           end(c, {}, std::current_exception());
         }
@@ -801,7 +645,8 @@ class openai_backend::io_loop {
       const auto now = clock::now();
       auto next = now + std::chrono::seconds(1);
       for (const auto& c : calls_)
-        next = std::min(next, c->easy != nullptr ? c->deadline : std::min(c->wake, c->deadline));
+        next = std::min(
+            next, c->easy != nullptr ? c->retry.deadline : std::min(c->wake, c->retry.deadline));
       if (next <= now) return 0;
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count();
       return static_cast<int>(std::clamp<std::int64_t>(ms + 1, 0, 1000));
@@ -828,8 +673,7 @@ inline void openai_backend::start_async(const request& r, token_callback* on_tok
     auto c = std::make_unique<async_call>(s_.get(), done);
     c->body = openai::build_request_body(r, s_->opt.model, on_token != nullptr, s_->opt.extra,
                                          s_->opt.stream_usage);
-    c->stop = r.stop;
-    c->deadline = r.deadline;
+    c->retry = {s_.get(), s_->deadline(r), r.stop};
     if (on_token) c->on_token.emplace(*on_token);
     s_->loop().submit(std::move(c));
   } catch (...) {
@@ -854,7 +698,7 @@ inline void openai_backend::shared::prepare(CURL* easy, openai::detail::attempt&
   auto& t = a.t;
   t.easy = easy;
   t.opt = &opt;
-  t.ctx.url = url;
+  t.ctx.url = shown;
   t.want_stream = on_token != nullptr;
   t.on_token = on_token;
   t.started = clock::now();
@@ -887,6 +731,16 @@ inline void openai_backend::shared::prepare(CURL* easy, openai::detail::attempt&
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::max<std::int64_t>(1, opt.connect_timeout.count())));
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, a.curl_message);
+  // http and https only, redirects included (never file://, whose content could end up in an
+  // error message). CURLOPT_PROTOCOLS_STR is 7.85+; the bitmask is what older libcurl has.
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  curl_easy_setopt(easy, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS,
+                   static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
 }
 
 inline response openai_backend::shared::conclude(openai::detail::attempt& a, CURLcode result,
@@ -905,12 +759,13 @@ inline response openai_backend::shared::conclude(openai::detail::attempt& a, CUR
   }
   if (result != CURLE_OK) {
     if (result == CURLE_OPERATION_TIMEDOUT && clock::now() >= deadline) throw_timeout(1);
-    std::string what = a.curl_message[0] ? a.curl_message : curl_easy_strerror(result);
+    std::string what = openai::detail::snippet(
+        a.curl_message[0] ? std::string_view(a.curl_message) : curl_easy_strerror(result), 500);
     // A broken stream that already delivered content is cut, not a connection problem to
     // retry: what was delivered cannot be taken back.
     const bool cut = t.streaming && t.acc.chunks() > 0;
     if (!cut && !retryable_curl(result))  // a bad URL, an unsupported scheme: not transient
-      MOA_THROW(backend_error("moa::openai: " + url + ": " + what + " (curl error " +
+      MOA_THROW(backend_error("moa::openai: " + shown + ": " + what + " (curl error " +
                               std::to_string(static_cast<int>(result)) +
                               "); check base_url and the options"));
     auto info = openai::detail::info_from(
@@ -957,37 +812,5 @@ inline std::chrono::nanoseconds openai_backend::shared::next_wait(
 static_assert(StreamingBackend<openai_backend>);
 static_assert(NamedBackend<openai_backend>);
 static_assert(AsyncBackend<openai_backend>);
-
-namespace openai {
-
-/// @brief Token usage of a run, per model (the backend name in the trace) and in all.
-struct usage_report {
-  struct entry {
-    std::string model;
-    moa::usage usage{};
-    std::size_t calls = 0;  ///< calls of the run on this model
-  };
-  std::vector<entry> per_model;  ///< in order of first appearance in the trace
-  moa::usage total{};
-};
-
-/// @brief Sums the usage the servers reported, per model (backend name) and for the run.
-inline usage_report summarize_usage(const result& r) {
-  usage_report out;
-  for (const auto& call : r.trace) {
-    auto it = std::find_if(out.per_model.begin(), out.per_model.end(),
-                           [&](const auto& e) { return e.model == call.backend_name; });
-    if (it == out.per_model.end()) {
-      out.per_model.push_back({call.backend_name, {}, 0});
-      it = std::prev(out.per_model.end());
-    }
-    it->usage += call.usage;
-    ++it->calls;
-    out.total += call.usage;
-  }
-  return out;
-}
-
-}  // namespace openai
 
 }  // namespace moa

@@ -35,8 +35,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "moa/aggregate/any_aggregator.hpp"
@@ -286,23 +289,69 @@ struct efficiency_report {
   bench::path path = path::inline_executor;
   std::size_t runs = 0;
   /// Makespan divided by the run's critical path (the longest chain of calls, each call's
-  /// measured duration): 1.0 is perfect; the inline path is the sum of all calls by design.
+  /// service time: from when the backend started running it to when it answered, so time a call
+  /// waited for a thread counts against the executor, not as call time): 1.0 is perfect; the
+  /// inline path is the sum of all calls by design.
   distribution ratio{};
   distribution makespan_ms{};
   distribution critical_path_ms{};
 };
 
-/// @brief The critical path of a finished run: the longest chain of dependent calls, with the
-/// calls' measured durations.
-inline clock::duration critical_path(const plan& p, std::span<const call_record> trace) {
+/// @brief The critical path of a run: the longest chain of dependent calls, call c lasting
+/// `duration(c)`.
+template <class Duration>
+clock::duration critical_path_with(const plan& p, Duration&& duration) {
   std::vector<clock::duration> finish(p.size(), clock::duration::zero());
   for (call_id c = 0; c < p.size(); ++c) {
     clock::duration before = clock::duration::zero();
     for (call_id in : p.inputs_of_call(c)) before = std::max(before, finish[in]);
-    finish[c] = before + trace[c].duration();
+    finish[c] = before + duration(c);
   }
   return finish[p.sink()];
 }
+
+/// @brief The critical path of a finished run, with the calls' durations as the trace has them
+/// (from dispatch to answer: on a pool, that includes any wait for a thread).
+inline clock::duration critical_path(const plan& p, std::span<const call_record> trace) {
+  return critical_path_with(p, [&trace](call_id c) { return trace[c].duration(); });
+}
+
+namespace detail {
+
+/// The service times of a run's calls, logged by the backends themselves when they start
+/// running a call (a trace stamps a call's start at dispatch). Keyed by the answer, which names
+/// the backend and hashes the request: unique per call of a run.
+struct service_log {
+  std::mutex mutex;
+  std::unordered_map<std::string, std::vector<clock::duration>> ran;
+
+  /// The service time of the call that answered `text`, if it was logged.
+  std::optional<clock::duration> take(const std::string& text) {
+    std::lock_guard lock(mutex);
+    auto it = ran.find(text);
+    if (it == ran.end() || it->second.empty()) return std::nullopt;
+    const auto d = it->second.back();
+    it->second.pop_back();
+    return d;
+  }
+};
+
+/// A synthetic backend that logs how long each call ran once it started running.
+struct timed_backend {
+  const synthetic_backend* inner;
+  service_log* log;
+
+  response generate(const request& r) const {
+    const auto started = clock::now();
+    response out = inner->generate(r);
+    const auto ran = clock::now() - started;
+    std::lock_guard lock(log->mutex);
+    log->ran[out.text].push_back(ran);
+    return out;
+  }
+};
+
+}  // namespace detail
 
 /// @brief Runs plan `p` with synthetic backends whose latency follows `latency`, and reports
 /// makespan / critical path.
@@ -317,8 +366,12 @@ inline efficiency_report measure_critical_path(const plan& p, path how,
   for (std::size_t i = 0; i < n; ++i)
     backends.emplace_back(synthetic_options{
         .name = "b" + std::to_string(i), .latency = latency, .seed = opt.seed + i});
+  detail::service_log log;
+  std::vector<detail::timed_backend> timed;
+  timed.reserve(n);
+  for (const auto& b : backends) timed.push_back({&b, &log});
   std::vector<backend_ref> refs;
-  for (auto& b : backends) refs.emplace_back(b, std::string(b.name()));
+  for (std::size_t i = 0; i < n; ++i) refs.emplace_back(timed[i], std::string(backends[i].name()));
   const std::size_t threads = opt.threads ? opt.threads : detail::widest_group(p);
   inline_executor inl;
   std::optional<concurrent_executor> conc;
@@ -333,7 +386,11 @@ inline efficiency_report measure_critical_path(const plan& p, path how,
                    : how == path::concurrent_executor ? conc->execute(p, refs, prompt)
                                                       : as->execute(p, refs, prompt);
     using ms = std::chrono::duration<double, std::milli>;
-    const double cp = ms(critical_path(p, r.trace)).count();
+    // A call that never ran (failed before its backend started) counts as its trace says.
+    const double cp = ms(critical_path_with(p, [&](call_id c) {
+                        return log.take(r.trace[c].text).value_or(r.trace[c].duration());
+                      })).count();
+    log.ran.clear();
     const double mk = ms(r.elapsed).count();
     makespan.push_back(mk);
     critical.push_back(cp);

@@ -42,12 +42,59 @@ struct wire_context {
 
 namespace detail {
 
+/// Length of the valid UTF-8 sequence at the start of `s` (1 to 4), or 0 when it is not one
+/// (a stray continuation byte, an overlong form, a surrogate, a code point past U+10FFFF, a cut).
+inline std::size_t utf8_sequence(std::string_view s) noexcept {
+  const auto b = [&s](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = b(0);
+  if (c < 0x80) return 1;
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // the range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (s.size() < n || b(1) < lo || b(1) > hi) return 0;
+  for (std::size_t i = 2; i < n; ++i)
+    if (b(i) < 0x80 || b(i) > 0xBF) return 0;
+  return n;
+}
+
+/// Text a server sent, made safe to show and to serialise: at most `limit` bytes (cut at a
+/// character boundary, "..." marking the cut), invalid UTF-8 replaced by U+FFFD, control
+/// characters but newline replaced by spaces. Never throws on bad bytes.
 inline std::string snippet(std::string_view s, std::size_t limit = 200) {
-  std::string out(s.substr(0, limit));
-  for (char& c : out)
-    if (static_cast<unsigned char>(c) < 0x20 && c != '\n') c = ' ';
-  if (s.size() > limit) out += "...";
+  std::string out;
+  out.reserve(std::min(s.size(), limit) + 3);
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const std::size_t n = utf8_sequence(s.substr(i));
+    const std::size_t take = n == 0 ? 1 : n;
+    if (out.size() + (n == 0 ? 3 : n) > limit) break;
+    if (n == 0)
+      out += "\xEF\xBF\xBD";  // U+FFFD
+    else if (n == 1 && static_cast<unsigned char>(s[i]) < 0x20 && s[i] != '\n')
+      out += ' ';
+    else
+      out.append(s.substr(i, n));
+    i += take;
+  }
+  if (i < s.size()) out += "...";
   return out;
+}
+
+/// `s` with invalid UTF-8 replaced by U+FFFD and no length limit (header values, ids).
+inline std::string valid_utf8(std::string_view s) {
+  return snippet(s, std::string_view::npos);
 }
 
 inline std::string lower(std::string_view s) {

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Bad input never crashes, never lies: runs every subcommand of `moa` (and `moa_device`) over a
+# generated corpus of bad arguments and bad config files, and fails on any signal exit, any exit
+# code but the documented ones (0, 1, 2; 2 where the input is certainly wrong), any run over the
+# time bound, or memory over the bound (ulimit -v where the build allows it, peak RSS always).
+#
+#   tests/cli_corpus.sh MOA [MOA_DEVICE]
+#
+# Prints the number of cases tried per class. Needs bash, coreutils' timeout and GNU time.
+set -uo pipefail
+
+moa=${1:?usage: cli_corpus.sh MOA [MOA_DEVICE]}
+moa_device=${2:-}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+time_limit=${MOA_CORPUS_TIME_LIMIT:-60}  # seconds per case; ASan builds are slow
+rss_limit_kb=$((1536 * 1024))             # peak resident memory per case
+vmem_limit_kb=$((4 * 1024 * 1024))        # address space, where the build allows a limit
+
+# An ASan build reserves terabytes of address space: it cannot run under ulimit -v, so only the
+# peak RSS bounds it.
+use_ulimit=1
+if ! { (ulimit -v "$vmem_limit_kb" && "$moa" --version) >/dev/null 2>&1; } 2>/dev/null; then
+  use_ulimit=0
+fi
+gnu_time=/usr/bin/time
+[ -x "$gnu_time" ] || { echo "cli_corpus: GNU time (/usr/bin/time) is missing" >&2; exit 1; }
+
+declare -A count=()
+failures=0
+total=0
+
+# check CLASS EXPECT CMD...: EXPECT is "2" (certainly bad input) or "any" (0, 1 or 2).
+# Device commands that are valid serve until stopped: for them, "serve" also accepts a clean
+# exit after SIGTERM at the time bound.
+check() {
+  local class=$1 expect=$2
+  shift 2
+  local timeout_s=$time_limit
+  [ "$expect" = serve ] && timeout_s=3
+  count[$class]=$((${count[$class]:-0} + 1))
+  total=$((total + 1))
+  local out="$work/out" err="$work/err" rss="$work/rss"
+  (
+    [ "$use_ulimit" = 1 ] && ulimit -v "$vmem_limit_kb"
+    exec timeout -s TERM -k 10 "$timeout_s" "$gnu_time" -q -f %M -o "$rss" "$@"
+  ) <"${CASE_STDIN:-/dev/null}" >"$out" 2>"$err"
+  local rc=$?
+  local why=""
+  local peak
+  peak=$(tail -n 1 "$rss" 2>/dev/null | tr -dc 0-9)
+  if [ "$expect" = serve ] && [ "$rc" = 124 ]; then
+    :  # a valid device, stopped cleanly by SIGTERM
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    why="ran over ${timeout_s} s"
+  elif [ "$rc" -gt 2 ]; then
+    why="exit $rc (a signal or an undocumented code)"
+    grep -q "Command terminated by signal" "$rss" 2>/dev/null && why="killed by a signal: $(grep -o 'signal [0-9]*' "$rss")"
+  elif [ "$expect" = 2 ] && [ "$rc" != 2 ]; then
+    why="exit $rc where bad input must exit 2"
+  elif [ "$rc" = 2 ] && ! grep -q . "$err"; then
+    why="exit 2 without a message on stderr"
+  fi
+  if [ -z "$why" ] && [ -n "$peak" ] && [ "$peak" -gt "$rss_limit_kb" ]; then
+    why="peak memory ${peak} kB over ${rss_limit_kb} kB"
+  fi
+  if [ -n "$why" ]; then
+    failures=$((failures + 1))
+    printf 'FAIL [%s] %s\n  %s\n' "$class" "$why" "$(printf '%q ' "$@")"
+    head -c 600 "$err" | sed 's/^/  stderr: /'
+  fi
+}
+
+# --- value classes -----------------------------------------------------------------------------
+negative=(-1 -2147483649 -0.5)
+zero=(0 0.0)
+huge=(4294967297 18446744073709551616 1e400)
+nonfinite=(nan -inf infinity 1e999)
+wrong_type=(abc "" 0x10 "1 2" --)
+huge_seed=(18446744073709551616 99999999999999999999999999 1e400)
+
+# numeric_cases SUBCOMMAND-ARGS... -- OPTIONS...: every value class on every option, with the
+# subcommand's cheap base arguments (BASE_<option> removed for the option under test).
+numeric_cases() {
+  local -a base=()
+  while [ "$1" != -- ]; do
+    base+=("$1")
+    shift
+  done
+  shift
+  local opt v
+  for opt in "$@"; do
+    local -a b=()
+    local i=0
+    # drop "opt value" from the base arguments
+    while [ $i -lt ${#base[@]} ]; do
+      if [ "${base[$i]}" = "$opt" ]; then
+        i=$((i + 2))
+        continue
+      fi
+      b+=("${base[$i]}")
+      i=$((i + 1))
+    done
+    for v in "${negative[@]}"; do check negative 2 "${b[@]}" "$opt" "$v"; done
+    local -a zeros=("${zero[@]}")
+    [ "${ZERO_EXPECT:-any}" = serve ] && zeros=(0)  # a valid device serves for seconds
+    for v in "${zeros[@]}"; do check zero "${ZERO_EXPECT:-any}" "${b[@]}" "$opt" "$v"; done
+    if [ "$opt" = --seed ] || [ "$opt" = --plant-seed ]; then
+      for v in "${huge_seed[@]}"; do check huge 2 "${b[@]}" "$opt" "$v"; done
+    else
+      for v in "${huge[@]}"; do check huge 2 "${b[@]}" "$opt" "$v"; done
+    fi
+    for v in "${nonfinite[@]}"; do check nan_inf 2 "${b[@]}" "$opt" "$v"; done
+    for v in "${wrong_type[@]}"; do check wrong_type 2 "${b[@]}" "$opt" "$v"; done
+  done
+}
+
+enum_cases() {  # enum_cases BASE... -- OPTIONS...
+  local -a base=()
+  while [ "$1" != -- ]; do
+    base+=("$1")
+    shift
+  done
+  shift
+  local opt v
+  for opt in "$@"; do
+    for v in bogus "" EXPONENTIAL "inline " weibull 0; do check wrong_enum 2 "${base[@]}" "$opt" "$v"; done
+  done
+}
+
+# --- the subcommands ---------------------------------------------------------------------------
+run_base=("$moa" run hi --latency-ms 0)
+numeric_cases "${run_base[@]}" -- --layers --proposers --aggregator --threads --latency-ms \
+  --sigma --error-rate --seed --timeout-ms --call-timeout-ms --quorum --judge --top --keep
+enum_cases "${run_base[@]}" -- --executor --format --latency --policy --extract
+
+bench_base=("$moa" bench -n 5 --latency-ms 0 --latency-runs 1)
+numeric_cases "${bench_base[@]}" -- --layers --proposers --runs --threads --in-flight \
+  --latency-ms --latency-runs
+enum_cases "${bench_base[@]}" -- --path --policy --latency
+
+search_base=("$moa" search --quiet --iterations 2 --particles 2 --patience 1)
+numeric_cases "${search_base[@]}" -- --models --seed --plant-seed --particles --iterations \
+  --patience --step --top-p --threads
+
+stability_base=("$moa" stability)
+numeric_cases "${stability_base[@]}" -- --devices --layers --fanout --lambda --alpha --sigma
+enum_cases "${stability_base[@]}" -- --service --format
+
+simulate_base=("$moa" simulate -r 1 --horizon 200)
+numeric_cases "${simulate_base[@]}" -- --devices --layers --fanout --lambda --alpha --sigma \
+  --horizon --warmup --replications --threads --seed --sample
+enum_cases "${simulate_base[@]}" -- --service
+for v in 0.1:0.9:99999999 0.1:0.9:0 0.1:0.9:-1 0:1:3 0.9:0.1:3 nan:1:3 0.1:inf:3 1:2 abc \
+  0.1:0.9:3:4 0.1:1e400:3 0.1:0.9:1e3 -1:1:2 0.1:11:2 " 0.1:0.9:3"; do
+  check sweep 2 "${simulate_base[@]}" --sweep "$v"
+done
+
+network_base=("$moa" network --prompts 40 --alpha-ms 0.05)
+numeric_cases "${network_base[@]}" -- --devices --layers --fanout --alpha-ms --load --lambda \
+  --prompts --capacity --seed
+enum_cases "${network_base[@]}" -- --gossip --latency
+check mismatch 2 "$moa" network -n 4 --alpha-ms 1,2
+check mismatch 2 "$moa" network -n 3 -k 3
+check mismatch 2 "$moa" stability -n 4 -k 4
+check mismatch 2 "$moa" stability -n 4 --lambda 0.1 --lambda 0.2
+check mismatch 2 "$moa" simulate --warmup 300 --horizon 200
+check mismatch 2 "$moa" run hi --aggregator 5 --proposers 2
+check mismatch 2 "$moa" run hi --judge 7 --policy judge
+check mismatch 2 "$moa" run hi --prompt-file /dev/null
+check mismatch 2 "$moa" run
+
+# Unknown and misspelt options, missing values.
+for sub in run bench search stability simulate network; do
+  check unknown_option 2 "$moa" "$sub" --bogus
+  check unknown_option 2 "$moa" "$sub" --layer 2
+  check unknown_option 2 "$moa" "$sub" --seed
+done
+check unknown_option 2 "$moa" bogus
+check unknown_option 2 "$moa"
+
+# --- paths ---------------------------------------------------------------------------------------
+touch "$work/file"
+mkdir -p "$work/folder"
+bad_out=(/nonexistent/dir/x "$work/file/x" "$work/folder" /proc/nonexistent/x "")
+for p in "${bad_out[@]}"; do
+  [ -z "$p" ] && continue
+  check unwritable_path 2 "$moa" run hi --dot "$p"
+  check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --csv "$p"
+  check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --json "$p"
+  check unwritable_path 2 "$moa" search --quiet --iterations 1 --json "$p"
+  check unwritable_path 2 "$moa" search --quiet --iterations 1 --dot "$p"
+done
+bad_in=(/nonexistent/x "$work/folder" "$work/file/x" /dev/zero)
+for p in "${bad_in[@]}"; do
+  check missing_path 2 "$moa" run --prompt-file "$p"
+  check missing_path 2 "$moa" stability --config "$p"
+  check missing_path 2 "$moa" simulate --config "$p"
+  check missing_path 2 "$moa" network --config "$p"
+done
+# `-` is stdout and stdin everywhere.
+check stdio any "$moa" simulate -r 1 --horizon 200 --csv -
+check stdio any "$moa" simulate -r 1 --horizon 200 --json -
+check stdio any "$moa" run hi --dot -
+head -c 100000 /dev/zero | tr '\0' 'a' >"$work/prompt"
+CASE_STDIN="$work/prompt" check stdio any "$moa" run --prompt-file -
+CASE_STDIN=/dev/zero check stdio 2 "$moa" run --prompt-file -
+
+# --- config files ------------------------------------------------------------------------------
+config_case() {  # config_case CLASS EXPECT TEXT
+  printf '%s' "$3" >"$work/c.json"
+  check "$1" "$2" "$moa" stability --config "$work/c.json"
+  check "$1" "$2" "$moa" simulate -r 1 --horizon 200 --config "$work/c.json"
+  check "$1" "$2" "$moa" network --prompts 40 --config "$work/c.json"
+}
+for key in devices layers fanout lambda alpha sigma; do
+  for v in -4 1e400 4294967297 '"4"' true null '{}' '[[1]]' '[]' 1e999; do
+    config_case config_value 2 "{\"$key\": $v}"
+  done
+done
+for v in '"weibull"' 4 '""' '["constant"]'; do config_case config_value 2 "{\"service\": $v}"; done
+for key in lambdas Devices "" help config n; do config_case config_unknown_key 2 "{\"$key\": 4}"; done
+config_case config_unknown_key 2 '{"adjacency": [[0,1],[1,0]], "devices": 2, "typo": 1}'
+for depth in 20 1000 100000; do
+  config_case config_deep 2 "$(printf '%*s' "$depth" '' | tr ' ' '[')$(printf '%*s' "$depth" '' | tr ' ' ']')"
+  config_case config_deep 2 "{\"lambda\": $(printf '%*s' "$depth" '' | tr ' ' '[')1$(printf '%*s' "$depth" '' | tr ' ' ']')}"
+done
+for text in '' '{' '[1,2]' '4' '{"devices": 4,}' '{"devices": NaN}' $'{"service": "\xff\xfe"}' \
+  '{"devices": 4} {"devices": 5}' '{"a":1, "a":2}' 'null'; do
+  config_case config_invalid 2 "$text"
+done
+printf '{"devices": 4%*s}' 2000000 '' >"$work/big.json"
+check config_invalid 2 "$moa" stability --config "$work/big.json"
+# adjacency (stability and simulate only)
+for a in '[[0,1],[1,0]]' '[[0,1,1,1]]' '[[0,-1,1,1],[1,0,1,1],[1,1,0,1],[1,1,1,0]]' \
+  '[["a",1,1,1],[1,0,1,1],[1,1,0,1],[1,1,1,0]]' '[[0,0,0,0],[0,0,0,0],[0,0,0,0],[0,0,0,0]]' \
+  '[[0,1,0,0],[1,0,0,0],[0,0,0,1],[0,0,1,0]]' '"x"' '[[0,1e999,1,1],[1,0,1,1],[1,1,0,1],[1,1,1,0]]'; do
+  printf '{"devices": 4, "adjacency": %s}' "$a" >"$work/c.json"
+  check config_adjacency 2 "$moa" stability --config "$work/c.json"
+  check config_adjacency 2 "$moa" simulate -r 1 --horizon 200 --config "$work/c.json"
+done
+# The command line beats the file, which beats the defaults (and the file is still checked).
+printf '{"devices": 4, "fanout": 2, "lambda": 0.05}' >"$work/net.json"
+if ! "$moa" stability --config "$work/net.json" -k 3 | grep -q "k = 3 peers"; then
+  echo "FAIL [precedence] --config net.json -k 3 did not run with k = 3"
+  failures=$((failures + 1))
+fi
+count[precedence]=1
+total=$((total + 1))
+
+# --- devices -----------------------------------------------------------------------------------
+device_cases() {  # device_cases PROGRAM...
+  local p1=$((20000 + RANDOM % 20000))
+  local peers="tcp://127.0.0.1:$p1,tcp://127.0.0.1:$((p1 + 1))"
+  local -a base=("$@" device --index 0 --peers "$peers")
+  ZERO_EXPECT=serve numeric_cases "${base[@]}" -- --index --layers --fanout --alpha-ms \
+    --capacity --peer-timeout-ms --dead-after-ms --seed
+  enum_cases "${base[@]}" -- --gossip --latency
+  for v in "" bogus "tcp://" "http://127.0.0.1:1" "tcp://127.0.0.1:$p1" "$peers,"; do
+    check device_peers 2 "$@" device --index 0 --peers "$v"
+  done
+  check device_peers 2 "$@" device --index 2 --peers "$peers"
+  check device_peers 2 "$@" device --index 0 --peers "$peers" -k 2
+  check device_peers 2 "$@" device --index 0 --peers "$peers" --bind "udp://*:1"
+  check device_peers 2 "$@" device --index 0 --peers "tcp://no.such.host.invalid:1,$peers"
+  # A port in use: a first device holds it while a second tries to bind it.
+  "$@" device --index 0 --peers "$peers" >/dev/null 2>&1 &
+  local holder=$!
+  sleep 0.5
+  check device_port_in_use 2 "$@" device --index 0 --peers "$peers"
+  kill -TERM "$holder" 2>/dev/null
+  wait "$holder" 2>/dev/null
+}
+if "$moa" device --help >/dev/null 2>&1; then device_cases "$moa"; fi
+if [ -n "$moa_device" ]; then device_cases "$moa_device"; fi
+
+# --- report ------------------------------------------------------------------------------------
+echo "cases per class:"
+for c in $(printf '%s\n' "${!count[@]}" | sort); do printf '  %-20s %5d\n' "$c" "${count[$c]}"; done
+printf '  %-20s %5d\n' total "$total"
+echo "memory bound: peak RSS ${rss_limit_kb} kB$([ "$use_ulimit" = 1 ] && echo ", ulimit -v ${vmem_limit_kb} kB")"
+if [ "$failures" -gt 0 ]; then
+  echo "cli_corpus: $failures of $total cases failed"
+  exit 1
+fi
+echo "cli_corpus: all $total cases ended in a documented exit code, within bounds"

@@ -2,7 +2,7 @@
 # Layers point down: fails when a header of include/moa includes a family above its own, or the
 # detail/ folder of another family. The order is the one of docs/ARCHITECTURE.md:
 #
-#   core  ->  topology gossip prompt aggregate  ->  exec  ->  net queueing swarm bench eval backends
+#   core  ->  topology gossip prompt aggregate  ->  exec  ->  net queueing swarm bench eval config backends
 #         ->  the umbrella headers (moa/moa.hpp, moa/pipeline.hpp, ...)  ->  programs
 #
 # Families of one level may include each other. Run: cmake -DMOA_INCLUDE_DIR=<repo>/include -P
@@ -18,10 +18,16 @@ foreach(_f topology gossip prompt aggregate)
   set(_level_${_f} 1)
 endforeach()
 set(_level_exec 2)
-foreach(_f net queueing swarm bench eval backends)
+foreach(_f net queueing swarm bench eval config backends)
   set(_level_${_f} 3)
 endforeach()
 set(_level_umbrella 4)
+# Top-level headers that front one family sit at that family's layer: a header of the same or a
+# higher layer may include them (eval/ runs pipelines; config/ names aggregation policies).
+set(_level_aggregator 1)  # moa/aggregator.hpp: the catalogue of aggregate/
+set(_level_pipeline 2)    # moa/pipeline.hpp: typed and runtime pipelines over exec/
+set(_level_queueing_umbrella 3)
+set(_level_swarm_umbrella 3)
 
 # The family of a path below include/: moa/<family>/... or a top-level moa/<name>.hpp.
 function(_family path out)
@@ -29,6 +35,14 @@ function(_family path out)
     set(${out} ${CMAKE_MATCH_1} PARENT_SCOPE)
   elseif(path STREQUAL "moa/version.hpp")
     set(${out} version PARENT_SCOPE)
+  elseif(path STREQUAL "moa/aggregator.hpp")
+    set(${out} aggregator PARENT_SCOPE)
+  elseif(path STREQUAL "moa/pipeline.hpp")
+    set(${out} pipeline PARENT_SCOPE)
+  elseif(path STREQUAL "moa/queueing.hpp")
+    set(${out} queueing_umbrella PARENT_SCOPE)
+  elseif(path STREQUAL "moa/swarm.hpp")
+    set(${out} swarm_umbrella PARENT_SCOPE)
   else()
     set(${out} umbrella PARENT_SCOPE)
   endif()

@@ -173,3 +173,13 @@ set_tests_properties(cli.run_prompt_stdin PROPERTIES
   PASS_REGULAR_EXPRESSION "\"prompt_tokens\": 1,.*\"status\": \"ok\"")
 add_test(NAME cli.run_prompt_too_large COMMAND bash -c
          "$<TARGET_FILE:moa_cli> run --prompt-file /dev/zero; test $? -eq 2")
+
+# Uniform gossip is analysed in O(n): a network far beyond the dense limit answers.
+add_test(NAME cli.stability_large_uniform COMMAND moa_cli stability -n 200000 -m 2 -k 2
+         --lambda 0.1 --format json)
+set_tests_properties(cli.stability_large_uniform PROPERTIES
+  PASS_REGULAR_EXPRESSION "\"stable\": true")
+add_test(NAME cli.stability_large_graph_refused COMMAND bash -c
+         "printf '{\"adjacency\": [[0]]}' > ${CMAKE_CURRENT_BINARY_DIR}/big_graph.json; $<TARGET_FILE:moa_cli> stability -n 2000 --config ${CMAKE_CURRENT_BINARY_DIR}/big_graph.json")
+set_tests_properties(cli.stability_large_graph_refused PROPERTIES
+  PASS_REGULAR_EXPRESSION "a graph is analysed as an n x n matrix, for at most 1024 devices")

@@ -128,9 +128,10 @@ inline CLI::Validator timeout_ms() {
 }
 
 /// Limits the subcommands share (each is stated in --help through its validator).
-inline constexpr std::uint64_t max_models = 64;            ///< backends, proposers, layers
-inline constexpr std::uint64_t max_devices = 1024;         ///< devices of an analysed network
-inline constexpr double max_latency_ms = 3.6e6;            ///< a synthetic model's mean latency
+inline constexpr std::uint64_t max_models = 64;                ///< backends, proposers, layers
+inline constexpr std::uint64_t max_devices = 1024;             ///< devices of an analysed network
+inline constexpr std::uint64_t max_uniform_devices = 1 << 20;  ///< uniform gossip, O(n) analysis
+inline constexpr double max_latency_ms = 3.6e6;                ///< a synthetic model's mean latency
 inline constexpr double max_sigma = 4.0;                   ///< lognormal sigma (e^(4^2/2) ~ 3000x)
 inline constexpr std::size_t max_prompt_bytes = 16 << 20;  ///< a prompt, from a file or stdin
 inline constexpr double default_http_timeout_ms = 300000;  ///< openai_options::timeout's default

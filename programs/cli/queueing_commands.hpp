@@ -52,18 +52,22 @@ struct network_options {
   double sigma = 0.5;
 
   CLI::App* cmd = nullptr;
+  std::uint64_t max_n = max_devices;  ///< devices allowed with uniform gossip
 
-  void add_to(CLI::App* c) {
+  /// `uniform_limit`: how many devices uniform gossip may have (stability analyses it in O(n));
+  /// a graph (`adjacency`) is analysed densely and stays within max_devices.
+  void add_to(CLI::App* c, std::uint64_t uniform_limit = max_devices) {
     cmd = c;
+    max_n = uniform_limit;
     cmd->add_option("-n,--devices", devices, "Number of devices n")
         ->capture_default_str()
-        ->transform(count_in(1, max_devices));
+        ->transform(count_in(1, max_n));
     cmd->add_option("-m,--layers", layers, "Proposer layers M")
         ->capture_default_str()
         ->transform(count_in(1, max_models));
     cmd->add_option("-k,--fanout", fanout, "Gossip peers per layer k (at most n - 1)")
         ->capture_default_str()
-        ->transform(count_in(0, max_devices - 1));
+        ->transform(count_in(0, max_n - 1));
     cmd->add_option("--lambda", lambda, "Prompt rate per user (one, or one per device)")
         ->capture_default_str()
         ->check(number_in(0, 1e9));
@@ -89,6 +93,10 @@ struct network_options {
       if (rest.contains("adjacency")) {
         const auto& a = rest["adjacency"];
         const std::string key = "--config " + config + ", key \"adjacency\"";
+        if (devices > max_devices)
+          reject(key, "a graph is analysed as an n x n matrix, for at most " +
+                          std::to_string(max_devices) + " devices (uniform gossip: up to " +
+                          std::to_string(max_n) + ")");
         if (!a.is_array() || a.size() != devices)
           reject(key, "must be a list of " + std::to_string(devices) + " rows (one per device)");
         adjacency.assign(devices, {});
@@ -216,18 +224,19 @@ inline void stability_command(network_options& o, const std::string& format) {
   std::snprintf(line, sizeof line,
                 "rates can be scaled by up to %.4f before the network saturates\n", r.max_scale);
   out << line;
-  std::snprintf(line, sizeof line, "\n%6s %10s %8s %10s %10s %12s %12s\n", "device", "calls/t",
-                "rho", "queue", "sojourn", "latency lo", "latency ~");
+  std::snprintf(line, sizeof line, "\n%6s %10s %8s %10s %10s %12s %12s %12s\n", "device", "calls/t",
+                "rho", "queue", "sojourn", "latency lo", "latency ~", "latency hi");
   out << line;
   for (Eigen::Index d = 0; d < lambda.size(); ++d) {
     const auto est = q::mg1(r.arrival(d), alpha(d), scv);
     const auto lat = latency_of(d);
     out << std::setw(6) << d << cell(r.arrival(d), 11, 4) << cell(r.utilisation(d), 9, 4)
         << cell(est.number_in_system, 11, 4) << cell(est.sojourn, 11, 4) << cell(lat.lower, 13, 4)
-        << cell(lat.approx, 13, 4) << '\n';
+        << cell(lat.approx, 13, 4) << cell(lat.upper, 13, 4) << '\n';
   }
-  out << "\nqueue and sojourn: M/G/1 (Pollaczek-Khinchine) per device; latency: fork-join "
-         "lower bound and Nelson-Tantawi estimate for a prompt born at the device\n";
+  out << "\nqueue and sojourn: M/G/1 (Pollaczek-Khinchine) per device; latency of a prompt born "
+         "at the device: lower bound, estimate and upper bound, ordered (docs/QUEUEING.md, "
+         "\"Latency\", says where each holds)\n";
   std::cout << out.str();
 }
 
@@ -383,7 +392,7 @@ inline void add_stability_command(CLI::App& app) {
       "stability",
       "Analytic stability of a distributed MoA network: per-device loads, the verdict and its "
       "margin, queue and latency estimates");
-  network->add_to(cmd);
+  network->add_to(cmd, max_uniform_devices);
   cmd->add_option("--format", *format, "table or json")
       ->check(CLI::IsMember({"table", "json"}))
       ->capture_default_str();

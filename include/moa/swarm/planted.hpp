@@ -23,7 +23,7 @@
 
 #include <Eigen/Core>
 
-#include "moa/backends/synthetic.hpp"
+#include "moa/backends/tunable_synthetic.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/random.hpp"
 
@@ -31,7 +31,7 @@ namespace moa::swarm {
 
 struct planted_swarm {
   std::vector<std::int32_t> target;  ///< planted DAG: target[v] = node v feeds, -1 for the sink
-  std::vector<moa::synthetic_backend> models;
+  std::vector<moa::tunable_synthetic_backend> models;
   std::vector<moa::backend_ref> refs;
   std::vector<std::string> names;
 
@@ -66,8 +66,8 @@ struct planted_swarm {
         const double x = 4 * gen.uniform() - 2;
         start = Eigen::Vector2d(x, 4 * gen.uniform() - 2);
       }
-      models.emplace_back(
-          moa::synthetic_options{.name = names[k], .parameters = start, .tuned_answer = answer});
+      models.emplace_back(moa::tunable_synthetic_options{
+          .name = names[k], .parameters = start, .tuned_answer = answer});
     }
     for (std::size_t k = 0; k < n; ++k) refs.emplace_back(models[k], names[k]);
   }

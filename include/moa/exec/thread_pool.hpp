@@ -15,8 +15,9 @@
 /// tens of microseconds against calls that may take one. So an idle worker first spins, for an
 /// adaptive budget (doubled when it parked and was woken within max_spin, halved when it was
 /// woken after a longer idle, never above max_spin), and parks only after it; a submit wakes a
-/// parked worker only for tasks beyond those the spinning (or already woken) workers will take. The
-/// bound keeps an idle pool frugal: no thread spins longer than max_spin after its last task.
+/// parked worker only for tasks beyond those the spinning workers will take, one at a time (see
+/// claim_wake). The bound keeps an idle pool frugal: no thread spins longer than max_spin after its
+/// last task.
 ///
 /// Why callers may help: a thread that waits for tasks it submitted itself (a concurrent run's
 /// caller) can run them with run_one_of() instead of sleeping while they sit in the queue.
@@ -155,14 +156,7 @@ class thread_pool {
       queue_.push_back(std::move(t));
       queued_.store(queue_.size(), std::memory_order_release);
       ++stats_.submitted;
-      // Each spinning worker and each worker already asked to wake will take one queued task:
-      // wake a parked one only for the tasks beyond those. (Counting pending wakes also keeps a
-      // burst of submits from notifying the same sleeper repeatedly.)
-      if (parked_ > pending_wakes_ && queue_.size() > spinning_ + pending_wakes_) {
-        ++pending_wakes_;
-        ++stats_.wakes;
-        wake = true;
-      }
+      wake = claim_wake();
     }
     if (wake) ready_.notify_one();
   }
@@ -220,6 +214,20 @@ class thread_pool {
   }
 
  private:
+  // Under the lock: whether to wake a parked worker for the queued tasks. Each spinning worker
+  // will take one of them: a wake is for the tasks beyond those. Wakes are chained, one at a
+  // time: the woken worker wakes the next if tasks are still waiting when it takes its own. So
+  // a burst of submits costs its submitter one wake at most (the futex call is on the critical
+  // path of whoever submits), a burst that the submitter and the spinners absorb before the
+  // woken worker arrives costs no second one, and a burst of long calls still reaches every
+  // worker, one wake latency apart.
+  bool claim_wake() {
+    if (pending_wakes_ != 0 || parked_ == 0 || queue_.size() <= spinning_) return false;
+    ++pending_wakes_;
+    ++stats_.wakes;
+    return true;
+  }
+
   void work(const std::stop_token&) {
     // The adaptive spin budget of this worker (see the file comment).
     constexpr std::chrono::steady_clock::duration min_spin = std::chrono::microseconds(1);
@@ -230,7 +238,9 @@ class thread_pool {
         task t = std::move(queue_.front());
         queue_.pop_front();
         queued_.store(queue_.size(), std::memory_order_release);
+        const bool wake = claim_wake();
         lock.unlock();
+        if (wake) ready_.notify_one();
         t.run(t.owner.get(), t.arg);
         t.owner.reset();  // release outside the lock: it may free a run
         lock.lock();

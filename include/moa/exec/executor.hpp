@@ -124,10 +124,13 @@ class concurrent_executor {
    public:
     state(const plan& p, std::span<const backend_ref> backends, const request& prompt,
           const run_options& opt, std::shared_ptr<const void> keep_alive, thread_pool& pool)
-        : plan_(p),
+        : copies_(may_end_early(prompt, opt)
+                      ? std::make_unique<const copies>(copies{p, prompt, opt})
+                      : nullptr),
+          plan_(copies_ ? copies_->p : p),
           backends_(backends),
-          prompt_(prompt),
-          opt_(opt),
+          prompt_(copies_ ? copies_->prompt : prompt),
+          opt_(copies_ ? copies_->opt : opt),
           keep_alive_(std::move(keep_alive)),
           pool_(pool),
           run_(plan_, prompt_, opt_),
@@ -271,11 +274,24 @@ class concurrent_executor {
       }
     }
 
-    // Copies, so that threads still running after an abandoned run never see dangling state.
-    const plan plan_;
+    // A run that may be abandoned (it has a deadline or a stop token) copies the plan, the
+    // request and the options, so that threads still running after execute() returned never see
+    // dangling state. A run that cannot end early returns only after its last call: it reads the
+    // caller's (the copies cost more than its scheduling).
+    struct copies {
+      plan p;
+      request prompt;
+      run_options opt;
+    };
+    static bool may_end_early(const request& prompt, const run_options& opt) noexcept {
+      return prompt.deadline != clock::time_point::max() || opt.timeout != clock::duration::max() ||
+             opt.stop.stop_possible() || prompt.stop.stop_possible();
+    }
+    std::unique_ptr<const copies> copies_;
+    const plan& plan_;
     std::span<const backend_ref> backends_;
-    const request prompt_;
-    const run_options opt_;
+    const request& prompt_;
+    const run_options& opt_;
     std::shared_ptr<const void> keep_alive_;
     thread_pool& pool_;
     plan_run run_;

@@ -276,8 +276,8 @@ class concurrent_executor {
 
     // A run that may be abandoned (it has a deadline or a stop token) copies the plan, the
     // request and the options, so that threads still running after execute() returned never see
-    // dangling state. A run that cannot end early returns only after its last call: it reads the
-    // caller's (the copies cost more than its scheduling).
+    // dangling state. A run that cannot end early returns only after its last call is done, so
+    // it reads the caller's and saves those allocations on every run.
     struct copies {
       plan p;
       request prompt;

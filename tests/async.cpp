@@ -12,6 +12,7 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -21,6 +22,8 @@
 #include <moa/backends/synthetic.hpp>
 #include <moa/exec/async.hpp>
 #include <moa/pipeline.hpp>
+
+#include "pool_probes.hpp"
 
 using namespace std::chrono_literals;
 
@@ -475,4 +478,31 @@ TEST_CASE("Async.policies_that_call_backends_never_starve_the_scheduler" * docte
       CHECK(r.trace[3].references.to_vector() == std::vector<moa::call_id>{1});  // judge said [2]
     }
   }
+}
+
+TEST_CASE("Async.execute_runs_its_own_run_while_the_pool_is_busy" * doctest::timeout(120)) {
+  // The executor's only thread is held by run A's call: run B, waited for with execute(), runs
+  // on its caller (the run's start and its calls, taken from the pool's queue).
+  moa::async_executor ex(1);
+  moa_test::gate held;
+  moa_test::gate_backend g{&held};
+  const std::vector<moa::backend_ref> a_refs{moa::backend_ref(g, "g0")};
+  auto a = ex.execute_async(moa_test::one_layer(1), a_refs, moa::make_request("a"));
+  REQUIRE(held.wait_entered(1));
+
+  moa_test::thread_log log;
+  moa_test::thread_recorder rec{&log};
+  const std::vector<moa::backend_ref> b_refs{moa::backend_ref(rec, "r0"),
+                                             moa::backend_ref(rec, "r1")};
+  std::thread::id b_caller;
+  auto b = std::async(std::launch::async, [&] {
+    b_caller = std::this_thread::get_id();
+    return ex.execute(moa_test::one_layer(2), b_refs, moa::make_request("b"));
+  });
+  const bool b_in_time = b.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  held.open();
+  CHECK(b_in_time);
+  CHECK(b.get().ok());
+  CHECK(a.get().ok());
+  CHECK(log.distinct() == std::set<std::thread::id>{b_caller});
 }

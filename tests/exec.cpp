@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <future>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -17,6 +19,7 @@
 #include <moa/pipeline.hpp>
 
 #include "each_executor.hpp"
+#include "pool_probes.hpp"
 
 using namespace std::chrono_literals;
 
@@ -343,4 +346,69 @@ TEST_CASE("Trace.views_over_a_run") {
   moa::usage sum;
   for (const auto& [name, u] : per_backend) sum += u;
   CHECK(sum == r.usage);
+}
+
+TEST_CASE("Exec.the_caller_runs_its_own_runs_queued_calls" * doctest::timeout(120)) {
+  // The pool's only worker is held by run A; run B's calls can then only run if B's caller
+  // runs them itself, and must all run on B's caller.
+  moa::concurrent_executor ex(1);
+  moa_test::gate held;
+  moa_test::gate_backend g{&held};
+  const std::vector<moa::backend_ref> a_refs{moa::backend_ref(g, "g0"), moa::backend_ref(g, "g1")};
+  const auto a_plan = moa_test::one_layer(2);
+  auto a = std::async(std::launch::async,
+                      [&] { return ex.execute(a_plan, a_refs, moa::make_request("a")); });
+  // A's caller holds one call, the worker the other.
+  REQUIRE(held.wait_entered(2));
+
+  moa_test::thread_log log;
+  moa_test::thread_recorder rec{&log};
+  const std::vector<moa::backend_ref> b_refs{
+      moa::backend_ref(rec, "r0"), moa::backend_ref(rec, "r1"), moa::backend_ref(rec, "r2")};
+  const auto b_plan = moa_test::one_layer(3);
+  std::thread::id b_caller;
+  auto b = std::async(std::launch::async, [&] {
+    b_caller = std::this_thread::get_id();
+    return ex.execute(b_plan, b_refs, moa::make_request("b"));
+  });
+  const bool b_in_time = b.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  held.open();  // lets A end (and B, were it stuck behind the held worker)
+  CHECK(b_in_time);
+  CHECK(b.get().ok());
+  CHECK(a.get().ok());
+  CHECK(log.distinct() == std::set<std::thread::id>{b_caller});
+  CHECK(ex.statistics().helped >= 2);  // B's queued proposers, taken from the pool's queue
+}
+
+TEST_CASE("Exec.a_run_with_a_deadline_leaves_its_calls_to_the_pool" * doctest::timeout(120)) {
+  // A caller that may have to return at the deadline runs none of its run's calls.
+  moa::concurrent_executor ex(2);
+  moa_test::thread_log log;
+  moa_test::thread_recorder rec{&log};
+  const std::vector<moa::backend_ref> refs{moa::backend_ref(rec, "r0"),
+                                           moa::backend_ref(rec, "r1")};
+  moa::run_options opt;
+  opt.timeout = std::chrono::minutes(10);
+  for (int i = 0; i < 20; ++i)
+    REQUIRE(ex.execute(moa_test::one_layer(2), refs, moa::make_request("x"), opt).ok());
+  CHECK(log.distinct().count(std::this_thread::get_id()) == 0);
+  CHECK(ex.statistics().helped == 0);
+}
+
+TEST_CASE("Exec.an_idle_pool_stops_spinning" * doctest::timeout(120)) {
+  static_assert(moa::thread_pool::max_spin <= std::chrono::milliseconds(1));
+  moa::concurrent_executor ex(2);
+  auto pipe = moa::make_pipeline<classic>(syn("a"), syn("b"), syn("c"));
+  for (int i = 0; i < 200; ++i) REQUIRE(pipe.run(ex, "p" + std::to_string(i)).ok());
+  // Every worker ends parked once the work stops (within max_spin of its last task; the bound
+  // here only guards against a hang on a slow, loaded machine).
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  auto s = ex.statistics();
+  while ((s.spinning != 0 || s.parked != 2) && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    s = ex.statistics();
+  }
+  CHECK(s.spinning == 0);
+  CHECK(s.parked == 2);
+  CHECK(s.wakes <= s.submitted);
 }

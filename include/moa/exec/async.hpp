@@ -134,16 +134,18 @@ class async_executor {
     start(p, {}, backends, prompt, opt, keep_alive, std::move(on_done));
   }
 
-  /// Runs and waits (the Executor concept).
+  /// Runs and waits (the Executor concept). On the executor's own pool, the waiting thread runs
+  /// the run's queued work itself, as the concurrent executor's caller does, unless the run has
+  /// a deadline or a stop token (it must stay free to return then).
   result execute(const plan& p, std::span<const backend_ref> backends, const request& prompt,
                  const run_options& opt = {},
                  const std::shared_ptr<const void>& keep_alive = {}) const {
-    return execute_async(p, backends, prompt, opt, keep_alive).get();
+    return start_and_wait(p, backends, {}, prompt, opt, keep_alive);
   }
   result execute(const plan& p, std::span<const async_backend_ref> backends, const request& prompt,
                  const run_options& opt = {},
                  const std::shared_ptr<const void>& keep_alive = {}) const {
-    return execute_async(p, backends, prompt, opt, keep_alive).get();
+    return start_and_wait(p, {}, backends, prompt, opt, keep_alive);
   }
 
  private:
@@ -163,10 +165,11 @@ class async_executor {
     return future;
   }
 
-  void start(const plan& p, std::span<const backend_ref> sync,
-             std::span<const async_backend_ref> as, const request& prompt, const run_options& opt,
-             const std::shared_ptr<const void>& keep_alive,
-             std::function<void(result)> on_done) const {
+  std::shared_ptr<detail::async_run> start(const plan& p, std::span<const backend_ref> sync,
+                                           std::span<const async_backend_ref> as,
+                                           const request& prompt, const run_options& opt,
+                                           const std::shared_ptr<const void>& keep_alive,
+                                           std::function<void(result)> on_done) const {
     if (!on_done)
       MOA_THROW(invalid_argument("moa::async_executor: the completion callback is empty"));
     if (as.empty())
@@ -177,6 +180,40 @@ class async_executor {
         p, sync, as, prompt, opt, keep_alive, sched_,
         opt.aggregation && !as.empty() ? policy_lane() : sched_, timer_, std::move(on_done));
     run->launch();
+    return run;
+  }
+
+  // execute(): a future would park the caller at once and cost a wake at the end; the caller
+  // instead helps (own pool, unbounded run), then spins briefly, and only then sleeps.
+  result start_and_wait(const plan& p, std::span<const backend_ref> sync,
+                        std::span<const async_backend_ref> as, const request& prompt,
+                        const run_options& opt,
+                        const std::shared_ptr<const void>& keep_alive) const {
+    struct waiter {
+      result res;
+      std::atomic<bool> ready{false};  // res is written
+      std::mutex mutex;
+      std::condition_variable cv;
+      bool sleeping = false;  // under mutex
+    };
+    auto w = std::make_shared<waiter>();
+    auto run = start(p, sync, as, prompt, opt, keep_alive, [w](result r) {
+      w->res = std::move(r);
+      std::lock_guard lock(w->mutex);
+      w->ready.store(true, std::memory_order_release);
+      if (w->sleeping) w->cv.notify_one();
+    });
+    const auto ready = [&] { return w->ready.load(std::memory_order_acquire); };
+    if (own_ && !run->bounded()) {
+      own_->help(run.get(), ready);
+    } else {
+      detail::spin_until(ready, thread_pool::max_spin);
+    }
+    run.reset();  // the run's last owner may be a task still queued or a completion in flight
+    std::unique_lock lock(w->mutex);
+    w->sleeping = true;
+    w->cv.wait(lock, ready);
+    return std::move(w->res);
   }
 
   detail::scheduler_ref policy_lane() const {

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -86,10 +87,13 @@ class inline_executor {
 /// soon as its inputs are ready, the aggregator last.
 ///
 /// The thread that finishes the last input of a group runs one of the group's calls itself and
-/// hands the others to the pool, so a dispatched call costs at most one thread wake, and the
-/// calling thread takes part in the run instead of only waiting. A run's deadline and stop token
-/// are enforced even against backends that ignore them: execute() stops waiting, records the
-/// calls still running as timed out or cancelled, and returns; their late answers are dropped.
+/// hands the others to the pool, so a dispatched call costs at most one thread wake (none when a
+/// worker is spinning), and the calling thread takes part in the run instead of only waiting:
+/// while its run is unfinished it runs the run's own queued calls (never another run's), and
+/// spins briefly before it sleeps. A run's deadline and stop token are enforced even against
+/// backends that ignore them: execute() stops waiting, records the calls still running as timed
+/// out or cancelled, and returns; their late answers are dropped. So the caller of a run with a
+/// deadline or a stop token runs none of its calls (one it ran could not be abandoned).
 ///
 /// Thread-safety: many runs may execute at once on one executor. Backends (and the span of
 /// backend_refs) must stay alive until the executor is destroyed, or be kept alive by the
@@ -120,10 +124,13 @@ class concurrent_executor {
    public:
     state(const plan& p, std::span<const backend_ref> backends, const request& prompt,
           const run_options& opt, std::shared_ptr<const void> keep_alive, thread_pool& pool)
-        : plan_(p),
+        : copies_(may_end_early(prompt, opt)
+                      ? std::make_unique<const copies>(copies{p, prompt, opt})
+                      : nullptr),
+          plan_(copies_ ? copies_->p : p),
           backends_(backends),
-          prompt_(prompt),
-          opt_(opt),
+          prompt_(copies_ ? copies_->prompt : prompt),
+          opt_(copies_ ? copies_->opt : opt),
           keep_alive_(std::move(keep_alive)),
           pool_(pool),
           run_(plan_, prompt_, opt_),
@@ -138,9 +145,7 @@ class concurrent_executor {
       run_.start(h);
       // The caller takes a call itself only when nothing can make it stop waiting early: a call
       // it runs cannot be abandoned at the deadline or on cancellation.
-      const bool bounded =
-          run_.deadline() != clock::time_point::max() || run_.stop().stop_possible();
-      if (bounded && h.mine)
+      if (bounded() && h.mine)
         pool_.submit({&task_entry, shared_from_this(), *h.mine});
       else
         drain(h.mine);
@@ -150,8 +155,22 @@ class concurrent_executor {
       bool deadline_hit = false;
       bool cancelled = false;
       const auto& stop = run_.stop();
+      const auto deadline = run_.deadline();
+      if (bounded()) {
+        // Spin briefly before sleeping (the last calls are often microseconds from done), but
+        // run nothing: the caller must be free to return at the deadline or on cancellation.
+        detail::spin_until(
+            [&] {
+              return finished_.load(std::memory_order_acquire) || stop.stop_requested() ||
+                     clock::now() >= deadline;
+            },
+            caller_spin);
+      } else {
+        help();
+      }
       {
         std::unique_lock lock(done_mutex_);
+        waiting_ = true;
         const auto is_done = [this] { return done_; };
         const bool finished = run_.deadline() == clock::time_point::max()
                                   ? done_cv_.wait(lock, stop, is_done)
@@ -177,6 +196,21 @@ class concurrent_executor {
     }
 
    private:
+    // How long a waiting caller spins (for its run's end or its run's queued calls) before it
+    // sleeps: as long as an idle worker at most.
+    static constexpr std::chrono::microseconds caller_spin = thread_pool::max_spin;
+
+    [[nodiscard]] bool bounded() const noexcept {
+      return run_.deadline() != clock::time_point::max() || run_.stop().stop_possible();
+    }
+
+    // The caller of an unbounded run runs the run's own queued calls (which would otherwise wait
+    // for a worker while this thread sleeps), never another run's, whose calls may be long and
+    // would delay this run's return.
+    void help() {
+      pool_.help(this, [this] { return finished_.load(std::memory_order_acquire); });
+    }
+
     // The dispatcher of one thread: the first ready call stays on it, the others go to the pool.
     struct here {
       state& s;
@@ -234,24 +268,41 @@ class concurrent_executor {
       if (run_.complete(c, [&](group_id g) { run_.ready(g, h); })) {
         std::lock_guard lock(done_mutex_);
         done_ = true;
-        done_cv_.notify_all();
+        // Set after done_, so a caller that sees it finds done_ set once it takes the lock.
+        finished_.store(true, std::memory_order_release);
+        if (waiting_) done_cv_.notify_all();  // a caller that saw finished_ never sleeps
       }
     }
 
-    // Copies, so that threads still running after an abandoned run never see dangling state.
-    const plan plan_;
+    // A run that may be abandoned (it has a deadline or a stop token) copies the plan, the
+    // request and the options, so that threads still running after execute() returned never see
+    // dangling state. A run that cannot end early returns only after its last call is done, so
+    // it reads the caller's and saves those allocations on every run.
+    struct copies {
+      plan p;
+      request prompt;
+      run_options opt;
+    };
+    static bool may_end_early(const request& prompt, const run_options& opt) noexcept {
+      return prompt.deadline != clock::time_point::max() || opt.timeout != clock::duration::max() ||
+             opt.stop.stop_possible() || prompt.stop.stop_possible();
+    }
+    std::unique_ptr<const copies> copies_;
+    const plan& plan_;
     std::span<const backend_ref> backends_;
-    const request prompt_;
-    const run_options opt_;
+    const request& prompt_;
+    const run_options& opt_;
     std::shared_ptr<const void> keep_alive_;
     thread_pool& pool_;
     plan_run run_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> phase_;
     std::atomic<bool> abandoned_{false};
+    std::atomic<bool> finished_{false};  // done_, readable by a spinning caller without the lock
     std::mutex callback_mutex_;
     std::mutex done_mutex_;
     std::condition_variable_any done_cv_;
     bool done_ = false;
+    bool waiting_ = false;  // the caller sleeps (or is about to) on done_cv_; under done_mutex_
   };
 
   mutable thread_pool pool_;

@@ -76,6 +76,12 @@ class async_run final : public completion_target, public std::enable_shared_from
   /// Posts the run's start to the scheduler (so the caller never runs backend work).
   void launch() { sched_.post({&start_entry, shared_from_this(), 0}); }
 
+  /// True when the run may end early (a deadline, or a stop token that can stop): a thread
+  /// waiting for it must stay free to return then, so it must not run the run's calls.
+  [[nodiscard]] bool bounded() const noexcept {
+    return run_.deadline() != clock::time_point::max() || run_.stop().stop_possible();
+  }
+
   void complete(std::uint32_t c, response* r, std::exception_ptr e) noexcept override {
     std::uint8_t expected = running;
     if (!phase_[c].compare_exchange_strong(expected, completing, std::memory_order_acq_rel))

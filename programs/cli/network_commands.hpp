@@ -309,10 +309,11 @@ inline int device_command(const device_settings& s) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     stop.request_stop();
   });
-  std::cerr << "moa device " << s.index << ": serving at " << s.addresses.at(s.index) << " with "
-            << s.addresses.size() - 1 << " peers, model "
-            << (s.endpoint.empty() ? std::string("synthetic") : shown_endpoint(s.endpoint))
-            << std::endl;
+  moa::net::log_line(
+      std::cerr, "info", s.index,
+      "serving at " + s.addresses.at(s.index) + " with " + std::to_string(s.addresses.size() - 1) +
+          " peers, model " +
+          (s.endpoint.empty() ? std::string("synthetic") : shown_endpoint(s.endpoint)));
   try {
     with_gossip(s.gossip, s.k, [&](auto g) {
       moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
@@ -325,7 +326,6 @@ inline int device_command(const device_settings& s) {
     reject("--peers/--bind", std::string("ZeroMQ refused an endpoint: ") + e.what() + " (bind " +
                                  (s.bind.empty() ? s.addresses[s.index] : s.bind) + ")");
   }
-  std::cerr << "moa device " << s.index << ": stopped" << std::endl;
   return 0;
 }
 

@@ -53,6 +53,7 @@
 #include <sstream>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -72,6 +73,22 @@
 #include "moa/topology/gossip.hpp"
 
 namespace moa::net {
+
+/// @brief Writes one line of a device's log, whole: UTC time (ms), level, device, what.
+/// E.g. `2026-12-02T01:46:30.137Z warn moa device 0: device 3 silent for 412 ms: ...`.
+inline void log_line(std::ostream& out, std::string_view level, std::uint32_t device,
+                     std::string_view what) {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
+  std::tm utc{};
+  gmtime_r(&t, &utc);
+  std::ostringstream line;
+  line << std::put_time(&utc, "%Y-%m-%dT%H:%M:%S") << '.' << std::setfill('0') << std::setw(3)
+       << ms.count() << "Z " << level << " moa device " << device << ": " << what << '\n';
+  out << line.str() << std::flush;
+}
 
 /// @brief Where a ZeroMQ device is and how it behaves.
 struct zmq_device_options {
@@ -337,19 +354,8 @@ class zmq_device {
     return e;
   }
 
-  // One log line: UTC time, level, device.
   void say(const char* level, const std::string& what) const {
-    if (!opt_.log) return;
-    const auto now = std::chrono::system_clock::now();
-    const std::time_t t = std::chrono::system_clock::to_time_t(now);
-    const auto ms =
-        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
-    std::tm utc{};
-    gmtime_r(&t, &utc);
-    std::ostringstream line;
-    line << std::put_time(&utc, "%Y-%m-%dT%H:%M:%S") << '.' << std::setfill('0') << std::setw(3)
-         << ms.count() << "Z " << level << " moa device " << opt_.index << ": " << what << '\n';
-    *opt_.log << line.str() << std::flush;
+    if (opt_.log) log_line(*opt_.log, level, opt_.index, what);
   }
   void say(const std::string& what) const { say("warn", what); }
 

@@ -704,15 +704,18 @@ TEST_CASE("Network.zmq_calls_expire_with_their_deadline" * doctest::timeout(60))
   CHECK(j["expired"].get<int>() >= 3);
 }
 
-TEST_CASE("Network.processes_stop_gracefully_on_signals" * doctest::timeout(120)) {
+namespace {
+
+// SIGTERM and SIGINT on devices of `program` (moa_device, or moa with its `device` command).
+void stops_gracefully_on_signals(const char* program, const std::string& name) {
   zmq::context_t ctx(1);
   constexpr std::size_t n = 3;
   const std::vector<std::string> addresses = loopback_addresses(ctx, n);
   const auto start = [&](std::size_t i, const std::string& alpha, const std::string& drain) {
-    return spawn({MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers",
-                  join(addresses), "--alpha-ms", alpha, "--peer-timeout-ms", "60000",
-                  "--dead-after-ms", "1000", "--drain-timeout-ms", drain},
-                 std::string(MOA_TEST_LOG_DIR) + "/signal_device" + std::to_string(i) + ".log");
+    return spawn({program, "device", "--index", std::to_string(i), "--peers", join(addresses),
+                  "--alpha-ms", alpha, "--peer-timeout-ms", "60000", "--dead-after-ms", "1000",
+                  "--drain-timeout-ms", drain},
+                 std::string(MOA_TEST_LOG_DIR) + "/signal_" + name + std::to_string(i) + ".log");
   };
   std::vector<process> devices;
   for (std::size_t i = 0; i < n; ++i) devices.push_back(start(i, "10", "10000"));
@@ -766,3 +769,15 @@ TEST_CASE("Network.processes_stop_gracefully_on_signals" * doctest::timeout(120)
       reap(d.pid, 5s);
     }
 }
+
+}  // namespace
+
+TEST_CASE("Network.moa_device_stops_gracefully_on_signals" * doctest::timeout(120)) {
+  stops_gracefully_on_signals(MOA_DEVICE_PROGRAM, "moa_device");
+}
+
+#ifdef MOA_CLI_PROGRAM
+TEST_CASE("Network.moa_device_command_stops_gracefully_on_signals" * doctest::timeout(120)) {
+  stops_gracefully_on_signals(MOA_CLI_PROGRAM, "moa");
+}
+#endif

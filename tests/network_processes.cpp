@@ -781,3 +781,42 @@ TEST_CASE("Network.moa_device_command_stops_gracefully_on_signals" * doctest::ti
   stops_gracefully_on_signals(MOA_CLI_PROGRAM, "moa");
 }
 #endif
+
+// A peer that pings but never answers: after three calls in a row pass their deadline it is
+// failed, and its heartbeats do not bring it back; the prompts stop waiting for it.
+TEST_CASE("Network.zmq_silent_pinging_peer_is_failed" * doctest::timeout(60)) {
+  zmq::context_t ctx(1);
+  const std::vector<std::string> addresses = ipc_addresses(3);
+  impostor silent(ctx, addresses);
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 3; ++i) models.push_back(slow("d" + std::to_string(i), 1));
+  zmq_cluster cluster(
+      addresses, std::move(models), moa::any_aggregator{},
+      [](moa::net::zmq_device_options& o) {
+        o.peer_timeout = 150ms;
+        o.dead_after = 2000ms;
+      },
+      2);
+  client c(ctx, addresses);
+  silent.pump(300ms);
+  const auto run = [&](const std::string& prefix) {
+    c.results.clear();
+    for (int i = 0; i < 4; ++i) {
+      c.submit(0, prefix + std::to_string(i));
+      silent.pump(250ms);  // it pings and takes the calls in, never answering
+      c.collect(std::size_t(i + 1), 10ms);
+    }
+    c.collect(4, 5s);
+    REQUIRE(c.results.size() == 4);
+    for (const auto& entry : c.results) CHECK(entry.second.text == "final of d0");
+  };
+  run("p");
+  const auto failed = nlohmann::json::parse(c.stats(0));
+  CHECK(failed["dead_peers"].get<int>() == 1);
+  const int timeouts = failed["timeouts"].get<int>();
+  CHECK(timeouts >= 3);
+  run("q");  // still pinging: still failed, and no call waits for it any more
+  const auto later = nlohmann::json::parse(c.stats(0));
+  CHECK(later["timeouts"].get<int>() == timeouts);
+  CHECK(later["dead_peers"].get<int>() == 1);
+}

@@ -158,6 +158,8 @@ class zmq_device {
     load_.assign(n, 0.0);
     last_seen_.assign(n, clock::now());
     calls_from_.assign(n, 0);
+    strikes_.assign(n, 0);
+    failed_until_.assign(n, clock::time_point::min());
     // Every device runs the same M and k, so a peer's plan has the size and the layers of ours:
     // what a call from it may name.
     rng sample(opt_.seed);
@@ -414,8 +416,9 @@ class zmq_device {
         if (alive_[e.from]) declare_dead(e.from, "is leaving");
         return true;
       }
-      if (!alive_[e.from]) {
+      if (!alive_[e.from] && clock::now() >= failed_until_[e.from]) {
         alive_[e.from] = true;
+        strikes_[e.from] = 0;
         say("device " + std::to_string(e.from) + " is back");
       }
     }
@@ -721,6 +724,7 @@ class zmq_device {
       r.error = a.error;
       r.usage = {a.prompt_tokens, a.completion_tokens};
       r.end = clock::now() - s.born();
+      strikes_[a.from] = 0;
       s.answered(a.call, std::move(r));
     }
     advance(a.prompt);
@@ -765,17 +769,26 @@ class zmq_device {
   void check_deadlines(clock::time_point now) {
     if (now < next_deadline_check_) return;
     next_deadline_check_ = now + std::chrono::milliseconds(5);
+    std::vector<std::uint32_t> failing;
     each_prompt([&](link&, prompt_state& s) {
       bool changed = false;
       for (call_id c = 0; c < s.plan().size(); ++c)
         if (!s.resolved(c) && s.deadline[c] <= now) {
           ++counters_.timeouts;
+          const auto d = s.device_of(c);
+          if (d != opt_.index && alive_[d] && ++strikes_[d] >= silent_strikes) failing.push_back(d);
           s.resolve(c, call_status::timed_out,
                     names_[s.device_of(c)] + " did not answer within the peer deadline; skipped");
           changed = true;
         }
       return changed;
     });
+    for (const auto d : failing) {
+      if (!alive_[d]) continue;
+      failed_until_[d] = now + failed_for * opt_.dead_after;
+      declare_dead(d, "let " + std::to_string(silent_strikes) +
+                          " calls in a row pass their deadline though it pings");
+    }
   }
 
   void finish(typename prompt_map::iterator it) {
@@ -906,7 +919,14 @@ class zmq_device {
   std::uint64_t born_ = 0;               // prompts born here: seeds each one's draw, reproducibly
   std::vector<std::size_t> calls_from_;  // calls of each origin queued or in service here
   std::uint32_t plan_calls_ = 0;         // calls in a prompt's plan
-  std::uint32_t max_layer_ = 0;          // the last layer a call may name
+  // A peer that keeps pinging but lets `silent_strikes` calls in a row time out is failed: its
+  // heartbeats do not bring it back for `failed_for` dead_afters (a silent or lying peer loses
+  // traffic instead of holding every prompt to the peer deadline).
+  static constexpr std::uint32_t silent_strikes = 3;
+  static constexpr int failed_for = 10;
+  std::vector<std::uint32_t> strikes_;           // calls in a row each peer let time out
+  std::vector<clock::time_point> failed_until_;  // no revival by heartbeat before this
+  std::uint32_t max_layer_ = 0;                  // the last layer a call may name
   bool stopping_ = false;
   std::atomic<std::uint64_t> expired_{0};  // calls dropped unserved past their deadline
   static constexpr std::uint64_t max_reported_load = 1u << 20;

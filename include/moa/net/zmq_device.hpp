@@ -649,12 +649,13 @@ class zmq_device {
                               std::chrono::duration<double, std::milli>(budget_ms));
   }
 
-  // A random id no prompt (or policy call) in `taken` has; the top bit marks policy calls.
+  // A random id that `taken` does not hold, with the top bit `mark` (policy_call_bit for a
+  // policy's calls, 0 for prompts).
   template <class Map>
-  std::uint64_t fresh_id(const Map& taken) {
+  std::uint64_t fresh_id(const Map& taken, std::uint64_t mark = 0) {
     for (;;) {
-      const std::uint64_t id = ids_() & ~policy_call_bit;
-      if (id != 0 && taken.count(id) == 0) return id;
+      const std::uint64_t id = (ids_() & ~policy_call_bit) | mark;
+      if ((id & ~policy_call_bit) != 0 && taken.count(id) == 0) return id;
     }
   }
 
@@ -850,7 +851,7 @@ class zmq_device {
     auto future = answer->get_future();
     {
       std::lock_guard lock(dev.outbox_mutex_);
-      call.prompt = policy_call_bit | dev.fresh_id(dev.policy_calls_);
+      call.prompt = dev.fresh_id(dev.policy_calls_, policy_call_bit);
       dev.policy_calls_.emplace(call.prompt, policy_wait{b, answer});
       dev.policy_out_.emplace_back(b, std::move(call));
       if (dev.wake_out_) dev.wake_out_->send(zmq::str_buffer("!"), zmq::send_flags::dontwait);

@@ -20,9 +20,14 @@
 /// Faults: a peer's full queue answers `refused` and the origin re-routes (the least loaded live
 /// peer not yet in the layer) or goes on without it; a call unanswered after `peer_timeout` is
 /// skipped; a peer silent for `dead_after` (heartbeats every `heartbeat`) is declared dead and
-/// its pending calls are re-routed or dropped from their joins. Malformed messages are logged
-/// and dropped. Across hosts: bind `tcp://*:PORT` (`bind`) and list every device's
-/// `tcp://HOST:PORT` in `addresses` (see docs/NETWORK.md).
+/// its pending calls are re-routed or dropped from their joins; one that pings but lets 3 calls in
+/// a row time out is failed. Malformed messages, and well-formed ones naming an index, id, layer
+/// or call they may not (an answer from a device the call was not sent to, say), are counted,
+/// logged and dropped. Bounds: message size, prompts in flight, calls queued per origin; a call
+/// whose deadline passed while queued is dropped unserved. Stopping drains the prompts in flight
+/// (up to `drain_timeout`), fails the rest explicitly and tells the peers (docs/NETWORK.md). Across
+/// hosts: bind `tcp://*:PORT` (`bind`) and list every device's `tcp://HOST:PORT` in `addresses`
+/// (see docs/NETWORK.md).
 ///
 /// @code{.cpp}
 /// moa::net::zmq_device_options opt;

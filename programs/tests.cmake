@@ -75,6 +75,11 @@ if(TARGET moa_device)
     MOA_DEVICE_PROGRAM="$<TARGET_FILE:moa_device>"
     MOA_TEST_LOG_DIR="${CMAKE_CURRENT_BINARY_DIR}")
   add_dependencies(moa_network_process_tests moa_device)
+  if(TARGET moa_cli)  # `moa device`, for the signal tests
+    target_compile_definitions(moa_network_process_tests PRIVATE
+      MOA_CLI_PROGRAM="$<TARGET_FILE:moa_cli>")
+    add_dependencies(moa_network_process_tests moa_cli)
+  endif()
   add_test(NAME network.processes COMMAND moa_network_process_tests)
   set_tests_properties(network.processes PROPERTIES TIMEOUT 180 LABELS network)
   if(MOA_HAS_OPENAI)

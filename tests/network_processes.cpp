@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -186,10 +187,15 @@ struct zmq_cluster {
   std::vector<std::unique_ptr<device>> devices;
   std::vector<std::jthread> threads;
 
+  // `tweak` adjusts every device's options; device `absent` is not started (its place is a
+  // test's: an impostor's, or nobody's).
   zmq_cluster(const std::vector<std::string>& addresses, std::vector<moa::any_backend> models,
-              const moa::any_aggregator& policy) {
+              const moa::any_aggregator& policy,
+              const std::function<void(moa::net::zmq_device_options&)>& tweak = {},
+              std::uint32_t absent = ~0u) {
     const auto n = std::uint32_t(addresses.size());
     for (std::uint32_t i = 0; i < n; ++i) {
+      if (i == absent) continue;
       moa::net::zmq_device_options opt;
       opt.index = i;
       opt.addresses = addresses;
@@ -199,6 +205,7 @@ struct zmq_cluster {
       opt.dead_after = 5000ms;
       opt.log = nullptr;
       opt.aggregation = policy;
+      if (tweak) tweak(opt);
       devices.push_back(
           std::make_unique<device>(std::move(models[i]), moa::uniform_gossip{n - 1}, opt));
     }
@@ -409,4 +416,407 @@ TEST_CASE("Network.processes_serve_real_models" * doctest::skip() * doctest::tim
     d.pid = -1;
   }
   CHECK(read_file(devices[0].log).find("model http://127.0.0.1:") != std::string::npos);
+}
+
+namespace {
+
+// Waits for a process to exit, up to `limit`; its wait status, or -1 if it is still running.
+int reap_status(pid_t pid, std::chrono::milliseconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return status;
+    std::this_thread::sleep_for(10ms);
+  }
+  return -1;
+}
+
+// A synthetic device model: `text` as a proposer, "final of NAME" as the aggregator, after
+// `ms` milliseconds each.
+moa::any_backend slow(const std::string& name, double ms) {
+  moa::synthetic_options o;
+  o.name = name;
+  o.latency = moa::latency_model::constant(std::chrono::duration_cast<moa::clock::duration>(
+      std::chrono::duration<double, std::milli>(ms)));
+  o.answer = [name](const moa::request& r) {
+    return r.context.role == moa::call_role::aggregator ? "final of " + name : "answer of " + name;
+  };
+  return moa::any_backend(moa::synthetic_backend(std::move(o)));
+}
+
+// An impostor holding device 2's place: it binds d2's address (the devices' calls come to it)
+// and speaks to d0 and d1 as "d2".
+struct impostor {
+  zmq::socket_t in;
+  std::vector<zmq::socket_t> out;
+  std::vector<moa::net::wire::envelope> calls;  // every call received, in order
+  impostor(zmq::context_t& ctx, const std::vector<std::string>& addresses)
+      : in(ctx, zmq::socket_type::router) {
+    in.set(zmq::sockopt::linger, 0);
+    in.bind(addresses[2]);
+    for (int j = 0; j < 2; ++j) {
+      out.emplace_back(ctx, zmq::socket_type::dealer);
+      out.back().set(zmq::sockopt::linger, 0);
+      out.back().set(zmq::sockopt::routing_id, "d2");
+      out.back().connect(addresses[std::size_t(j)]);
+    }
+  }
+  void send(std::size_t j, moa::net::wire::envelope e) {
+    e.from = 2;
+    const auto bytes = moa::net::wire::encode(e);
+    out[j].send(zmq::buffer(bytes), zmq::send_flags::dontwait);
+  }
+  // Pings both devices (so d2 looks alive) and takes in calls for `d`.
+  void pump(std::chrono::milliseconds d) {
+    const auto until = std::chrono::steady_clock::now() + d;
+    while (std::chrono::steady_clock::now() < until) {
+      for (std::size_t j = 0; j < 2; ++j) send(j, {.type = moa::net::wire::kind::ping});
+      zmq::pollitem_t items[] = {{in.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, 20ms);
+      zmq::message_t id, body;
+      while (in.recv(id, zmq::recv_flags::dontwait)) {
+        if (!in.recv(body, zmq::recv_flags::dontwait)) break;
+        auto m = moa::net::wire::decode(body.to_string_view());
+        if (m.message && m.message->type == moa::net::wire::kind::call)
+          calls.push_back(std::move(*m.message));
+      }
+    }
+  }
+  // Device j's stats, asked on the impostor's own connection (after what it sent before).
+  nlohmann::json stats(std::size_t j) {
+    send(j, {.type = moa::net::wire::kind::stats});
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < until) {
+      zmq::pollitem_t items[] = {{out[j].handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, 20ms);
+      zmq::message_t m;
+      while (out[j].recv(m, zmq::recv_flags::dontwait)) {
+        auto d = moa::net::wire::decode(m.to_string_view());
+        if (d.message && d.message->tag == "stats") return nlohmann::json::parse(d.message->text);
+      }
+    }
+    return {};
+  }
+};
+
+moa::net::wire::envelope forged(moa::net::wire::kind k, std::uint64_t prompt, std::uint32_t origin,
+                                std::uint32_t call, std::uint32_t layer = 1) {
+  moa::net::wire::envelope e;
+  e.type = k;
+  e.prompt = prompt;
+  e.origin = origin;
+  e.call = call;
+  e.layer = layer;
+  e.text = "forged";
+  e.messages = {{moa::role::user, "q"}};
+  return e;
+}
+
+}  // namespace
+
+// The crash this issue began with, without sockets: a well-formed call whose origin is out of
+// range, and every other out-of-range field, dropped and counted.
+TEST_CASE("Network.zmq_device_drops_out_of_range_messages") {
+  using namespace moa::net::wire;
+  moa::net::zmq_device_options opt;
+  opt.index = 0;
+  opt.addresses = ipc_addresses(3);
+  opt.layers = 2;
+  opt.log = nullptr;
+  opt.device.capacity = 4;
+  moa::net::zmq_device<moa::uniform_gossip> dev(slow("d0", 0), moa::uniform_gossip{2}, opt);
+  const auto as_d2 = [&](envelope e) {
+    e.from = 2;
+    return dev.handle("d2", encode(e));
+  };
+  CHECK(as_d2(forged(kind::call, 1, 99, 0)));                   // origin out of range
+  CHECK(as_d2(forged(kind::call, 1, 1, 0)));                    // origin is not the sender
+  CHECK(as_d2(forged(kind::call, 1, 2, 1u << 30)));             // call id out of range
+  CHECK(as_d2(forged(kind::call, 1, 2, 0, 1u << 30)));          // layer out of range
+  CHECK(as_d2(forged(kind::answer, 12345, 0, 0)));              // no such prompt
+  CHECK(as_d2(forged(kind::answer, 12345, 77, 0)));             // not to this origin
+  CHECK(as_d2(forged(kind::refused, (1ull << 63) | 5, 0, 0)));  // no such policy call
+  CHECK(as_d2(forged(kind::call, (1ull << 63) | 5, 2, 3)));     // a policy call is call 0
+  CHECK(dev.counters().dropped == 8);
+  CHECK(dev.counters().served == 0);
+  // A ping or an answer claiming another device's index is rejected as malformed.
+  envelope lie;
+  lie.type = kind::ping;
+  lie.from = 1;
+  CHECK(dev.handle("d2", encode(lie)));
+  CHECK(dev.counters().malformed == 1);
+  // A well-formed call is queued (the device is not running: nothing is sent).
+  CHECK(as_d2(forged(kind::call, 1, 2, 1)));
+  CHECK(dev.counters().dropped == 8);
+}
+
+TEST_CASE("Network.zmq_devices_withstand_a_hostile_peer" * doctest::timeout(90)) {
+  using namespace moa::net::wire;
+  zmq::context_t ctx(1);
+  const std::vector<std::string> addresses = ipc_addresses(3);
+  impostor bad(ctx, addresses);
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 3; ++i) models.push_back(slow("d" + std::to_string(i), 1));
+  zmq_cluster cluster(
+      addresses, std::move(models), moa::any_aggregator{},
+      [](moa::net::zmq_device_options& o) {
+        o.peer_timeout = 2000ms;
+        o.dead_after = 2000ms;
+        o.max_message_bytes = 1 << 20;
+      },
+      2);
+  bad.pump(300ms);
+  const auto before = bad.stats(0);
+  REQUIRE(!before.empty());
+
+  // Forged calls and answers while no prompt is in flight: each one dropped and counted.
+  bad.send(0, forged(kind::call, 1, 99, 0));
+  bad.send(0, forged(kind::call, 1, 0, 0));
+  bad.send(0, forged(kind::call, 1, 2, 1u << 30));
+  bad.send(0, forged(kind::call, 1, 2, 0, 1u << 30));
+  bad.send(0, forged(kind::answer, 12345, 0, 1));
+  bad.send(0, forged(kind::answer, 12345, 7, 1));
+  bad.send(0, forged(kind::refused, (1ull << 63) | 5, 0, 0));
+  {  // a submit whose tag is too long
+    envelope e = forged(kind::submit, 0, 0, 0);
+    e.tag = std::string(300, 't');
+    bad.send(0, e);
+  }
+  bad.out[0].send(zmq::str_buffer("{\"type\":\"call\""), zmq::send_flags::dontwait);
+  const auto after = bad.stats(0);
+  REQUIRE(!after.empty());
+  CHECK(after["dropped"].get<int>() - before["dropped"].get<int>() == 8);
+  CHECK(after["malformed"].get<int>() - before["malformed"].get<int>() == 1);
+  CHECK(after["served"] == before["served"]);
+
+  // An oversized frame: the socket that sent it is disconnected; the device serves on.
+  {
+    zmq::socket_t big(ctx, zmq::socket_type::dealer);
+    big.set(zmq::sockopt::linger, 0);
+    big.connect(addresses[0]);
+    const std::string frame(2 << 20, 'x');
+    big.send(zmq::buffer(frame), zmq::send_flags::dontwait);
+    std::this_thread::sleep_for(100ms);
+  }
+
+  // Honest prompts, with d2's place held by the impostor: it answers each call it gets twice,
+  // and forges the answers of the calls of the same prompt that went elsewhere.
+  client c(ctx, {addresses[0], addresses[1]});
+  for (int i = 0; i < 10; ++i) c.submit(std::size_t(i % 2), "h" + std::to_string(i));
+  std::size_t answered = 0;
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  while (c.results.size() < 10 && std::chrono::steady_clock::now() < until) {
+    bad.pump(20ms);
+    for (; answered < bad.calls.size(); ++answered) {
+      const auto& call = bad.calls[answered];
+      auto a = forged(kind::answer, call.prompt, call.origin, call.call);
+      a.text = "answer of the impostor";
+      bad.send(call.origin, a);
+      bad.send(call.origin, a);  // only once
+      for (const std::uint32_t other : {call.call + 1, call.call - 1})
+        bad.send(call.origin, forged(kind::answer, call.prompt, call.origin, other));
+    }
+    c.collect(10, 10ms);
+  }
+  REQUIRE(c.results.size() == 10);
+  REQUIRE(answered > 0);
+  for (const auto& entry : c.results) {
+    const outcome& r = entry.second;
+    CHECK_MESSAGE(r.error.empty(), entry.first << ": " << r.error);
+    CHECK(r.text == "final of d" + std::to_string(std::stoi(entry.first.substr(1)) % 2));
+  }
+  const auto s0 = bad.stats(0), s1 = bad.stats(1);
+  REQUIRE((!s0.empty() && !s1.empty()));
+  // Per call it got, the impostor sent 3 answers that count for nothing.
+  CHECK(s0["dropped"].get<std::size_t>() + s1["dropped"].get<std::size_t>() >=
+        after["dropped"].get<std::size_t>() + 3 * answered);
+
+  // A device that says it is leaving is dead to its peers at once.
+  bad.send(0, {.type = kind::leaving});
+  std::this_thread::sleep_for(100ms);
+  const auto left = nlohmann::json::parse(c.stats(0));
+  CHECK(left["dead_peers"].get<int>() > before["dead_peers"].get<int>());
+}
+
+TEST_CASE("Network.zmq_device_bounds_prompts_in_flight" * doctest::timeout(90)) {
+  zmq::context_t ctx(1);
+  const std::vector<std::string> addresses = ipc_addresses(2);
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 2; ++i) models.push_back(slow("d" + std::to_string(i), 2));
+  zmq_cluster cluster(addresses, std::move(models), moa::any_aggregator{},
+                      [](moa::net::zmq_device_options& o) {
+                        o.max_prompts = 4;
+                        o.max_calls_per_origin = 2;
+                      });
+  client c(ctx, addresses), admin(ctx, addresses);
+  std::this_thread::sleep_for(200ms);
+  constexpr int flood = 400;
+  for (int i = 0; i < flood; ++i) c.submit(0, "f" + std::to_string(i));
+  const std::string mid = admin.stats(0);
+  REQUIRE(!mid.empty());
+  CHECK(nlohmann::json::parse(mid)["in_flight"].get<int>() <= 4);  // held state stays bounded
+  c.collect(flood, 60s);
+  REQUIRE(c.results.size() == flood);
+  std::size_t refused = 0, answered = 0;
+  for (const auto& entry : c.results) {
+    const outcome& r = entry.second;
+    if (r.error.rfind("refused: device 0 has 4 prompts in flight", 0) == 0)
+      ++refused;
+    else if (r.text == "final of d0")
+      ++answered;
+  }
+  CHECK(refused + answered == flood);  // every prompt answered or explicitly refused
+  CHECK(refused > 0);
+  CHECK(answered >= 4);
+  const auto j = nlohmann::json::parse(admin.stats(0));
+  CHECK(j["in_flight"].get<int>() == 0);
+  CHECK(j["refused_prompts"].get<std::size_t>() == refused);
+}
+
+TEST_CASE("Network.zmq_calls_expire_with_their_deadline" * doctest::timeout(60)) {
+  zmq::context_t ctx(1);
+  const std::vector<std::string> addresses = ipc_addresses(2);
+  std::vector<moa::any_backend> models;
+  models.push_back(slow("d0", 0));
+  {  // slower than the origin waits, whatever the call's deadline says
+    moa::synthetic_options o;
+    o.name = "d1";
+    o.answer = [](const moa::request&) {
+      std::this_thread::sleep_for(300ms);
+      return std::string("too late");
+    };
+    models.push_back(moa::any_backend(moa::synthetic_backend(std::move(o))));
+  }
+  zmq_cluster cluster(addresses, std::move(models), moa::any_aggregator{},
+                      [](moa::net::zmq_device_options& o) { o.peer_timeout = 100ms; });
+  client c(ctx, addresses);
+  std::this_thread::sleep_for(200ms);
+  for (int i = 0; i < 5; ++i) c.submit(0, "e" + std::to_string(i));
+  c.collect(5, 20s);
+  REQUIRE(c.results.size() == 5);
+  for (const auto& entry : c.results) {
+    CHECK(entry.second.text == "final of d0");  // degraded: d1's proposals are missing
+    CHECK(entry.second.missing >= 1);
+  }
+  std::this_thread::sleep_for(500ms);  // d1 works through its queue
+  // The calls behind the first waited past their deadline: dropped unserved, not served late.
+  const auto j = nlohmann::json::parse(c.stats(1));
+  CHECK(j["expired"].get<int>() >= 3);
+}
+
+namespace {
+
+// SIGTERM and SIGINT on devices of `program` (moa_device, or moa with its `device` command).
+void stops_gracefully_on_signals(const char* program, const std::string& name) {
+  zmq::context_t ctx(1);
+  constexpr std::size_t n = 3;
+  const std::vector<std::string> addresses = loopback_addresses(ctx, n);
+  const auto start = [&](std::size_t i, const std::string& alpha, const std::string& drain) {
+    return spawn({program, "device", "--index", std::to_string(i), "--peers", join(addresses),
+                  "--alpha-ms", alpha, "--peer-timeout-ms", "60000", "--dead-after-ms", "1000",
+                  "--drain-timeout-ms", drain},
+                 std::string(MOA_TEST_LOG_DIR) + "/signal_" + name + std::to_string(i) + ".log");
+  };
+  std::vector<process> devices;
+  for (std::size_t i = 0; i < n; ++i) devices.push_back(start(i, "10", "10000"));
+  client c(ctx, addresses);
+  std::this_thread::sleep_for(300ms);
+
+  // SIGTERM with prompts in flight: each one still gets its result, the process exits 0, and
+  // its peers hear that it is leaving.
+  for (int i = 0; i < 20; ++i) c.submit(0, "s" + std::to_string(i));
+  std::this_thread::sleep_for(30ms);
+  ::kill(devices[0].pid, SIGTERM);
+  c.collect(20, 30s);
+  CHECK(c.results.size() == 20);
+  for (const auto& entry : c.results)
+    CHECK_MESSAGE((!entry.second.text.empty() || !entry.second.error.empty()), entry.first);
+  const int status = reap_status(devices[0].pid, 15s);
+  CHECK((status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  devices[0].pid = -1;
+  // New prompts at the survivors are served without it.
+  c.results.clear();
+  for (int i = 0; i < 6; ++i) c.submit(1 + std::size_t(i % 2), "t" + std::to_string(i));
+  c.collect(6, 30s);
+  CHECK(c.results.size() == 6);
+  for (const auto& entry : c.results) CHECK(!entry.second.text.empty());
+  CHECK(read_file(devices[1].log).find("device 0 is leaving") != std::string::npos);
+  CHECK(read_file(devices[0].log).find(" info moa device 0: stopped") != std::string::npos);
+
+  // SIGINT on an idle device: exit 0.
+  ::kill(devices[2].pid, SIGINT);
+  const int idle = reap_status(devices[2].pid, 15s);
+  CHECK((idle != -1 && WIFEXITED(idle) && WEXITSTATUS(idle) == 0));
+  devices[2].pid = -1;
+
+  // A second signal while a slow prompt drains: exit at once, 128 + the signal.
+  ::kill(devices[1].pid, SIGKILL);
+  reap(devices[1].pid, 5s);
+  devices[1] = start(1, "20000", "60000");
+  std::this_thread::sleep_for(300ms);
+  c.submit(1, "slow");
+  std::this_thread::sleep_for(200ms);
+  ::kill(devices[1].pid, SIGTERM);
+  std::this_thread::sleep_for(200ms);
+  CHECK(reap_status(devices[1].pid, 300ms) == -1);  // draining, not gone
+  ::kill(devices[1].pid, SIGTERM);
+  const int twice = reap_status(devices[1].pid, 5s);
+  CHECK((twice != -1 && WIFEXITED(twice) && WEXITSTATUS(twice) == 128 + SIGTERM));
+  devices[1].pid = -1;
+  for (auto& d : devices)
+    if (d.pid > 0) {
+      ::kill(d.pid, SIGKILL);
+      reap(d.pid, 5s);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("Network.moa_device_stops_gracefully_on_signals" * doctest::timeout(120)) {
+  stops_gracefully_on_signals(MOA_DEVICE_PROGRAM, "moa_device");
+}
+
+#ifdef MOA_CLI_PROGRAM
+TEST_CASE("Network.moa_device_command_stops_gracefully_on_signals" * doctest::timeout(120)) {
+  stops_gracefully_on_signals(MOA_CLI_PROGRAM, "moa");
+}
+#endif
+
+// A peer that pings but never answers: after three calls in a row pass their deadline it is
+// failed, and its heartbeats do not bring it back; the prompts stop waiting for it.
+TEST_CASE("Network.zmq_silent_pinging_peer_is_failed" * doctest::timeout(60)) {
+  zmq::context_t ctx(1);
+  const std::vector<std::string> addresses = ipc_addresses(3);
+  impostor silent(ctx, addresses);
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 3; ++i) models.push_back(slow("d" + std::to_string(i), 1));
+  zmq_cluster cluster(
+      addresses, std::move(models), moa::any_aggregator{},
+      [](moa::net::zmq_device_options& o) {
+        o.peer_timeout = 150ms;
+        o.dead_after = 2000ms;
+      },
+      2);
+  client c(ctx, addresses);
+  silent.pump(300ms);
+  const auto run = [&](const std::string& prefix) {
+    c.results.clear();
+    for (int i = 0; i < 4; ++i) {
+      c.submit(0, prefix + std::to_string(i));
+      silent.pump(250ms);  // it pings and takes the calls in, never answering
+      c.collect(std::size_t(i + 1), 10ms);
+    }
+    c.collect(4, 5s);
+    REQUIRE(c.results.size() == 4);
+    for (const auto& entry : c.results) CHECK(entry.second.text == "final of d0");
+  };
+  run("p");
+  const auto failed = nlohmann::json::parse(c.stats(0));
+  CHECK(failed["dead_peers"].get<int>() == 1);
+  const int timeouts = failed["timeouts"].get<int>();
+  CHECK(timeouts >= 3);
+  run("q");  // still pinging: still failed, and no call waits for it any more
+  const auto later = nlohmann::json::parse(c.stats(0));
+  CHECK(later["timeouts"].get<int>() == timeouts);
+  CHECK(later["dead_peers"].get<int>() == 1);
 }

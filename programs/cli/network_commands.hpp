@@ -22,6 +22,8 @@
 #include <moa/queueing/formulas.hpp>
 #include <moa/queueing/stability.hpp>
 #if MOA_CLI_ZMQ
+#include <unistd.h>
+
 #include <atomic>
 #include <csignal>
 #include <stop_token>
@@ -216,7 +218,20 @@ struct device_settings {
   std::string api_key_env = "OPENAI_API_KEY";
   int max_tokens = 256;
   double http_timeout_ms = default_http_timeout_ms;
+  double drain_timeout_ms = 3000;
+  std::size_t max_message_mib = 16;
+  std::size_t max_prompts = 1024;
+  std::size_t max_calls_per_origin = 1024;
 };
+
+// An endpoint as logs may show it: without the password of a user:password@ URL.
+inline std::string shown_endpoint(const std::string& url) {
+#if MOA_CLI_OPENAI
+  return moa::openai::detail::redact_url(url);
+#else
+  return url;
+#endif
+}
 
 // Set by SIGTERM/SIGINT; a watcher thread turns it into a stop request (a signal handler may
 // only touch lock-free atomics).
@@ -277,17 +292,28 @@ inline int device_command(const device_settings& s) {
   opt.dead_after =
       std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.dead_after_ms));
   opt.seed = s.seed;
-  std::signal(SIGTERM, [](int) { device_signalled().store(true); });
-  std::signal(SIGINT, [](int) { device_signalled().store(true); });
+  opt.drain_timeout =
+      std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.drain_timeout_ms));
+  opt.max_message_bytes = std::int64_t(s.max_message_mib) << 20;
+  opt.max_prompts = s.max_prompts;
+  opt.max_calls_per_origin = s.max_calls_per_origin;
+  // The first signal stops gracefully (the device drains); a second one exits at once.
+  const auto on_signal = [](int sig) {
+    if (device_signalled().exchange(true)) ::_exit(128 + sig);
+  };
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
   std::stop_source stop;
   std::jthread watcher([&stop](std::stop_token st) {
     while (!st.stop_requested() && !device_signalled().load())
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     stop.request_stop();
   });
-  std::cerr << "moa device " << s.index << ": serving at " << s.addresses.at(s.index) << " with "
-            << s.addresses.size() - 1 << " peers, model "
-            << (s.endpoint.empty() ? std::string("synthetic") : s.endpoint) << std::endl;
+  moa::net::log_line(
+      std::cerr, "info", s.index,
+      "serving at " + s.addresses.at(s.index) + " with " + std::to_string(s.addresses.size() - 1) +
+          " peers, model " +
+          (s.endpoint.empty() ? std::string("synthetic") : shown_endpoint(s.endpoint)));
   try {
     with_gossip(s.gossip, s.k, [&](auto g) {
       moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
@@ -300,7 +326,6 @@ inline int device_command(const device_settings& s) {
     reject("--peers/--bind", std::string("ZeroMQ refused an endpoint: ") + e.what() + " (bind " +
                                  (s.bind.empty() ? s.addresses[s.index] : s.bind) + ")");
   }
-  std::cerr << "moa device " << s.index << ": stopped" << std::endl;
   return 0;
 }
 
@@ -337,6 +362,22 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
       ->capture_default_str()
       ->check(number_in(1, max_duration_ms));
   cmd->add_option("--seed", s->seed, "Seed")->capture_default_str()->transform(any_seed());
+  cmd->add_option("--drain-timeout-ms", s->drain_timeout_ms,
+                  "On SIGTERM/SIGINT or `stop`: how long prompts in flight may still finish")
+      ->capture_default_str()
+      ->check(number_in(0, max_duration_ms));
+  cmd->add_option("--max-message-mib", s->max_message_mib,
+                  "Largest message accepted (MiB); a peer sending more is disconnected")
+      ->capture_default_str()
+      ->transform(count_in(1, 1024));
+  cmd->add_option("--max-prompts", s->max_prompts,
+                  "Prompts born here in flight at once; beyond it a submit is refused")
+      ->capture_default_str()
+      ->transform(count_in(1, 1000000));
+  cmd->add_option("--max-calls-per-origin", s->max_calls_per_origin,
+                  "Calls of one origin device queued here at once; beyond it they are refused")
+      ->capture_default_str()
+      ->transform(count_in(1, 1000000));
 #if MOA_CLI_OPENAI
   cmd->add_option(
          "--endpoint", s->endpoint,

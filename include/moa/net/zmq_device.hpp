@@ -20,9 +20,14 @@
 /// Faults: a peer's full queue answers `refused` and the origin re-routes (the least loaded live
 /// peer not yet in the layer) or goes on without it; a call unanswered after `peer_timeout` is
 /// skipped; a peer silent for `dead_after` (heartbeats every `heartbeat`) is declared dead and
-/// its pending calls are re-routed or dropped from their joins. Malformed messages are logged
-/// and dropped. Across hosts: bind `tcp://*:PORT` (`bind`) and list every device's
-/// `tcp://HOST:PORT` in `addresses` (see docs/NETWORK.md).
+/// its pending calls are re-routed or dropped from their joins; one that pings but lets 3 calls in
+/// a row time out is failed. Malformed messages, and well-formed ones naming an index, id, layer
+/// or call they may not (an answer from a device the call was not sent to, say), are counted,
+/// logged and dropped. Bounds: message size, prompts in flight, calls queued per origin; a call
+/// whose deadline passed while queued is dropped unserved. Stopping drains the prompts in flight
+/// (up to `drain_timeout`), fails the rest explicitly and tells the peers (docs/NETWORK.md). Across
+/// hosts: bind `tcp://*:PORT` (`bind`) and list every device's `tcp://HOST:PORT` in `addresses`
+/// (see docs/NETWORK.md).
 ///
 /// @code{.cpp}
 /// moa::net::zmq_device_options opt;
@@ -36,18 +41,24 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <deque>
 #include <future>
+#include <iomanip>
 #include <iostream>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <ostream>
+#include <random>
+#include <sstream>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -68,6 +79,22 @@
 
 namespace moa::net {
 
+/// @brief Writes one line of a device's log, whole: UTC time (ms), level, device, what.
+/// E.g. `2026-12-02T01:46:30.137Z warn moa device 0: device 3 silent for 412 ms: ...`.
+inline void log_line(std::ostream& out, std::string_view level, std::uint32_t device,
+                     std::string_view what) {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
+  std::tm utc{};
+  gmtime_r(&t, &utc);
+  std::ostringstream line;
+  line << std::put_time(&utc, "%Y-%m-%dT%H:%M:%S") << '.' << std::setfill('0') << std::setw(3)
+       << ms.count() << "Z " << level << " moa device " << device << ": " << what << '\n';
+  out << line.str() << std::flush;
+}
+
 /// @brief Where a ZeroMQ device is and how it behaves.
 struct zmq_device_options {
   std::uint32_t index = 0;             ///< this device's position in `addresses`
@@ -82,6 +109,14 @@ struct zmq_device_options {
   std::chrono::milliseconds dead_after{1000};
   std::uint64_t seed = 1;
   std::ostream* log = &std::cerr;  ///< rejected messages, dead peers; nullptr: silent
+  /// Largest message a socket accepts (ZMQ_MAXMSGSIZE); a peer sending more is disconnected.
+  std::int64_t max_message_bytes = std::int64_t(16) << 20;
+  /// Prompts born here and not yet answered; a `submit` beyond it is refused with a `result`.
+  std::size_t max_prompts = 1024;
+  /// Calls of one origin device queued or in service here; beyond it the call is `refused`.
+  std::size_t max_calls_per_origin = 1024;
+  /// On stop, how long prompts in flight may still finish before they are failed explicitly.
+  std::chrono::milliseconds drain_timeout{3000};
   /// Redraw each later layer's peers when it is forked, on the loads the peers' heartbeats
   /// reported (for strategies that read loads: `uses_load`).
   bool refresh_peers = true;
@@ -98,6 +133,10 @@ struct zmq_device_counters {
   std::uint64_t prompts = 0, complete = 0, degraded = 0, failed = 0;
   std::uint64_t served = 0, refusals = 0, reroutes = 0, timeouts = 0, lost = 0, malformed = 0;
   std::uint64_t dead_peers = 0;
+  /// Well-formed messages dropped: ids, origins or layers out of range, answers from a device
+  /// the call was not sent to (or sent twice), calls past the per-origin bound.
+  std::uint64_t dropped = 0;
+  std::uint64_t refused_prompts = 0;  ///< submits refused (bound reached, or stopping)
 };
 
 /// @brief One device process of the ZeroMQ network.
@@ -123,28 +162,71 @@ class zmq_device {
     alive_.assign(n, true);
     load_.assign(n, 0.0);
     last_seen_.assign(n, clock::now());
+    calls_from_.assign(n, 0);
+    strikes_.assign(n, 0);
+    failed_until_.assign(n, clock::time_point::min());
+    // Every device runs the same M and k, so a peer's plan has the size and the layers of ours:
+    // what a call from it may name.
+    rng sample(opt_.seed);
+    plan p;
+    make_gossip_plan(opt_.index, std::uint32_t(n), opt_.layers, gossip_, sample, p);
+    plan_calls_ = std::uint32_t(p.size());
+    for (call_id c = 0; c < p.size(); ++c) max_layer_ = std::max(max_layer_, p[c].layer);
+    // Prompt ids are the only thing tying an answer to a prompt: unguessable, so a process that
+    // can reach the port cannot forge the answer of a prompt it did not see.
+    std::random_device entropy;
+    std::seed_seq seq{entropy(), entropy(), entropy(), entropy(),
+                      entropy(), entropy(), entropy(), entropy()};
+    ids_.seed(seq);
   }
 
+  zmq_device(const zmq_device&) = delete;
+  zmq_device& operator=(const zmq_device&) = delete;
+  // Calls still queued (handed in before run(), or left by it) end before the members their
+  // completions touch.
+  ~zmq_device() { queue_.stop(); }
+
   [[nodiscard]] const zmq_device_counters& counters() const noexcept { return counters_; }
+
+  /// Handles one message as the I/O thread does (the sender's routing id and the body); false
+  /// when it asks the device to stop. Public for tests and fuzzing: before run() nothing is sent.
+  bool handle(const std::string& sender, std::string_view bytes) {
+    return on_message(sender, bytes);
+  }
 
   /// Serves until a `stop` message or `stop` is requested. Binds and connects first.
   void run(std::stop_token stop = {}) {
     zmq::context_t ctx(1);
+    // Closes the workers' wake-up socket before the context ends, on every way out of here (an
+    // open socket makes zmq_ctx_term wait forever).
+    struct close_wake {
+      zmq_device& d;
+      ~close_wake() {
+        std::lock_guard lock(d.outbox_mutex_);
+        d.wake_out_.reset();
+        d.router_ = nullptr;
+        d.peers_ = nullptr;
+      }
+    };
     zmq::socket_t router(ctx, zmq::socket_type::router);
     router.set(zmq::sockopt::linger, 0);
     router.set(zmq::sockopt::router_mandatory, 0);
+    router.set(zmq::sockopt::maxmsgsize, opt_.max_message_bytes);
     router.bind(opt_.bind.empty() ? opt_.addresses[opt_.index] : opt_.bind);
     std::vector<std::optional<zmq::socket_t>> peers(opt_.addresses.size());
     for (std::uint32_t j = 0; j < peers.size(); ++j) {
       if (j == opt_.index) continue;
       peers[j].emplace(ctx, zmq::socket_type::dealer);
       peers[j]->set(zmq::sockopt::linger, 0);
+      peers[j]->set(zmq::sockopt::maxmsgsize, opt_.max_message_bytes);
       peers[j]->set(zmq::sockopt::routing_id, "d" + std::to_string(opt_.index));
       peers[j]->connect(opt_.addresses[j]);
     }
     const std::string wake_address = "inproc://moa-wake-" + std::to_string(opt_.index);
     zmq::socket_t wake_in(ctx, zmq::socket_type::pull);
+    wake_in.set(zmq::sockopt::linger, 0);
     wake_in.bind(wake_address);
+    close_wake closing{*this};
     wake_out_.emplace(ctx, zmq::socket_type::push);
     wake_out_->set(zmq::sockopt::linger, 0);
     wake_out_->connect(wake_address);
@@ -157,12 +239,28 @@ class zmq_device {
     const auto begin = clock::now();
     std::fill(last_seen_.begin(), last_seen_.end(), begin);
     bool running = true;
-    while (running && !stop.stop_requested()) {
+    // Graceful stop: refuse new prompts and calls, let those in flight finish until the drain
+    // deadline, then fail what is left explicitly and tell the peers.
+    std::optional<clock::time_point> drain_until;
+    for (;;) {
+      if ((!running || stop.stop_requested()) && !drain_until) {
+        drain_until = clock::now() + opt_.drain_timeout;
+        stopping_ = true;
+        say("info", "stopping: refusing new prompts, finishing " + std::to_string(prompts_.size()) +
+                        " in flight");
+      }
+      if (drain_until && ((prompts_.empty() && queue_.load() == 0) || clock::now() >= *drain_until))
+        break;
       zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},
                                  {wake_in.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 2, std::chrono::milliseconds(10));
+      try {
+        zmq::poll(items, 2, std::chrono::milliseconds(10));
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR) throw;
+        continue;  // a signal: the stop token (or the next round) says what to do
+      }
       if (items[0].revents & ZMQ_POLLIN) {
-        for (int budget = 0; budget < 256 && running; ++budget) {  // bounded, then timers
+        for (int budget = 0; budget < 256; ++budget) {  // bounded, then timers
           zmq::message_t id, body;
           if (!router.recv(id, zmq::recv_flags::dontwait)) break;
           if (!id.more() || !router.recv(body, zmq::recv_flags::dontwait)) continue;
@@ -171,7 +269,7 @@ class zmq_device {
             if (!router.recv(extra, zmq::recv_flags::dontwait)) break;
             body.rebuild(0);
           }
-          running = on_message(id.to_string(), body.to_string_view());
+          running = on_message(id.to_string(), body.to_string_view()) && running;
         }
       }
       if (items[1].revents & ZMQ_POLLIN) {
@@ -189,13 +287,28 @@ class zmq_device {
       check_peers(now);
       check_deadlines(now);
     }
-    fail_policy_calls("device " + std::to_string(opt_.index) + " stopped");
+    const std::string why = "device " + std::to_string(opt_.index) + " stopped";
+    fail_policy_calls(why);
     queue_.stop();
     drain_completions();
-    router_ = nullptr;
-    peers_ = nullptr;
-    std::lock_guard lock(outbox_mutex_);
-    wake_out_.reset();
+    for (auto& [id, s] : prompts_) {  // past the drain deadline: every client still hears
+      wire::envelope r;
+      r.type = wire::kind::result;
+      r.from = opt_.index;
+      r.tag = s->tag;
+      r.error = why + " before the prompt was answered";
+      ++counters_.failed;
+      reply(s->client, r);
+    }
+    prompts_.clear();
+    for (std::uint32_t j = 0; j < peers.size(); ++j)
+      if (peers[j])
+        send_to(j, [] {
+          wire::envelope e;
+          e.type = wire::kind::leaving;
+          return e;
+        }());
+    say("info", "stopped");
   }
 
  private:
@@ -208,6 +321,7 @@ class zmq_device {
   struct local_call {
     zmq_device* self;
     wire::envelope call;
+    clock::time_point expires = clock::time_point::max();  // the call's budget, from receipt
     // The policy deciding the sink here: its prompt (kept alive while it runs) and copies of
     // the sink's record and inputs (the prompt may end at its peer deadline meanwhile).
     std::shared_ptr<prompt_state> decide{};
@@ -247,20 +361,31 @@ class zmq_device {
     return e;
   }
 
-  void say(const std::string& what) const {
-    if (opt_.log) *opt_.log << "moa device " << opt_.index << ": " << what << std::endl;
+  void say(const char* level, const std::string& what) const {
+    if (opt_.log) log_line(*opt_.log, level, opt_.index, what);
+  }
+  void say(const std::string& what) const { say("warn", what); }
+
+  // A well-formed message that names something it may not: counted, logged, dropped.
+  bool drop(const std::string& sender, const wire::envelope& e, const std::string& why) {
+    ++counters_.dropped;
+    say("dropped a " + std::string(wire::to_string(e.type)) + " from '" + sender.substr(0, 32) +
+        "': " + why);
+    return true;
   }
 
   bool send_to(std::uint32_t j, wire::envelope e) {
     e.from = opt_.index;
     e.load = queue_.load();
-    const std::string bytes = wire::encode(e);
+    if (peers_ == nullptr || j >= peers_->size()) return false;
     auto& s = (*peers_)[j];
     if (!s) return false;
+    const std::string bytes = wire::encode(e);
     return s->send(zmq::buffer(bytes), zmq::send_flags::dontwait).has_value();
   }
 
   void reply(const std::string& client, const wire::envelope& e) {
+    if (router_ == nullptr) return;
     const std::string bytes = wire::encode(e);
     router_->send(zmq::buffer(client), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
     router_->send(zmq::buffer(bytes), zmq::send_flags::dontwait);
@@ -278,7 +403,8 @@ class zmq_device {
     }
     auto& e = *d.message;
     const bool from_peer = e.type == wire::kind::call || e.type == wire::kind::answer ||
-                           e.type == wire::kind::refused || e.type == wire::kind::ping;
+                           e.type == wire::kind::refused || e.type == wire::kind::ping ||
+                           e.type == wire::kind::leaving;
     if (from_peer) {
       if (e.from >= alive_.size() || e.from == opt_.index ||
           sender != "d" + std::to_string(e.from)) {
@@ -288,21 +414,41 @@ class zmq_device {
         return true;
       }
       last_seen_[e.from] = clock::now();
-      load_[e.from] = double(e.load);
-      if (!alive_[e.from]) {
+      // A load is the peer's word: clamped to what a queue can hold, so one report cannot make
+      // a device look infinitely free or busy.
+      load_[e.from] = double(std::min<std::uint64_t>(e.load, max_reported_load));
+      if (e.type == wire::kind::leaving) {
+        if (alive_[e.from]) declare_dead(e.from, "is leaving");
+        return true;
+      }
+      if (!alive_[e.from] && clock::now() >= failed_until_[e.from]) {
         alive_[e.from] = true;
+        strikes_[e.from] = 0;
         say("device " + std::to_string(e.from) + " is back");
       }
     }
     switch (e.type) {
-      case wire::kind::call:
+      case wire::kind::call: {
+        // A device calls only for prompts it is the origin of; the answer goes back to it.
+        if (e.origin != e.from) return drop(sender, e, "origin differs from the sender");
+        const bool policy = (e.prompt & policy_call_bit) != 0;
+        if (policy ? e.call != 0 : e.call >= plan_calls_)
+          return drop(sender, e, "call id " + std::to_string(e.call) + " out of range");
+        if (e.layer > max_layer_)
+          return drop(sender, e, "layer " + std::to_string(e.layer) + " out of range");
+        if (stopping_ || calls_from_[e.origin] >= opt_.max_calls_per_origin) {
+          send_to(e.origin, refusal_of(e));
+          break;
+        }
         serve_call(std::move(e));
         break;
+      }
       case wire::kind::answer:
       case wire::kind::refused:
         on_answer(e);
         break;
       case wire::kind::submit:
+        if (e.tag.size() > max_tag_bytes) return drop(sender, e, "tag longer than 256 bytes");
         born(sender, std::move(e));
         break;
       case wire::kind::stats: {
@@ -323,6 +469,11 @@ class zmq_device {
                                 {"lost", counters_.lost},
                                 {"malformed", counters_.malformed},
                                 {"dead_peers", counters_.dead_peers},
+                                {"dropped", counters_.dropped},
+                                {"refused_prompts", counters_.refused_prompts},
+                                {"expired", expired_.load(std::memory_order_relaxed)},
+                                {"in_flight", prompts_.size()},
+                                {"queued", queue_.load()},
                                 {"mean_queue", s.mean_queue},
                                 {"utilisation", s.utilisation}}
                      .dump();
@@ -333,21 +484,31 @@ class zmq_device {
         return false;
       case wire::kind::ping:
       case wire::kind::result:
+      case wire::kind::leaving:
         break;
     }
     return true;
   }
 
+  static wire::envelope refusal_of(const wire::envelope& call) {
+    wire::envelope r;
+    r.type = wire::kind::refused;
+    r.prompt = call.prompt;
+    r.origin = call.origin;
+    r.call = call.call;
+    return r;
+  }
+
   // A call to serve here (a peer's, or our own as origin).
   void serve_call(wire::envelope call) {
     auto job = std::make_shared<local_call>(local_call{this, std::move(call)});
+    job->expires = expiry(job->call.budget_ms);
     const auto refused = queue_.try_push({&run_local, job, 0});
-    if (refused == device::refusal::none) return;
-    wire::envelope r;
-    r.type = wire::kind::refused;
-    r.prompt = job->call.prompt;
-    r.origin = job->call.origin;
-    r.call = job->call.call;
+    if (refused == device::refusal::none) {
+      ++calls_from_[job->call.origin];
+      return;
+    }
+    const auto r = refusal_of(job->call);
     if (job->call.origin == opt_.index)
       on_answer(r);
     else
@@ -367,6 +528,13 @@ class zmq_device {
     if (!served) {
       rec.status = call_status::failed;
       rec.error = "device " + std::to_string(self.opt_.index) + " stopped before serving the call";
+    } else if (clock::now() >= job.expires) {
+      // The origin stopped waiting while the call queued: serving it would only delay the
+      // calls behind it.
+      self.expired_.fetch_add(1, std::memory_order_relaxed);
+      rec.status = call_status::timed_out;
+      rec.error = "its deadline passed while it waited in d" + std::to_string(self.opt_.index) +
+                  "'s queue; dropped unserved";
     } else if (job.decide) {
       rec = std::move(job.sink);
       job.decide->run().decide(job.call.call, rec, job.inputs);
@@ -374,10 +542,7 @@ class zmq_device {
       request req;
       req.messages = std::move(job.call.messages);
       req.context = {job.call.call, job.call.layer, job.call.role};
-      if (job.call.budget_ms > 0)
-        req.deadline =
-            clock::now() + std::chrono::duration_cast<clock::duration>(
-                               std::chrono::duration<double, std::milli>(job.call.budget_ms));
+      if (job.expires != clock::time_point::max()) req.deadline = job.expires;
       req.stop = self.queue_.stop_token();
       call_backend(self.ref_, req, rec);
       enforce_limits(rec, clock::now(), req.deadline, {});
@@ -410,11 +575,12 @@ class zmq_device {
         failed.prompt = id;
         failed.status = call_status::failed;
         failed.error = names_[d] + " is dead";
-        answer_policy_call(failed);
+        answer_policy_call(failed, true);
       }
     }
     for (auto& a : done) {
       ++counters_.served;
+      if (a.origin < calls_from_.size() && calls_from_[a.origin] > 0) --calls_from_[a.origin];
       if (a.origin == opt_.index)
         on_answer(a);
       else
@@ -426,8 +592,26 @@ class zmq_device {
 
   void born(const std::string& client, wire::envelope e) {
     ++counters_.prompts;
-    const std::uint64_t id = next_prompt_++;
-    rng random(mix_seed(mix_seed(opt_.seed, opt_.index), id));
+    if (stopping_ || prompts_.size() >= opt_.max_prompts || e.messages.empty()) {
+      ++counters_.refused_prompts;
+      wire::envelope r;
+      r.type = wire::kind::result;
+      r.from = opt_.index;
+      r.tag = std::move(e.tag);
+      r.error = e.messages.empty() ? "refused: the prompt has no messages"
+                : stopping_ ? "refused: device " + std::to_string(opt_.index) + " is stopping"
+                            : "refused: device " + std::to_string(opt_.index) + " has " +
+                                  std::to_string(opt_.max_prompts) +
+                                  " prompts in flight (its bound); retry later";
+      reply(client, r);
+      return;
+    }
+    std::uint64_t id = 0;
+    {
+      std::lock_guard lock(outbox_mutex_);
+      id = fresh_id(prompts_);
+    }
+    rng random(mix_seed(mix_seed(opt_.seed, opt_.index), born_++));
     const auto n = std::uint32_t(opt_.addresses.size());
     std::vector<double> load(load_);
     load[opt_.index] = double(queue_.load());
@@ -464,6 +648,22 @@ class zmq_device {
     return call;
   }
 
+  static clock::time_point expiry(double budget_ms) {
+    if (!(budget_ms > 0)) return clock::time_point::max();
+    return clock::now() + std::chrono::duration_cast<clock::duration>(
+                              std::chrono::duration<double, std::milli>(budget_ms));
+  }
+
+  // A random id that `taken` does not hold, with the top bit `mark` (policy_call_bit for a
+  // policy's calls, 0 for prompts).
+  template <class Map>
+  std::uint64_t fresh_id(const Map& taken, std::uint64_t mark = 0) {
+    for (;;) {
+      const std::uint64_t id = (ids_() & ~policy_call_bit) | mark;
+      if ((id & ~policy_call_bit) != 0 && taken.count(id) == 0) return id;
+    }
+  }
+
   // Sends call c of prompt `id` to device d: into this device's queue, or over the wire.
   device::refusal send_call(std::uint64_t id, prompt_state& s, std::uint32_t d, call_id c) {
     auto call = call_envelope(id, c, s.plan()[c].layer, s.plan()[c].role);
@@ -476,6 +676,7 @@ class zmq_device {
         job->inputs = s.run().inputs_of(job->sink);
       } else {
         job->call.messages = s.run().messages(s.plan()[c].group);
+        job->expires = s.deadline[c];
       }
       return queue_.try_push({&run_local, job, 0}) == device::refusal::none ? device::refusal::none
                                                                             : device::refusal::full;
@@ -506,10 +707,19 @@ class zmq_device {
       return;
     }
     auto it = prompts_.find(a.prompt);
-    if (it == prompts_.end() || a.origin != opt_.index) return;  // ended already: a late answer
+    if (it == prompts_.end() || a.origin != opt_.index) {  // ended already, or never ours
+      ++counters_.dropped;
+      return;
+    }
     auto& s = *it->second;
-    if (a.call >= s.plan().size() || s.resolved(a.call)) return;
-    if (a.from != s.device_of(a.call)) return;  // from a device the call was re-routed away from
+    // Only from the device the call is with now, only once, only once it was sent.
+    if (a.call >= s.plan().size() || s.resolved(a.call) ||
+        s.deadline[a.call] == clock::time_point::max() || a.from != s.device_of(a.call)) {
+      ++counters_.dropped;
+      say("dropped an answer for call " + std::to_string(a.call) + " from d" +
+          std::to_string(a.from) + ": not a call in flight to it");
+      return;
+    }
     link l{*this, a.prompt, s};
     if (a.type == wire::kind::refused) {
       s.refused(l, a.call);
@@ -520,6 +730,7 @@ class zmq_device {
       r.error = a.error;
       r.usage = {a.prompt_tokens, a.completion_tokens};
       r.end = clock::now() - s.born();
+      strikes_[a.from] = 0;
       s.answered(a.call, std::move(r));
     }
     advance(a.prompt);
@@ -541,35 +752,49 @@ class zmq_device {
   void check_peers(clock::time_point now) {
     for (std::uint32_t j = 0; j < alive_.size(); ++j) {
       if (j == opt_.index || !alive_[j] || now - last_seen_[j] < opt_.dead_after) continue;
-      alive_[j] = false;
-      ++counters_.dead_peers;
-      say("device " + std::to_string(j) + " silent for " +
-          std::to_string(
-              std::chrono::duration_cast<std::chrono::milliseconds>(now - last_seen_[j]).count()) +
-          " ms: considered dead; re-routing its calls");
-      each_prompt([&](link& l, prompt_state& s) {
-        for (call_id c = 0; c < s.plan().size(); ++c)
-          if (!s.resolved(c) && s.device_of(c) == j && s.deadline[c] != clock::time_point::max())
-            s.lose(l, c, names_[j] + " died");
-        return true;
-      });
+      declare_dead(j, "silent for " +
+                          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             now - last_seen_[j])
+                                             .count()) +
+                          " ms");
     }
+  }
+
+  void declare_dead(std::uint32_t j, const std::string& why) {
+    alive_[j] = false;
+    ++counters_.dead_peers;
+    say("device " + std::to_string(j) + " " + why + ": considered dead; re-routing its calls");
+    each_prompt([&](link& l, prompt_state& s) {
+      for (call_id c = 0; c < s.plan().size(); ++c)
+        if (!s.resolved(c) && s.device_of(c) == j && s.deadline[c] != clock::time_point::max())
+          s.lose(l, c, names_[j] + " died");
+      return true;
+    });
   }
 
   void check_deadlines(clock::time_point now) {
     if (now < next_deadline_check_) return;
     next_deadline_check_ = now + std::chrono::milliseconds(5);
+    std::vector<std::uint32_t> failing;
     each_prompt([&](link&, prompt_state& s) {
       bool changed = false;
       for (call_id c = 0; c < s.plan().size(); ++c)
         if (!s.resolved(c) && s.deadline[c] <= now) {
           ++counters_.timeouts;
+          const auto d = s.device_of(c);
+          if (d != opt_.index && alive_[d] && ++strikes_[d] >= silent_strikes) failing.push_back(d);
           s.resolve(c, call_status::timed_out,
                     names_[s.device_of(c)] + " did not answer within the peer deadline; skipped");
           changed = true;
         }
       return changed;
     });
+    for (const auto d : failing) {
+      if (!alive_[d]) continue;
+      failed_until_[d] = now + failed_for * opt_.dead_after;
+      declare_dead(d, "let " + std::to_string(silent_strikes) +
+                          " calls in a row pass their deadline though it pings");
+    }
   }
 
   void finish(typename prompt_map::iterator it) {
@@ -631,8 +856,8 @@ class zmq_device {
     auto future = answer->get_future();
     {
       std::lock_guard lock(dev.outbox_mutex_);
-      call.prompt = policy_call_bit | dev.next_policy_call_++;
-      dev.policy_calls_.emplace(call.prompt, answer);
+      call.prompt = dev.fresh_id(dev.policy_calls_, policy_call_bit);
+      dev.policy_calls_.emplace(call.prompt, policy_wait{b, answer});
       dev.policy_out_.emplace_back(b, std::move(call));
       if (dev.wake_out_) dev.wake_out_->send(zmq::str_buffer("!"), zmq::send_flags::dontwait);
     }
@@ -653,13 +878,17 @@ class zmq_device {
     rec.usage = {a.prompt_tokens, a.completion_tokens};
   }
 
-  void answer_policy_call(const wire::envelope& a) {
+  // `local`: failed here (dead peer, stopping), not an answer over the wire.
+  void answer_policy_call(const wire::envelope& a, bool local = false) {
     std::shared_ptr<std::promise<wire::envelope>> waiting;
     {
       std::lock_guard lock(outbox_mutex_);
       auto it = policy_calls_.find(a.prompt);
-      if (it == policy_calls_.end()) return;  // answered already, or given up on
-      waiting = std::move(it->second);
+      if (it == policy_calls_.end() || (!local && it->second.device != a.from)) {
+        ++counters_.dropped;  // answered already, given up on, or not from where it went
+        return;
+      }
+      waiting = std::move(it->second.answer);
       policy_calls_.erase(it);
     }
     waiting->set_value(a);
@@ -677,7 +906,7 @@ class zmq_device {
       failed.prompt = id;
       failed.status = call_status::failed;
       failed.error = why;
-      answer_policy_call(failed);
+      answer_policy_call(failed, true);
     }
   }
 
@@ -693,16 +922,33 @@ class zmq_device {
   std::vector<std::string> names_;  // of every device, as traces show them
   run_options run_opt_;             // what the plan runs read: quorum, policy
   prompt_map prompts_;
-  std::uint64_t next_prompt_ = 0;
+  std::uint64_t born_ = 0;               // prompts born here: seeds each one's draw, reproducibly
+  std::vector<std::size_t> calls_from_;  // calls of each origin queued or in service here
+  std::uint32_t plan_calls_ = 0;         // calls in a prompt's plan
+  // A peer that keeps pinging but lets `silent_strikes` calls in a row time out is failed: its
+  // heartbeats do not bring it back for `failed_for` dead_afters (a silent or lying peer loses
+  // traffic instead of holding every prompt to the peer deadline).
+  static constexpr std::uint32_t silent_strikes = 3;
+  static constexpr int failed_for = 10;
+  std::vector<std::uint32_t> strikes_;           // calls in a row each peer let time out
+  std::vector<clock::time_point> failed_until_;  // no revival by heartbeat before this
+  std::uint32_t max_layer_ = 0;                  // the last layer a call may name
+  bool stopping_ = false;
+  std::atomic<std::uint64_t> expired_{0};  // calls dropped unserved past their deadline
+  static constexpr std::uint64_t max_reported_load = 1u << 20;
+  static constexpr std::size_t max_tag_bytes = 256;
   clock::time_point next_deadline_check_{};
   zmq::socket_t* router_ = nullptr;
   std::vector<std::optional<zmq::socket_t>>* peers_ = nullptr;
   std::mutex outbox_mutex_;
   std::deque<wire::envelope> outbox_;                                // guarded by outbox_mutex_
   std::deque<std::pair<std::uint32_t, wire::envelope>> policy_out_;  // guarded by outbox_mutex_
-  std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<wire::envelope>>>
-      policy_calls_;                    // guarded by outbox_mutex_
-  std::uint64_t next_policy_call_ = 0;  // guarded by outbox_mutex_
+  struct policy_wait {
+    std::uint32_t device;  // where the call went: the only device whose answer counts
+    std::shared_ptr<std::promise<wire::envelope>> answer;
+  };
+  std::unordered_map<std::uint64_t, policy_wait> policy_calls_;  // guarded by outbox_mutex_
+  std::mt19937_64 ids_;  // prompt and policy-call ids; guarded by outbox_mutex_
   std::atomic<std::thread::id> io_thread_{};
   std::optional<zmq::socket_t> wake_out_;
 };

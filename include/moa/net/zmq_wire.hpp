@@ -14,7 +14,8 @@
 /// | `submit`  | client -> device  | messages, tag: a prompt born at that device                 |
 /// | `result`  | device -> client  | tag, status, text (the answer), error, missing, latency_ms  |
 /// | `stats`   | client <-> device | request; the reply is a `result` whose text is JSON stats   |
-/// | `stop`    | client -> device  | the device leaves its loop and exits                        |
+/// | `stop`    | client -> device  | the device stops gracefully (see zmq_device) and exits      |
+/// | `leaving` | device -> peers   | nothing more: the sender is stopping; treat it as dead now  |
 ///
 /// Every message carries `from` (the sender's device index, or a client's) and `load` (its
 /// number of calls in system): load-aware gossip runs on these, and any message is a heartbeat.
@@ -35,11 +36,21 @@
 
 namespace moa::net::wire {
 
-enum class kind : std::uint8_t { call, answer, refused, ping, submit, result, stats, stop };
+enum class kind : std::uint8_t {
+  call,
+  answer,
+  refused,
+  ping,
+  submit,
+  result,
+  stats,
+  stop,
+  leaving
+};
 
 constexpr std::string_view to_string(kind k) noexcept {
-  constexpr std::string_view names[] = {"call",   "answer", "refused", "ping",
-                                        "submit", "result", "stats",   "stop"};
+  constexpr std::string_view names[] = {"call",   "answer", "refused", "ping",   "submit",
+                                        "result", "stats",  "stop",    "leaving"};
   return names[static_cast<std::size_t>(k)];
 }
 
@@ -106,6 +117,7 @@ inline std::string encode(const envelope& e) {
     case kind::ping:
     case kind::stats:
     case kind::stop:
+    case kind::leaving:
       break;
   }
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -196,7 +208,7 @@ inline decoded decode(std::string_view bytes) {
   std::string type;
   if (!detail::take(j, "type", type, err)) return out;
   bool known = false;
-  for (int k = 0; k <= int(kind::stop); ++k)
+  for (int k = 0; k <= int(kind::leaving); ++k)
     if (type == to_string(kind(k))) {
       e.type = kind(k);
       known = true;

@@ -10,7 +10,7 @@
 #   5. llama: builds a real llama.cpp server and a tiny model (scripts/llama-server.sh; cached,
 #      ~1 min the first time), then runs the tests labelled `llama` against it, with ASan+UBSan.
 #   6. fuzz: libFuzzer (clang 14) on the HTTP backend's parsers for MOA_FUZZ_SECONDS (60).
-#   7. fuzz-net: libFuzzer (clang 14) on the ZeroMQ network's message decoder for
+#   7. fuzz-net: libFuzzer (clang 14) on the ZeroMQ network's message decoder and handler for
 #      MOA_FUZZ_SECONDS (60).
 # MOA_TEST_STAGES selects stages (default: "format plain asan tsan llama fuzz fuzz-net").
 set -euo pipefail

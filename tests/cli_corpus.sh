@@ -11,6 +11,7 @@
 set -uo pipefail
 
 moa=${1:?usage: cli_corpus.sh MOA [MOA_DEVICE]}
+data="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/examples/data"
 moa_device=${2:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -172,8 +173,23 @@ check mismatch 2 "$moa" run hi --judge 7 --policy judge
 check mismatch 2 "$moa" run hi --prompt-file /dev/null
 check mismatch 2 "$moa" run
 
+eval_base=("$moa" eval --roster "$data/roster_synthetic.json" --dataset "$data/arithmetic.jsonl"
+  --score number --bootstrap 20)
+numeric_cases "${eval_base[@]}" -- --in-flight --bootstrap --confidence --seed
+enum_cases "${eval_base[@]}" -- --format --score
+check mismatch 2 "${eval_base[@]}" --layout no-such-layout
+check mismatch 2 "${eval_base[@]}" --score pairwise
+check mismatch 2 "${eval_base[@]}" --score rubric --judge no-such-model
+
+replay_base=("$moa" replay --times "$data/measured_times.json" --prompts 5)
+numeric_cases "${replay_base[@]}" -- --prompts --rate --seed
+enum_cases "${replay_base[@]}" -- --format
+for v in 3:1 0:9 a:b 1 -1:1 1:-1 4294967297:1 1e400:1 "" 1:1:1; do
+  check mismatch 2 "${replay_base[@]}" --config "$v"
+done
+
 # Unknown and misspelt options, missing values.
-for sub in run bench search stability simulate network; do
+for sub in run bench search stability simulate network eval replay; do
   check unknown_option 2 "$moa" "$sub" --bogus
   check unknown_option 2 "$moa" "$sub" --layer 2
   check unknown_option 2 "$moa" "$sub" --seed
@@ -192,6 +208,9 @@ for p in "${bad_out[@]}"; do
   check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --json "$p"
   check unwritable_path 2 "$moa" search --quiet --iterations 1 --json "$p"
   check unwritable_path 2 "$moa" search --quiet --iterations 1 --dot "$p"
+  check unwritable_path 2 "${eval_base[@]}" --results "$p"
+  check unwritable_path 2 "${eval_base[@]}" --json "$p"
+  check unwritable_path 2 "${eval_base[@]}" --plot "$p"
 done
 bad_in=(/nonexistent/x "$work/folder" "$work/file/x" /dev/zero)
 for p in "${bad_in[@]}"; do
@@ -199,6 +218,31 @@ for p in "${bad_in[@]}"; do
   check missing_path 2 "$moa" stability --config "$p"
   check missing_path 2 "$moa" simulate --config "$p"
   check missing_path 2 "$moa" network --config "$p"
+  check missing_path 2 "$moa" eval --roster "$p" --dataset "$data/arithmetic.jsonl"
+  check missing_path 2 "$moa" eval --roster "$data/roster_synthetic.json" --dataset "$p"
+  check missing_path 2 "$moa" replay --times "$p"
+done
+# Rosters, datasets and measured times that are wrong inside (each names the key or line).
+roster_case() {  # roster_case TEXT
+  printf '%s' "$1" >"$work/roster.json"
+  check roster 2 "$moa" eval --roster "$work/roster.json" --dataset "$data/arithmetic.jsonl"
+}
+for text in '' '{' '[]' '{"models": 4}' '{"models": {"a": {"endpoint": "file:///etc/passwd"}}}' \
+  '{"models": {"a": {"retries": 99}}}' '{"models": {"a": {"typo": 1}}}' '{"modles": {}}' \
+  '{"models": {"a": {"timeout_ms": -1}}}' '{"models": {"a": {"timeout_ms": 1e400}}}' \
+  "$(printf '%*s' 100000 '' | tr ' ' '[')"; do
+  roster_case "$text"
+done
+for text in '' '{' '{"prompt": 4}' '{"prompt": "x", "reference": [[[[1]]]]}' 'not json' \
+  $'{"prompt": "\xff\xfe", "reference": "1"}'; do
+  printf '%s\n' "$text" >"$work/data.jsonl"
+  check dataset any "${eval_base[@]::2}" --roster "$data/roster_synthetic.json" \
+    --dataset "$work/data.jsonl" --score number --bootstrap 20
+done
+for text in '' '{' '{"devices": 4}' '{"devices": [{"layers": [-1]}]}' '{"devices": []}' \
+  '{"devices": [{"layers": [1e400]}]}' '{"unit": "ms", "typo": 1}'; do
+  printf '%s' "$text" >"$work/times.json"
+  check measured_times 2 "$moa" replay --times "$work/times.json"
 done
 # `-` is stdout and stdin everywhere.
 check stdio any "$moa" simulate -r 1 --horizon 200 --csv -

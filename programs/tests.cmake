@@ -144,3 +144,12 @@ set_tests_properties(cli.replay PROPERTIES PASS_REGULAR_EXPRESSION
 add_test(NAME cli.replay_bad_config COMMAND moa_cli replay --times ${_eval_data}/measured_times.json --config 3:1)
 set_tests_properties(cli.replay_bad_config PROPERTIES
   PASS_REGULAR_EXPRESSION "M = 3 layers, but 2 were measured")
+
+# `moa serve` in front of two real llama-servers, driven with curl (docs/SERVE.md).
+if(MOA_HAS_OPENAI AND MOA_HAS_SERVE)
+  add_test(NAME cli.serve_endpoint
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 2
+                   bash ${PROJECT_SOURCE_DIR}/tests/serve_llama.sh $<TARGET_FILE:moa_cli>)
+  set_tests_properties(cli.serve_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 180
+    PASS_REGULAR_EXPRESSION "serve_llama: all passed")
+endif()

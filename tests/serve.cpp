@@ -363,11 +363,11 @@ TEST_CASE("Serve.bad_requests_get_the_openai_error_shape") {
       {R"({"model": "moa", "messages": [{"role": "user", "content": "hi"}], "moa": {"x": 1}})",
        "moa.x"},
   };
-  for (const auto& [body, param] : wrong) {
-    CAPTURE(body);
-    const auto r = post(body);
+  for (const auto& w : wrong) {
+    CAPTURE(w.first);
+    const auto r = post(w.first);
     check_error_shape(r, 400);
-    CHECK(param_of(r) == param);
+    CHECK(param_of(r) == w.second);
   }
   // Text parts are accepted, as the OpenAI API accepts them.
   CHECK(post(R"({"model": "moa", "messages": [{"role": "user", "content": [{"type": "text",
@@ -382,6 +382,8 @@ TEST_CASE("Serve.bad_requests_get_the_openai_error_shape") {
   big["messages"][0]["content"] = std::string(4096, 'x');
   check_error_shape(post(big.dump()), 413);
 
+  check_error_shape(http("GET", s.base + "/health", {}, {"X-Big: " + std::string(10000, 'x')}),
+                    431);
   check_error_shape(http("GET", url), 405);
   check_error_shape(http("GET", s.base + "/v1/nothing"), 404);
   // The server still answers after all of that.

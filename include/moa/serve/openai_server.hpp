@@ -592,6 +592,13 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
                                     std::to_string(server_.opt_.max_body_bytes) + " bytes",
                          .code = "request_too_large"});
     }
+    if (ec == http::error::header_limit) {
+      keep_alive_ = false;
+      route_ = "other";
+      return send_error({.status = 431,
+                         .message = "the request headers are too large",
+                         .code = "request_header_fields_too_large"});
+    }
     if (ec) return close();
     request_ = parser_->release();
     keep_alive_ = request_.keep_alive() && !server_.draining();
@@ -683,11 +690,12 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
     opt.call_timeout = layout_->call_timeout;
     if (server_.opt_.run_timeout.count() > 0) opt.timeout = server_.opt_.run_timeout;
     auto self = shared_from_this();
+    // Copied here: executor and backend threads post with it, and never touch the stream.
+    auto strand = stream_.get_executor();
     if (stream_mode_) {
       // Tokens come on executor or backend threads; each is posted to this connection's strand.
-      opt.on_token = [self](std::string_view t) {
-        boost::asio::post(self->stream_.get_executor(),
-                          [self, text = std::string(t)] { self->on_token(text); });
+      opt.on_token = [self, strand](std::string_view t) {
+        boost::asio::post(strand, [self, text = std::string(t)] { self->on_token(text); });
       };
       write_stream_header();
     }
@@ -695,8 +703,8 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
     stream_.expires_never();
     watch_disconnect();
     server_.executor_.execute_async(
-        layout_->plan, layout_->refs, req.request, opt, {}, [self](result r) {
-          boost::asio::post(self->stream_.get_executor(),
+        layout_->plan, layout_->refs, req.request, opt, {}, [self, strand](result r) {
+          boost::asio::post(strand,
                             [self, r = std::move(r)]() mutable { self->finish(std::move(r)); });
         });
   }

@@ -133,7 +133,8 @@ struct stamping_backend {
     return r;
   }
   moa::response generate(const moa::request& r) const {
-    return generate_stream(r, [](std::string_view) {});
+    auto ignore = [](std::string_view) {};
+    return generate_stream(r, ignore);
   }
   [[nodiscard]] std::string_view name() const { return "stamping"; }
 };

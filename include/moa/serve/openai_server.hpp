@@ -139,7 +139,7 @@ class server_metrics {
     for (const auto& [key, n] : requests_)
       os << "moa_serve_requests_total{route=\"" << key.first << "\",code=\"" << key.second << "\"} "
          << n << '\n';
-    os << "# HELP moa_serve_in_flight Chat completions being run or written.\n"
+    os << "# HELP moa_serve_in_flight Chat completions being run.\n"
           "# TYPE moa_serve_in_flight gauge\nmoa_serve_in_flight "
        << in_flight << '\n';
     os << "# HELP moa_serve_request_seconds Chat completion latency, request read to answer "
@@ -461,9 +461,10 @@ class openai_server {
   /// cancelled), then stops. Returns at once; wait() returns when the server has stopped.
   void drain(clock::duration bound) {
     boost::asio::post(io_, [this, deadline = clock::now() + bound] {
-      if (draining_.exchange(true)) return;
+      if (draining_.load()) return;
       boost::system::error_code ignored;
       acceptor_.close(ignored);
+      draining_ = true;  // after the close: whoever sees it can no longer connect
       poll_drain(deadline);
     });
   }
@@ -491,7 +492,7 @@ class openai_server {
   void accept();  // after session
 
   void poll_drain(clock::time_point deadline) {
-    if (in_flight_.load() == 0 || clock::now() >= deadline) {
+    if ((in_flight_.load() == 0 && unwritten_.load() == 0) || clock::now() >= deadline) {
       stop();
       return;
     }
@@ -533,6 +534,7 @@ class openai_server {
   layout_set layouts_;
   server_metrics metrics_;
   std::atomic<std::size_t> in_flight_{0};
+  std::atomic<std::size_t> unwritten_{0};  // answers admitted and not yet written
   std::atomic<std::uint64_t> next_id_{0};
   std::atomic<bool> draining_{false};
   std::stop_source shutdown_;
@@ -561,7 +563,9 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
   }
 
  private:
-  // Holds a slot of max_in_flight until the answer is written (or the connection fails).
+  // Gives back one count of a counter (a slot of max_in_flight, an answer not yet written). The
+  // slot is given back when the run ends, before its answer is written, so a client that has
+  // read its answer and asks again is never refused for its own earlier request.
   struct slot {
     std::atomic<std::size_t>* counter;
     explicit slot(std::atomic<std::size_t>& c) : counter(&c) {}
@@ -677,6 +681,8 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
       return send(std::move(res));
     }
     slot_.emplace(server_.in_flight_);
+    server_.unwritten_.fetch_add(1);
+    unwritten_.emplace(server_.unwritten_);
     id_ = "chatcmpl-moa-" + std::to_string(server_.next_id_.fetch_add(1));
     created_ = std::chrono::duration_cast<std::chrono::seconds>(
                    std::chrono::system_clock::now().time_since_epoch())
@@ -734,11 +740,12 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
 
   void finish(result r) {
     running_ = false;
+    slot_.reset();
     shutdown_link_.reset();
     server_.metrics_.add_tokens(r.usage);
     if (cancelled_) {
       server_.metrics_.record(route_, 499, seconds_since_start());
-      slot_.reset();
+      unwritten_.reset();
       return close();
     }
     if (stream_mode_) return finish_stream(r);
@@ -823,7 +830,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
 
   void finish_stream(const result& r) {
     if (!stream_open_) {
-      slot_.reset();
+      unwritten_.reset();
       return close();
     }
     if (r.has_answer()) {
@@ -877,7 +884,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
                                self->writing_ = false;
                                self->server_.metrics_.record(self->route_, self->stream_status_,
                                                              self->seconds_since_start());
-                               self->slot_.reset();
+                               self->unwritten_.reset();
                                if (ec || !self->keep_alive_ || self->server_.draining())
                                  return self->close();
                                self->reset_request();
@@ -890,7 +897,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
     queue_.clear();
     cancel_run();
     if (!running_) {
-      slot_.reset();
+      unwritten_.reset();
       close();
     }
   }
@@ -936,7 +943,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
         stream_, *msg,
         [self = shared_from_this(), msg, keep, status](boost::system::error_code ec, std::size_t) {
           self->server_.metrics_.record(self->route_, status, self->seconds_since_start());
-          self->slot_.reset();
+          self->unwritten_.reset();
           if (ec || !keep) return self->close();
           self->reset_request();
           self->read();
@@ -984,7 +991,8 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
   std::int64_t created_ = 0;
   bool trace_ = false, stream_mode_ = false, include_usage_ = false;
   bool running_ = false, cancelled_ = false;
-  std::optional<slot> slot_;
+  std::optional<slot> slot_;       // of max_in_flight, until the run ends
+  std::optional<slot> unwritten_;  // until the answer is written: drain waits for it
   std::shared_ptr<std::stop_source> run_stop_;
   std::optional<std::stop_callback<std::function<void()>>> shutdown_link_;
 

@@ -6,6 +6,7 @@
 //      in-process on the async executor vs through `moa serve` by libcurl clients (keep-alive),
 //      at 1 and at 64 concurrent clients: per-request latency p50/p99 and requests/s; the added
 //      latency is the difference of the p50s (the client's HTTP work included).
+//      A GET /health row gives the HTTP floor (client, loopback and parser; no run).
 //   2. Streaming: a backend that sleeps, stamps the moment it produces its first token and
 //      streams it; the client stamps the moment that token's chunk arrives (one process, one
 //      clock): first-token delay p50/p99.
@@ -104,7 +105,7 @@ struct over_http {
   [[nodiscard]] handle open() const {
     handle s;
     curl_easy_setopt(s.c, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(s.c, CURLOPT_POSTFIELDS, body.c_str());
+    if (!body.empty()) curl_easy_setopt(s.c, CURLOPT_POSTFIELDS, body.c_str());
     curl_easy_setopt(s.c, CURLOPT_HTTPHEADER, s.h);
     curl_easy_setopt(s.c, CURLOPT_WRITEFUNCTION, append);
     curl_easy_setopt(s.c, CURLOPT_NOSIGNAL, 1L);
@@ -185,6 +186,13 @@ int main(int argc, char** argv) {
         "  added by the server at %zu client(s): p50 %+.1f us, p99 %+.1f us; "
         "throughput x%.2f\n",
         clients, b.p50_us - a.p50_us, b.p99_us - a.p99_us, b.per_s / a.per_s);
+    if (clients == 1) {
+      // The HTTP floor: a round trip that runs nothing (GET /health), same client and server.
+      const over_http health{"http://127.0.0.1:" + std::to_string(server.port()) + "/health", {}};
+      const auto h = load(clients, each, health);
+      std::printf("%-10s %8zu %12.1f %12.1f %12.0f   (HTTP round trip, no run)\n", "health",
+                  clients, h.p50_us, h.p99_us, h.per_s);
+    }
   }
 
   // Streaming: first-token delay, backend stamp to client arrival.

@@ -1008,6 +1008,8 @@ inline void openai_server::accept() {
   acceptor_.async_accept(boost::asio::make_strand(io_),
                          [this](boost::system::error_code ec, tcp::socket socket) {
                            if (ec) return;  // closed (draining) or stopped
+                           // Small writes (SSE chunks) leave at once, not after Nagle's wait.
+                           socket.set_option(tcp::no_delay(true), ec);
                            std::make_shared<session>(*this, std::move(socket))->start();
                            accept();
                          });

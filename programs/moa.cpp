@@ -5,6 +5,7 @@
 //   moa search              a DAG topology search (Heterogeneous Swarms) on synthetic models
 //   moa stability           is a gossip network stable? loads, margins, queue/latency estimates
 //   moa simulate            discrete-event simulation of a gossip network (one run or a sweep)
+//   moa serve               an OpenAI-compatible server whose models are MoA layouts
 //
 // Every subcommand has --help. Exit codes: 0 success, 1 the work ran but gave no answer (or
 // failed), 2 bad input (an option, a config file, an output path); never a signal.
@@ -21,6 +22,9 @@
 #include "cli/replay_command.hpp"
 #include "cli/run_command.hpp"
 #include "cli/search_command.hpp"
+#if MOA_CLI_SERVE
+#include "cli/serve_command.hpp"
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"moa: run several LLMs together as a Mixture-of-Agents"};
@@ -39,6 +43,9 @@ int main(int argc, char** argv) {
   moa::cli::add_eval_command(app, exit_code);
   moa::cli::add_replay_command(app);
   moa::cli::add_network_command(app, exit_code);
+#if MOA_CLI_SERVE
+  moa::cli::add_serve_command(app, exit_code);
+#endif
 #if MOA_CLI_ZMQ
   moa::cli::add_device_command(app, exit_code);
 #endif

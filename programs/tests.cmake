@@ -188,3 +188,12 @@ add_test(NAME cli.stability_large_graph_refused COMMAND bash -c
          "printf '{\"adjacency\": [[0]]}' > ${CMAKE_CURRENT_BINARY_DIR}/big_graph.json; $<TARGET_FILE:moa_cli> stability -n 2000 --config ${CMAKE_CURRENT_BINARY_DIR}/big_graph.json")
 set_tests_properties(cli.stability_large_graph_refused PROPERTIES
   PASS_REGULAR_EXPRESSION "a graph is analysed as an n x n matrix, for at most 1024 devices")
+
+# `moa serve` in front of two real llama-servers, driven with curl (docs/SERVE.md).
+if(MOA_HAS_OPENAI AND MOA_HAS_SERVE)
+  add_test(NAME cli.serve_endpoint
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 2
+                   bash ${PROJECT_SOURCE_DIR}/tests/serve_llama.sh $<TARGET_FILE:moa_cli>)
+  set_tests_properties(cli.serve_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 180
+    PASS_REGULAR_EXPRESSION "serve_llama: all passed")
+endif()

@@ -8,7 +8,7 @@ MOA_PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   libeigen3-dev librange-v3-dev doctest-dev libcli11-dev nlohmann-json3-dev libbenchmark-dev
   libcurl4-openssl-dev curl
-  libasio-dev
+  libasio-dev libboost-dev
   time
   clang-format clang-14 libclang-rt-14-dev
   cppzmq-dev libzmq3-dev

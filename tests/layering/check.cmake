@@ -3,7 +3,7 @@
 # detail/ folder of another family. The order is the one of docs/ARCHITECTURE.md:
 #
 #   core  ->  topology gossip prompt aggregate  ->  exec  ->  net queueing swarm bench eval config backends
-#         ->  the umbrella headers (moa/moa.hpp, moa/pipeline.hpp, ...)  ->  programs
+#         ->  serve, the umbrella header moa/moa.hpp  ->  programs
 #
 # Families of one level may include each other. Run: cmake -DMOA_INCLUDE_DIR=<repo>/include -P
 # check.cmake (ctest does; see tests/CMakeLists.txt).
@@ -22,6 +22,7 @@ foreach(_f net queueing swarm bench eval config backends)
   set(_level_${_f} 3)
 endforeach()
 set(_level_umbrella 4)
+set(_level_serve 4)  # moa/serve/: the OpenAI-compatible server over config/ and exec/
 # Top-level headers that front one family sit at that family's layer: a header of the same or a
 # higher layer may include them (eval/ runs pipelines; config/ names aggregation policies).
 set(_level_aggregator 1)  # moa/aggregator.hpp: the catalogue of aggregate/

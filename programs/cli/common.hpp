@@ -191,6 +191,28 @@ class output_file {
   std::unique_ptr<std::ofstream> file_;
 };
 
+/// An input file a library loader will read whole: a regular file of at most `limit` bytes,
+/// checked before the loader allocates for it (`/dev/zero` is not a dataset).
+inline void check_input_file(const std::string& path, const std::string& option,
+                             std::uintmax_t limit) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    reject(option, "'" + path + "' is not a regular file");
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec || size > limit)
+    reject(option, "'" + path + "' is larger than " + std::to_string(limit >> 20) + " MiB");
+}
+
+/// A file that is appended to (resumable results): it may exist, and its folder must be
+/// writable; checked before the work starts, without truncating what is there.
+inline void check_appendable(const std::string& path, const std::string& option) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    reject(option, "'" + path + "' is a folder; give a file name");
+  std::ofstream probe(path, std::ios::binary | std::ios::app);
+  if (!probe) reject(option, "cannot write '" + path + "' (missing folder or no permission)");
+}
+
 /// The whole of a file or of stdin (`-`), at most `limit` bytes: more is bad input.
 inline std::string read_text(const std::string& path, const std::string& option,
                              std::size_t limit) {

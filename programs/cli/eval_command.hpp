@@ -105,6 +105,10 @@ inline moa::config::roster endpoints_roster(const eval_settings& s) {
   return moa::config::parse_roster(j);
 }
 
+/// Sizes of the files `moa eval` reads whole.
+inline constexpr std::uintmax_t max_roster_bytes = std::uintmax_t{16} << 20;
+inline constexpr std::uintmax_t max_dataset_file_bytes = std::uintmax_t{256} << 20;
+
 inline void run_eval(const eval_settings& s, int& exit_code) {
   if (s.roster_path.empty() == s.endpoints.empty())
     throw CLI::ValidationError("--roster", "give a roster file or --endpoint URLs (one of them)");
@@ -118,8 +122,18 @@ inline void run_eval(const eval_settings& s, int& exit_code) {
       return;
     }
   }
-  const auto roster =
-      s.roster_path.empty() ? endpoints_roster(s) : moa::config::load_roster(s.roster_path);
+  // Inputs and outputs are checked before anything is loaded or run.
+  if (!s.roster_path.empty()) check_input_file(s.roster_path, "--roster", max_roster_bytes);
+  check_input_file(s.dataset_path, "--dataset", max_dataset_file_bytes);
+  if (!s.results_path.empty()) check_appendable(s.results_path, "--results");
+  output_file json_out(s.json_path, "--json");
+  output_file plot_out(s.plot_path, "--plot");
+  moa::config::roster roster;
+  try {
+    roster = s.roster_path.empty() ? endpoints_roster(s) : moa::config::load_roster(s.roster_path);
+  } catch (const nlohmann::json::exception& e) {
+    reject("--roster", s.roster_path + ": " + e.what());
+  }
   const auto data = moa::eval::load_dataset(s.dataset_path, s.format, s.fields);
   auto layouts = s.layouts;
   if (layouts.empty()) {
@@ -155,10 +169,9 @@ inline void run_eval(const eval_settings& s, int& exit_code) {
 #endif
   const auto report = moa::eval::evaluate(roster, data, layouts, opt, make);
   std::cout << report;
-  if (!s.json_path.empty()) {
-    std::ofstream out(s.json_path);
-    if (!(out << moa::eval::to_json(report).dump(2) << '\n'))
-      throw CLI::RuntimeError("moa eval: cannot write " + s.json_path, 1);
+  if (json_out) {
+    json_out.stream() << moa::eval::to_json(report).dump(2) << '\n';
+    json_out.finish();
   }
   if (!s.plot_path.empty()) {
     const auto data_path = s.plot_path + ".dat", script_path = s.plot_path + ".gp";
@@ -215,17 +228,19 @@ inline void add_eval_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--results", s->results_path,
                   "JSONL results file; an existing one is resumed (only missing items run)");
   cmd->add_option("--in-flight", s->in_flight, "Items run at once")
-      ->check(CLI::Range(1, 4096))
+      ->transform(count_in(1, 4096))
       ->capture_default_str();
   cmd->add_flag("--sequential-calls", s->sequential_calls,
                 "Run the calls of an item one after another (inline executor)");
   cmd->add_option("--bootstrap", s->resamples, "Bootstrap resamples")
-      ->check(CLI::Range(0, 1000000))
+      ->transform(count_in(0, 1000000))
       ->capture_default_str();
   cmd->add_option("--confidence", s->confidence, "Interval confidence")
-      ->check(CLI::Range(0.5, 0.999))
+      ->check(number_in(0.5, 0.999))
       ->capture_default_str();
-  cmd->add_option("--seed", s->seed, "Bootstrap seed")->capture_default_str();
+  cmd->add_option("--seed", s->seed, "Bootstrap seed")
+      ->capture_default_str()
+      ->transform(any_seed());
   cmd->add_flag("--fsync", s->fsync, "fdatasync the results after every item");
   cmd->add_option("--json", s->json_path, "Also write the report as JSON");
   cmd->add_option("--plot", s->plot_path,

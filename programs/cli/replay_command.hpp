@@ -11,11 +11,14 @@
 
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <moa/eval/replay.hpp>
 #include <nlohmann/json.hpp>
+
+#include "cli/common.hpp"
 
 namespace moa::cli {
 
@@ -46,7 +49,14 @@ inline moa::eval::replay_config parse_replay_config(const std::string& text) {
 }
 
 inline void run_replay(const replay_settings& s) {
-  const auto times = moa::eval::load_measured_times(s.times_path);
+  check_input_file(s.times_path, "--times", std::uintmax_t{64} << 20);
+  std::optional<moa::eval::measured_times> loaded;
+  try {
+    loaded.emplace(moa::eval::load_measured_times(s.times_path));
+  } catch (const nlohmann::json::exception& e) {
+    reject("--times", s.times_path + ": " + e.what());
+  }
+  const auto& times = *loaded;
   const auto arrivals =
       times.arrivals.empty()
           ? moa::eval::poisson_arrivals(times.devices.size(), s.rate, s.prompts, s.seed)
@@ -90,12 +100,14 @@ inline void add_replay_command(CLI::App& app) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--prompts", s->prompts, "Prompts replayed (without recorded arrivals)")
-      ->check(CLI::Range(1, 10000000))
+      ->transform(count_in(1, 10000000))
       ->capture_default_str();
   cmd->add_option("--rate", s->rate, "Poisson prompt rate per user (without recorded arrivals)")
-      ->check(CLI::PositiveNumber)
+      ->check(number_in(0, 1e6, true))
       ->capture_default_str();
-  cmd->add_option("--seed", s->seed, "Seed of arrivals and peer draws")->capture_default_str();
+  cmd->add_option("--seed", s->seed, "Seed of arrivals and peer draws")
+      ->capture_default_str()
+      ->transform(any_seed());
   cmd->add_option("--config", s->configs,
                   "A configuration M:k (repeat; default: 0:0, then every measured M with every "
                   "k from 1 to n-1)");

@@ -117,6 +117,19 @@ void report(benchmark::State& state, const usage_mark& from, std::size_t queries
   state.counters["csw_per_query"] = double(to.switches - from.switches) / q;
 }
 
+// Runs `wave` (start `in_flight` queries, wait for them all) per iteration, after a warm-up.
+template <class Wave>
+void run_waves(benchmark::State& state, std::size_t in_flight, Wave&& wave) {
+  for (int i = 0; i < 10; ++i) wave();
+  const auto from = usage_mark::now();
+  std::size_t n = 0;
+  for (auto _ : state) {
+    wave();
+    n += in_flight;
+  }
+  report(state, from, n);
+}
+
 // Runs `query` (one whole query, blocking) per iteration in the given mode. Blocking paths only.
 template <class Query>
 void run_blocking(benchmark::State& state, const char* mode, Query&& query) {
@@ -230,14 +243,7 @@ void bm_async(benchmark::State& state, const char* mode) {
     std::unique_lock lock(mu);
     cv.wait(lock, [&] { return finished == in_flight; });
   };
-  for (int i = 0; i < 10; ++i) wave();
-  const auto from = usage_mark::now();
-  std::size_t n = 0;
-  for (auto _ : state) {
-    wave();
-    n += in_flight;
-  }
-  report(state, from, n);
+  run_waves(state, in_flight, wave);
 }
 
 // --- oneTBB flow graph -------------------------------------------------------------------------
@@ -310,14 +316,7 @@ void bm_tbb(benchmark::State& state, const char* mode) {
     for (auto& q : qs) q->start();
     g.wait_for_all();
   };
-  for (int i = 0; i < 10; ++i) wave();
-  const auto from = usage_mark::now();
-  std::size_t n = 0;
-  for (auto _ : state) {
-    wave();
-    n += in_flight;
-  }
-  report(state, from, n);
+  run_waves(state, in_flight, wave);
 }
 #endif
 

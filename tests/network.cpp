@@ -318,8 +318,21 @@ TEST_CASE("Network.matches_the_simulator_at_0_8_of_the_limit" * doctest::timeout
   MESSAGE("mean service " << service << " ms (configured " << alpha << "); queue: live "
                           << c.live_queue << " sim " << c.sim_queue << "; latency: live "
                           << c.live_latency << " sim " << c.sim_latency);
-  CHECK(c.live_queue == doctest::Approx(c.sim_queue).epsilon(0.10));
-  CHECK(c.live_latency == doctest::Approx(c.sim_latency).epsilon(0.10));
+  // A sanitizer slows the live run's own hand-offs (not modelled by the simulator) by several
+  // times, and CI runs two such tests at once on two cores: there the tolerance is wider.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  constexpr double tolerance = 0.15;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  constexpr double tolerance = 0.15;
+#else
+  constexpr double tolerance = 0.10;
+#endif
+#else
+  constexpr double tolerance = 0.10;
+#endif
+  CHECK(c.live_queue == doctest::Approx(c.sim_queue).epsilon(tolerance));
+  CHECK(c.live_latency == doctest::Approx(c.sim_latency).epsilon(tolerance));
   // Utilisation matches the traffic equations at the delivered service time (generous: the
   // arrival count over a finite window fluctuates).
   for (const auto& d : live.devices)

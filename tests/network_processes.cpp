@@ -299,7 +299,7 @@ TEST_CASE("Network.processes_on_loopback" * doctest::timeout(120)) {
   for (std::size_t i = 0; i < n; ++i)
     devices.push_back(spawn(
         {MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers", peers, "--alpha-ms",
-         "1", "--peer-timeout-ms", "3000", "--dead-after-ms", "400", "--seed", "5"},
+         "1", "--peer-timeout-ms", "3000", "--dead-after-ms", "1500", "--seed", "5"},
         std::string(MOA_TEST_LOG_DIR) + "/device" + std::to_string(i) + ".log"));
   client c(ctx, addresses);
   std::this_thread::sleep_for(300ms);  // let the devices bind and exchange heartbeats

@@ -29,9 +29,9 @@
 
 #include "moa/core/backend.hpp"
 #include "moa/core/message.hpp"
+#include "moa/core/result.hpp"
 #include "moa/exec/async.hpp"
 #include "moa/exec/executor.hpp"
-#include "moa/exec/result.hpp"
 #include "moa/exec/run_options.hpp"
 #include "moa/topology/dot.hpp"
 #include "moa/topology/layered.hpp"

@@ -63,7 +63,7 @@
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
 #include "moa/core/message.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 
 namespace moa {
 

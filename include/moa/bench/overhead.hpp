@@ -45,9 +45,9 @@
 #include "moa/aggregate/any_aggregator.hpp"
 #include "moa/backends/synthetic.hpp"
 #include "moa/core/backend.hpp"
+#include "moa/core/result.hpp"
 #include "moa/exec/async.hpp"
 #include "moa/exec/executor.hpp"
-#include "moa/exec/result.hpp"
 #include "moa/exec/run_options.hpp"
 #include "moa/topology/plan.hpp"
 

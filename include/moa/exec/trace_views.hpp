@@ -23,7 +23,7 @@
 #include <string_view>
 
 #include "moa/core/message.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 
 namespace moa {
 namespace views {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "moa/core/message.hpp"
-#include "moa/exec/result.hpp"
+#include "moa/core/result.hpp"
 
 namespace moa {
 

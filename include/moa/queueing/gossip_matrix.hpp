@@ -47,7 +47,8 @@ inline void require_square(const Eigen::Ref<const Eigen::MatrixXd>& m, const cha
 }
 
 /// Connectivity of the undirected graph with an edge wherever m(i, j) or m(j, i) is non-zero.
-inline bool connected(const Eigen::Ref<const Eigen::MatrixXd>& m) {
+template <class = void>  // instantiated only where called (compile-time budget)
+bool connected(const Eigen::Ref<const Eigen::MatrixXd>& m) {
   const auto n = static_cast<std::size_t>(m.rows());
   std::vector<char> seen(n, 0);
   std::vector<std::size_t> stack{0};
@@ -75,7 +76,8 @@ inline bool connected(const Eigen::Ref<const Eigen::MatrixXd>& m) {
 inline constexpr std::size_t max_dense_devices = 4096;
 
 /// @brief Uniform gossip: k distinct peers among the n - 1 others, P(i, j) = k / (n - 1), i != j.
-inline Eigen::MatrixXd uniform_inclusion(std::size_t n, std::size_t k) {
+template <class = void>  // instantiated only where called (compile-time budget)
+Eigen::MatrixXd uniform_inclusion(std::size_t n, std::size_t k) {
   detail::require_fanout(k, n);
   if (n > max_dense_devices)
     detail::fail("uniform_inclusion(" + std::to_string(n) + ", k) would be a dense " +
@@ -90,8 +92,8 @@ inline Eigen::MatrixXd uniform_inclusion(std::size_t n, std::size_t k) {
 /// @brief Neighbours on a graph: device i picks min(k, deg i) distinct neighbours uniformly.
 /// `adjacency(i, j) != 0` means i may send to j (the diagonal is ignored). The graph must be
 /// connected (as undirected), and with k >= 1 every device needs a neighbour.
-inline Eigen::MatrixXd graph_inclusion(const Eigen::Ref<const Eigen::MatrixXd>& adjacency,
-                                       std::size_t k) {
+template <class = void>  // instantiated only where called (compile-time budget)
+Eigen::MatrixXd graph_inclusion(const Eigen::Ref<const Eigen::MatrixXd>& adjacency, std::size_t k) {
   detail::require_square(adjacency, "the gossip graph's adjacency matrix");
   const auto n = adjacency.rows();
   detail::require_fanout(k, static_cast<std::size_t>(n));
@@ -123,8 +125,9 @@ inline Eigen::MatrixXd graph_inclusion(const Eigen::Ref<const Eigen::MatrixXd>& 
 /// @brief Weighted gossip: row i picks k distinct peers with inclusion probabilities
 /// proportional to weights(i, j), capped at 1 (the excess goes to the others), so row i sums to
 /// min(k, number of positive weights).
-inline Eigen::MatrixXd weighted_inclusion(const Eigen::Ref<const Eigen::MatrixXd>& weights,
-                                          std::size_t k) {
+template <class = void>  // instantiated only where called (compile-time budget)
+Eigen::MatrixXd weighted_inclusion(const Eigen::Ref<const Eigen::MatrixXd>& weights,
+                                   std::size_t k) {
   detail::require_square(weights, "the gossip weight matrix");
   const auto n = weights.rows();
   detail::require_fanout(k, static_cast<std::size_t>(n));

@@ -236,8 +236,9 @@ constexpr static_verdict<Topology::device_count> stability(const rate_config& ra
 
 /// @brief The visit matrix of gossip: V = (M + 1) I + M P, V(i, j) the expected calls on device
 /// j per prompt born at i, P the inclusion matrix (see gossip_matrix.hpp).
-inline Eigen::MatrixXd gossip_visits(std::size_t layers,
-                                     const Eigen::Ref<const Eigen::MatrixXd>& inclusion) {
+template <class = void>  // instantiated only where called (compile-time budget)
+Eigen::MatrixXd gossip_visits(std::size_t layers,
+                              const Eigen::Ref<const Eigen::MatrixXd>& inclusion) {
   if (inclusion.rows() == 0 || inclusion.rows() != inclusion.cols())
     detail::fail("the inclusion matrix must be square and non-empty (one row per device)");
   Eigen::MatrixXd v = double(layers) * inclusion;
@@ -269,8 +270,9 @@ Eigen::MatrixXd plan_visits(Source&& source, std::size_t n) {
 }
 
 /// @brief The traffic equations: Lambda = V^T lambda.
-inline Eigen::VectorXd arrival_rates(const Eigen::Ref<const Eigen::VectorXd>& lambda,
-                                     const Eigen::Ref<const Eigen::MatrixXd>& visits) {
+template <class = void>  // instantiated only where called (compile-time budget)
+Eigen::VectorXd arrival_rates(const Eigen::Ref<const Eigen::VectorXd>& lambda,
+                              const Eigen::Ref<const Eigen::MatrixXd>& visits) {
   if (visits.rows() != visits.cols() || visits.rows() != lambda.size())
     detail::fail("the visit matrix is " + std::to_string(visits.rows()) + " x " +
                  std::to_string(visits.cols()) + " but lambda has " +
@@ -286,9 +288,10 @@ inline Eigen::VectorXd arrival_rates(const Eigen::Ref<const Eigen::VectorXd>& la
 
 /// @brief The general verdict: per-user rates, per-device mean inference times, any visit
 /// matrix (gossip_visits for any inclusion matrix, plan_visits for fixed plans).
-inline stability_report analyse(const Eigen::Ref<const Eigen::VectorXd>& lambda,
-                                const Eigen::Ref<const Eigen::VectorXd>& alpha,
-                                const Eigen::Ref<const Eigen::MatrixXd>& visits) {
+template <class = void>  // instantiated only where called (compile-time budget)
+stability_report analyse(const Eigen::Ref<const Eigen::VectorXd>& lambda,
+                         const Eigen::Ref<const Eigen::VectorXd>& alpha,
+                         const Eigen::Ref<const Eigen::MatrixXd>& visits) {
   stability_report r;
   r.arrival = arrival_rates(lambda, visits);
   if (alpha.size() != lambda.size())
@@ -307,8 +310,9 @@ inline stability_report analyse(const Eigen::Ref<const Eigen::VectorXd>& lambda,
 /// @brief Open-network traffic equations with feedback: Lambda = gamma + R^T Lambda, R(i, j) the
 /// probability that a call finished at i sends a new call to j (retries, forwarding). Rows of R
 /// must sum to at most 1 and traffic must eventually leave (spectral radius < 1).
-inline Eigen::VectorXd jackson_arrival_rates(const Eigen::Ref<const Eigen::VectorXd>& gamma,
-                                             const Eigen::Ref<const Eigen::MatrixXd>& routing) {
+template <class = void>  // instantiates Eigen's LU only where called (compile-time budget)
+Eigen::VectorXd jackson_arrival_rates(const Eigen::Ref<const Eigen::VectorXd>& gamma,
+                                      const Eigen::Ref<const Eigen::MatrixXd>& routing) {
   const auto n = gamma.size();
   if (n == 0 || routing.rows() != n || routing.cols() != n)
     detail::fail("jackson_arrival_rates needs n external rates and an n x n routing matrix");
@@ -473,10 +477,11 @@ inline service_model shape_of_scv(double scv) {
 
 /// @brief Latency of a prompt born at `origin` for any inclusion matrix; service times of device
 /// j are `shape` (any mean; only its shape counts) scaled to mean alpha_j. O(n log n).
-inline latency_bounds latency(const stability_report& report, std::size_t layers,
-                              const Eigen::Ref<const Eigen::MatrixXd>& inclusion,
-                              const Eigen::Ref<const Eigen::VectorXd>& alpha, std::uint32_t origin,
-                              const service_model& shape) {
+template <class = void>  // instantiated only where called (compile-time budget)
+latency_bounds latency(const stability_report& report, std::size_t layers,
+                       const Eigen::Ref<const Eigen::MatrixXd>& inclusion,
+                       const Eigen::Ref<const Eigen::VectorXd>& alpha, std::uint32_t origin,
+                       const service_model& shape) {
   const auto n = report.arrival.size();
   if (inclusion.rows() != n || inclusion.cols() != n || alpha.size() != n)
     detail::fail("latency: the report, inclusion matrix and alpha disagree on the device count");
@@ -508,19 +513,20 @@ inline latency_bounds latency(const stability_report& report, std::size_t layers
 
 /// @brief As above, service shape given by its squared coefficient of variation (0 constant,
 /// 1 exponential, otherwise lognormal with that SCV).
-inline latency_bounds latency(const stability_report& report, std::size_t layers,
-                              const Eigen::Ref<const Eigen::MatrixXd>& inclusion,
-                              const Eigen::Ref<const Eigen::VectorXd>& alpha, std::uint32_t origin,
-                              double scv = 1.0) {
+template <class = void>  // instantiated only where called (compile-time budget)
+latency_bounds latency(const stability_report& report, std::size_t layers,
+                       const Eigen::Ref<const Eigen::MatrixXd>& inclusion,
+                       const Eigen::Ref<const Eigen::VectorXd>& alpha, std::uint32_t origin,
+                       double scv = 1.0) {
   return latency(report, layers, inclusion, alpha, origin, detail::shape_of_scv(scv));
 }
 
 /// @brief The verdict, arrival rates and utilisations of uniform gossip in O(n) memory and time
 /// (no n x n matrix): what `analyse(lambda, alpha, gossip_visits(M, uniform_inclusion(n, k)))`
 /// gives, for any n. A user's rate may be 0.
-inline stability_report uniform_analyse(std::size_t n, std::size_t layers, std::size_t k,
-                                        std::span<const double> lambda,
-                                        std::span<const double> alpha) {
+template <class = void>  // instantiated only where called (compile-time budget)
+stability_report uniform_analyse(std::size_t n, std::size_t layers, std::size_t k,
+                                 std::span<const double> lambda, std::span<const double> alpha) {
   detail::require_fanout(k, n);
   if (n > (std::size_t{1} << 27))  // two vectors of n doubles, checked before allocating them
     detail::fail("devices = " + std::to_string(n) +

@@ -241,6 +241,9 @@ struct ramp_config {
   double drain = -1;            ///< time after the last arrival (< 0: one phase)
   double bin = -1;              ///< plot step (< 0: phase_length / 40)
   std::uint64_t seed = 1;
+  /// Per-user rate of load 1; 0: the reference layout's limit at `alpha`. Set it to replay the
+  /// arrivals of one ramp on devices of other speeds (a simulator calibrated on a live run).
+  double limit = 0;
   adaptive_config policy;  ///< devices and prior_service filled in when left at their defaults
 };
 
@@ -292,6 +295,10 @@ inline ramp_report run_ramp(const ramp_config& c) {
   const verdict v = uniform_stability(c.devices, c.reference.layers, c.reference.fanout,
                                       std::span<const double>(&one, 1), alpha);
   r.limit = v.max_scale;
+  if (c.limit != 0) {
+    detail::require_positive(c.limit, "limit", "give the per-user rate of load 1, or 0");
+    r.limit = c.limit;
+  }
   const double length = c.phase_length;
   const double drain = c.drain < 0 ? length : c.drain;
   const double bin = c.bin > 0 ? c.bin : length / 40;

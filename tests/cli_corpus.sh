@@ -177,6 +177,16 @@ check mismatch 2 "${adaptive_base[@]}" --phase 1e7 --ramp 10:10:100
 check mismatch 2 "$moa" simulate -r 1 --horizon 200 --target 0.5
 check mismatch 2 "$moa" simulate -r 1 --horizon 200 --plot out.svg
 
+adaptive_live=("$moa" network --adaptive --alpha-ms 0.05 --phase 20 --ramp 0.5:1:2)
+numeric_cases "${adaptive_live[@]}" -- --target --hysteresis --rate-window --latency-objective \
+  --phase
+check mismatch 2 "${adaptive_live[@]}" --gossip least-loaded
+check mismatch 2 "${adaptive_live[@]}" --lambda 0.1
+check mismatch 2 "${adaptive_live[@]}" --layouts 2x9
+check mismatch 2 "${adaptive_live[@]}" --ramp 0.5:2:0
+check mismatch 2 "${adaptive_live[@]}" --phase 1e7 --ramp 10:10:100
+check mismatch 2 "$moa" network --prompts 40 --alpha-ms 0.05 --ramp 0.5:1:2
+
 network_base=("$moa" network --prompts 40 --alpha-ms 0.05)
 numeric_cases "${network_base[@]}" -- --devices --layers --fanout --alpha-ms --load --lambda \
   --prompts --capacity --seed

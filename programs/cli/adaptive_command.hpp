@@ -16,12 +16,16 @@
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <moa/core/backend.hpp>
 #include <moa/core/error.hpp>
+#include <moa/net/adaptive.hpp>
+#include <moa/net/network.hpp>
 #include <moa/queueing/adaptive.hpp>
 #include <moa/queueing/adaptive_sim.hpp>
 
@@ -41,10 +45,13 @@ struct adaptive_options {
   double phase = 20000;
   std::string plot;
 
-  void add_to(CLI::App* cmd) {
+  /// `live`: for `moa network` (times in ms, no plot).
+  void add_to(CLI::App* cmd, bool live = false) {
     cmd->add_flag("--adaptive", enabled,
-                  "Run a load ramp with the adaptive layout policy against the static layout "
-                  "(--layers, --fanout); see docs/ADAPTIVE.md");
+                  live ? "Run a load ramp live with the adaptive layout policy, then the simulator "
+                         "on the measured service times; see docs/ADAPTIVE.md"
+                       : "Run a load ramp with the adaptive layout policy against the static "
+                         "layout (--layers, --fanout); see docs/ADAPTIVE.md");
     cmd->add_option("--layouts", layouts,
                     "--adaptive: allowed layouts MxK[=QUALITY],... (default quality: the call "
                     "count (k+1)M+1)")
@@ -69,14 +76,29 @@ struct adaptive_options {
     cmd->add_option("--phase", phase, "--adaptive: virtual time per load step")
         ->capture_default_str()
         ->check(number_in(0, 1e7, true));
-    cmd->add_option("--plot", plot,
-                    "--adaptive: draw load, depth, queue and latency over time (SVG, gnuplot)");
+    if (!live)
+      cmd->add_option("--plot", plot,
+                      "--adaptive: draw load, depth, queue and latency over time (SVG, gnuplot)");
   }
+
+  /// The policy's settings from the options (layouts checked against `devices`).
+  [[nodiscard]] moa::queueing::adaptive_config policy(std::size_t devices) const {
+    moa::queueing::adaptive_config c;
+    c.devices = devices;
+    c.allowed = parse_layouts(layouts, devices);
+    c.target = target;
+    c.hysteresis = hysteresis;
+    c.rate_window = rate_window;
+    if (latency_objective > 0) c.latency_objective = latency_objective;
+    return c;
+  }
+  static std::vector<moa::queueing::layout> parse_layouts(const std::string& text,
+                                                          std::size_t devices);
 };
 
 /// `MxK[=Q],...`, checked: 1 to 64 layouts, M in [1, 64], K in [0, n-1], Q finite.
-inline std::vector<moa::queueing::layout> parse_layouts(const std::string& text,
-                                                        std::size_t devices) {
+inline std::vector<moa::queueing::layout> adaptive_options::parse_layouts(const std::string& text,
+                                                                          std::size_t devices) {
   std::vector<moa::queueing::layout> out;
   const auto bad = [&](std::string_view item, const std::string& why) {
     reject("--layouts", "'" + std::string(item.substr(0, 32)) + "' " + why +
@@ -183,6 +205,34 @@ inline std::string ramp_plot_script(const std::string& data_path, const std::str
   return os.str();
 }
 
+/// Each layout's share of a phase's admitted prompts, as table cells and CSV fields.
+inline void share_cells(const moa::queueing::phase_report& p, std::ostream& table,
+                        std::ostream* csv) {
+  char cell[32];
+  const double admitted = double(p.arrived - p.refused);
+  for (const auto n : p.at_layout) {
+    const double share = admitted > 0 ? double(n) / admitted : 0;
+    std::snprintf(cell, sizeof cell, " %6.3f", share);
+    table << cell;
+    if (csv) *csv << ',' << number_text(share);
+  }
+}
+
+/// The table's head: load, arrived, refused and one column per layout.
+inline void layout_head(const std::vector<moa::queueing::layout>& layouts, std::ostream& table,
+                        std::ostream* csv) {
+  char cell[64];
+  std::snprintf(cell, sizeof cell, "%6s %7s %7s", "load", "arrived", "refused");
+  table << cell;
+  if (csv) *csv << "load,arrived,refused";
+  for (const auto& l : layouts) {
+    const std::string name = std::to_string(l.layers) + "x" + std::to_string(l.fanout);
+    std::snprintf(cell, sizeof cell, " %6s", name.c_str());
+    table << cell;
+    if (csv) *csv << ",share_" << name;
+  }
+}
+
 /// Runs the ramp; every option was checked before the first line of output.
 inline void adaptive_command(std::size_t devices, std::size_t layers, std::size_t fanout,
                              const std::vector<double>& alpha, std::uint64_t seed,
@@ -197,11 +247,8 @@ inline void adaptive_command(std::size_t devices, std::size_t layers, std::size_
   c.loads = ramp_loads(a.ramp);
   c.phase_length = a.phase;
   c.seed = seed;
-  c.policy.allowed = parse_layouts(a.layouts, devices);
-  c.policy.target = a.target;
-  c.policy.hysteresis = a.hysteresis;
-  c.policy.rate_window = a.rate_window;
-  if (a.latency_objective > 0) c.policy.latency_objective = a.latency_objective;
+  c.policy = a.policy(devices);
+  c.policy.prior_service = {1.0};  // run_ramp takes alpha
   std::string gnuplot;
   if (a.plot == "-") reject("--plot", "gnuplot writes a file; give an .svg path, not -");
   if (!a.plot.empty()) {
@@ -232,15 +279,7 @@ inline void adaptive_command(std::size_t devices, std::size_t layers, std::size_
   table << "static layout M=" << layers << " k=" << fanout << ": per-user limit "
         << number_text(r.limit) << "; adaptive: " << r.changes << " layout changes, "
         << r.adaptive_admitted << " admitted, " << r.adaptive_completed << " completed\n";
-  std::snprintf(line, sizeof line, "%6s %7s %7s", "load", "arrived", "refused");
-  table << line;
-  csv_text << "load,arrived,refused";
-  for (const auto& l : r.layouts) {
-    const std::string name = std::to_string(l.layers) + "x" + std::to_string(l.fanout);
-    std::snprintf(line, sizeof line, " %6s", name.c_str());
-    table << line;
-    csv_text << ",share_" << name;
-  }
+  layout_head(r.layouts, table, &csv_text);
   std::snprintf(line, sizeof line, " %9s %7s | %9s %7s %7s\n", "p99", "queue", "static p99",
                 "queue", "done");
   table << line;
@@ -252,13 +291,7 @@ inline void adaptive_command(std::size_t devices, std::size_t layers, std::size_
                   (unsigned long long)p.refused);
     table << line;
     csv_text << number_text(p.load) << ',' << p.arrived << ',' << p.refused;
-    const double admitted = double(p.arrived - p.refused);
-    for (const auto n : p.at_layout) {
-      const double share = admitted > 0 ? double(n) / admitted : 0;
-      std::snprintf(line, sizeof line, " %6.3f", share);
-      table << line;
-      csv_text << ',' << number_text(share);
-    }
+    share_cells(p, table, &csv_text);
     std::snprintf(line, sizeof line, " %9.1f %7.1f | %9.1f %7.1f %7.3f\n", p.p99, p.mean_queue,
                   f.p99, f.mean_queue, f.arrived ? double(f.completed) / double(f.arrived) : 0.0);
     table << line;
@@ -282,6 +315,98 @@ inline void adaptive_command(std::size_t devices, std::size_t layers, std::size_
       throw moa::error("moa simulate: gnuplot failed on " + script_path);
     std::cout << "wrote " << a.plot << " (script " << script_path << ")\n";
   }
+}
+
+/// `moa network --adaptive`: the ramp live on `models` (time unit 1 ms), then the simulator on
+/// the service times the devices delivered, with the same arrivals; per phase, the layout shares
+/// and refusals of both. Exit 1 when a prompt is unaccounted for.
+inline int adaptive_network_command(std::vector<moa::any_backend> models,
+                                    const std::vector<double>& alpha_ms, std::uint32_t layers,
+                                    std::size_t fanout, std::uint64_t seed, std::size_t capacity,
+                                    const adaptive_options& a) {
+  namespace q = moa::queueing;
+  const std::size_t n = models.size();
+  if (n < 2) reject("--devices", "--adaptive needs at least 2 devices");
+  q::ramp_config c;
+  c.devices = n;
+  c.alpha = alpha_ms;
+  c.reference = {layers, std::uint32_t(fanout)};
+  c.loads = ramp_loads(a.ramp);
+  c.phase_length = a.phase;
+  c.drain = 0;
+  c.seed = seed;
+  c.policy = a.policy(n);
+  c.policy.prior_service = alpha_ms;
+  const double one = 1;
+  c.limit =
+      q::uniform_stability(n, layers, fanout, std::span<const double>(&one, 1), alpha_ms).max_scale;
+  double expected = 0;
+  for (double f : c.loads) expected += f * c.limit * double(n) * a.phase;
+  if (expected > 1e6)
+    reject("--phase", "the live ramp would make about " + number_text(expected) +
+                          " prompts (at most 1e6); give shorter phases or fewer steps");
+  const auto arrivals = q::ramp_arrivals(n, c.loads, c.limit, c.phase_length, seed);
+
+  // Per phase, what the live policy decided (by the decision's time).
+  std::vector<double> ends;
+  for (std::size_t p = 1; p <= c.loads.size(); ++p) ends.push_back(a.phase * double(p));
+  std::vector<q::phase_report> live(c.loads.size());
+  for (std::size_t p = 0; p < live.size(); ++p) {
+    live[p].load = c.loads[p];
+    live[p].at_layout.assign(c.policy.allowed.size(), 0);
+  }
+  std::mutex counting;
+  moa::net::network_options opt;
+  opt.layers = layers;
+  opt.device.capacity = capacity;
+  opt.seed = seed;
+  opt.keep_records = false;
+  const auto policy = moa::net::use_adaptive(opt, c.policy);
+  opt.choose_layout = [&, policy](std::uint32_t origin, double now) {
+    moa::net::layout_choice d = policy->choose(origin, now);
+    const auto at = std::upper_bound(ends.begin(), ends.end(), now) - ends.begin();
+    const std::lock_guard lock(counting);
+    auto& p = live[std::min<std::size_t>(std::size_t(at), live.size() - 1)];
+    ++p.arrived;
+    if (!d.admitted) {
+      ++p.refused;
+    } else {
+      for (std::size_t l = 0; l < c.policy.allowed.size(); ++l)
+        if (c.policy.allowed[l].layers == d.layers && c.policy.allowed[l].fanout == d.fanout) {
+          ++p.at_layout[l];
+          break;
+        }
+    }
+    return d;
+  };
+  moa::net::network net(std::move(models), moa::uniform_gossip{fanout}, opt);
+  const auto r = net.run(arrivals);
+  for (std::size_t j = 0; j < n; ++j)
+    if (r.devices[j].mean_service > 0) c.alpha[j] = r.devices[j].mean_service;
+  const q::ramp_report sim = q::run_ramp(c);
+
+  std::ostringstream table;
+  table << "live ramp: n=" << n << ", " << arrivals.size() << " prompts, " << r.refused
+        << " refused, " << r.complete << " complete, " << r.degraded << " degraded, "
+        << r.failed - r.refused << " failed otherwise; mean latency " << number_text(r.mean_latency)
+        << " ms\nlive, then the simulator on the measured service times (shares of admitted):\n";
+  layout_head(c.policy.allowed, table, nullptr);
+  table << " |";
+  layout_head(c.policy.allowed, table, nullptr);
+  table << '\n';
+  char line[64];
+  for (std::size_t p = 0; p < live.size(); ++p) {
+    for (const q::phase_report* ph :
+         {static_cast<const q::phase_report*>(&live[p]), &sim.adaptive[p]}) {
+      std::snprintf(line, sizeof line, "%6.2f %7llu %7llu", ph->load,
+                    (unsigned long long)ph->arrived, (unsigned long long)ph->refused);
+      table << line;
+      share_cells(*ph, table, nullptr);
+      table << (ph == &live[p] ? " |" : "\n");
+    }
+  }
+  std::cout << table.str();
+  return r.accounted() ? 0 : 1;
 }
 
 }  // namespace moa::cli

@@ -4,7 +4,9 @@
 //     engine fed full plans (make_gossip_plan per prompt) and a textbook simulator
 //     (std::priority_queue of std::function events, a plan and a shared_ptr per prompt);
 //   - replications on 1 and 2 threads (the speed-up is the ratio of their times);
-//   - ns per stability verdict for n = 64: closed form, typed entry, Eigen traffic equations.
+//   - ns per stability verdict for n = 64: closed form, typed entry, Eigen traffic equations;
+//   - ns per prompt of the adaptive layout policy (decide + the prompt's service observations),
+//     n = 4 and n = 64 with five allowed layouts (target < 1 us), next to one closed-form verdict.
 // Run: ./build/bench/bench_queueing --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include <moa/gossip/random_k.hpp>
+#include <moa/queueing/adaptive.hpp>
 #include <moa/queueing/gossip_matrix.hpp>
 #include <moa/queueing/simulator.hpp>
 #include <moa/queueing/stability.hpp>
@@ -229,6 +232,35 @@ void stability_eigen_from_scratch(benchmark::State& state) {
   }
 }
 BENCHMARK(stability_eigen_from_scratch);
+
+// --- The adaptive layout policy -------------------------------------------------------------
+// One prompt: a decision and the service times of its (k+1)M+1 = 7 calls. Poisson arrivals at
+// 0.6x the (2, 2) limit with one device 3x slower, so the policy keeps (2, 2) and evaluates the
+// current layout and, past the hold, the better ones: its usual path.
+void adaptive_decide(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  q::adaptive_config cfg;
+  cfg.devices = n;
+  cfg.prior_service.assign(n, 1.0);
+  cfg.prior_service[n - 1] = 3.0;
+  q::adaptive_policy policy(cfg);
+  const double lambda = 0.6 / (3.0 * 7.0);  // per user
+  moa::rng random(7);
+  double now = 0;
+  std::uint64_t admitted = 0;
+  for (auto _ : state) {
+    now += moa::detail::standard_exponential(random) / (lambda * double(n));
+    const auto origin = static_cast<std::uint32_t>(random() % n);
+    const q::layout_decision d = policy.decide(origin, now);
+    admitted += d.admitted;
+    for (std::uint32_t c = 0; c < 7; ++c)
+      policy.observe_service(static_cast<std::uint32_t>((origin + c) % n), 1.0);
+    benchmark::DoNotOptimize(d);
+  }
+  state.counters["admitted"] = double(admitted);
+  state.counters["changes"] = double(policy.changes());
+}
+BENCHMARK(adaptive_decide)->Arg(4)->Arg(64);
 
 }  // namespace
 

@@ -20,6 +20,16 @@ set_tests_properties(cli.stability_bad_fanout PROPERTIES
   PASS_REGULAR_EXPRESSION "larger than the 3 other devices")
 add_test(NAME cli.simulate COMMAND moa_cli simulate -r 2 --horizon 2000)
 set_tests_properties(cli.simulate PROPERTIES PASS_REGULAR_EXPRESSION "stable")
+# The adaptive ramp (docs/ADAPTIVE.md), short: (2, 2) at half the limit, refusals past (1, 1)'s.
+add_test(NAME cli.simulate_adaptive COMMAND moa_cli simulate --adaptive -n 4 --alpha 1 1 1 3
+         --layouts 2x2,1x1 --ramp 0.5:3.5:3 --phase 5000)
+set_tests_properties(cli.simulate_adaptive PROPERTIES PASS_REGULAR_EXPRESSION
+  "0\\.50 +[0-9]+ +0 +1\\.000 +0\\.000 .*3\\.50 +[0-9]+ +[1-9][0-9]* ")
+# The same policy live, then the simulator on the measured service times (docs/ADAPTIVE.md).
+add_test(NAME cli.network_adaptive COMMAND moa_cli network --adaptive -n 4 --alpha-ms 1,1,1,3
+         --latency exponential --layouts 2x2,1x1 --ramp 0.3:3.5:3 --phase 2000)
+set_tests_properties(cli.network_adaptive PROPERTIES PASS_REGULAR_EXPRESSION
+  "live ramp: n=4, [0-9]+ prompts, [1-9][0-9]* refused")
 add_test(NAME cli.help COMMAND moa_cli run --help)
 set_tests_properties(cli.help PROPERTIES PASS_REGULAR_EXPRESSION "--layers.*--executor")
 

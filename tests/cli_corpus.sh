@@ -159,6 +159,34 @@ for v in 0.1:0.9:99999999 0.1:0.9:0 0.1:0.9:-1 0:1:3 0.9:0.1:3 nan:1:3 0.1:inf:3
   check sweep 2 "${simulate_base[@]}" --sweep "$v"
 done
 
+adaptive_base=("$moa" simulate --adaptive --phase 200 --ramp 0.5:1:2)
+numeric_cases "${adaptive_base[@]}" -- --target --hysteresis --rate-window --latency-objective \
+  --phase --devices --layers --fanout --alpha --seed
+for v in 0.5:2:101 0.5:2:0 0:1:3 2:1:3 nan:1:3 0.5:11:2 1:2 abc 0.5:2:3:4 " 0.5:2:3"; do
+  check ramp 2 "${adaptive_base[@]}" --ramp "$v"
+done
+for v in "" 2x "x2" 2x4 0x1 65x1 2x2=nan 2x2=inf 2x2= 2y2 2x2,,1x1 2x-1 "2x2 " \
+  "$(printf '1x1,%.0s' {1..65})1x1"; do
+  check layouts 2 "${adaptive_base[@]}" --layouts "$v"
+done
+check mismatch 2 "${adaptive_base[@]}" --sweep 0.1:0.9:3
+check mismatch 2 "${adaptive_base[@]}" --lambda 0.1
+check mismatch 2 "${adaptive_base[@]}" --service constant
+check mismatch 2 "${adaptive_base[@]}" --plot -
+check mismatch 2 "${adaptive_base[@]}" --phase 1e7 --ramp 10:10:100
+check mismatch 2 "$moa" simulate -r 1 --horizon 200 --target 0.5
+check mismatch 2 "$moa" simulate -r 1 --horizon 200 --plot out.svg
+
+adaptive_live=("$moa" network --adaptive --alpha-ms 0.05 --phase 20 --ramp 0.5:1:2)
+numeric_cases "${adaptive_live[@]}" -- --target --hysteresis --rate-window --latency-objective \
+  --phase
+check mismatch 2 "${adaptive_live[@]}" --gossip least-loaded
+check mismatch 2 "${adaptive_live[@]}" --lambda 0.1
+check mismatch 2 "${adaptive_live[@]}" --layouts 2x9
+check mismatch 2 "${adaptive_live[@]}" --ramp 0.5:2:0
+check mismatch 2 "${adaptive_live[@]}" --phase 1e7 --ramp 10:10:100
+check mismatch 2 "$moa" network --prompts 40 --alpha-ms 0.05 --ramp 0.5:1:2
+
 network_base=("$moa" network --prompts 40 --alpha-ms 0.05)
 numeric_cases "${network_base[@]}" -- --devices --layers --fanout --alpha-ms --load --lambda \
   --prompts --capacity --seed
@@ -206,6 +234,8 @@ for p in "${bad_out[@]}"; do
   check unwritable_path 2 "$moa" run hi --dot "$p"
   check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --csv "$p"
   check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --json "$p"
+  check unwritable_path 2 "${adaptive_base[@]}" --plot "$p"
+  check unwritable_path 2 "${adaptive_base[@]}" --csv "$p"
   check unwritable_path 2 "$moa" search --quiet --iterations 1 --json "$p"
   check unwritable_path 2 "$moa" search --quiet --iterations 1 --dot "$p"
   check unwritable_path 2 "${eval_base[@]}" --results "$p"

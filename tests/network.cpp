@@ -31,8 +31,10 @@
 #include "moa/aggregate/policies.hpp"
 #include "moa/backends/synthetic.hpp"
 #include "moa/gossip/strategies.hpp"
+#include "moa/net/adaptive.hpp"
 #include "moa/net/device.hpp"
 #include "moa/net/network.hpp"
+#include "moa/queueing/adaptive_sim.hpp"
 #include "moa/queueing/simulator.hpp"
 #include "moa/queueing/stability.hpp"
 #include "moa/topology/gossip.hpp"
@@ -547,4 +549,73 @@ TEST_CASE("Network.typed_by_its_gossip_topology" * doctest::timeout(30)) {
       moa::synthetic_backend({.name = "b"}), moa::synthetic_backend({.name = "c"}));
   CHECK(bounded.options().layers == 2);
   CHECK(bounded.options().quorum == 2);
+}
+
+TEST_CASE("Network.adaptive_policy_agrees_with_the_simulator_on_a_ramp") {
+  // The same policy and the same arrivals, live (time unit 1 ms, exponential service) and in the
+  // simulator: n = 4, one device 3x slower, (2, 2) or (1, 1), loads 0.3x, 1.5x and 3.5x the
+  // (2, 2) limit (the last over (1, 1)'s capacity of 2.33x, so admission refuses there). The
+  // simulator runs on the service times the live devices delivered (thread wake-ups count as
+  // service, and more so under a sanitizer), as the network's other comparisons do.
+  namespace q = moa::queueing;
+  const std::vector<double> alpha{1, 1, 1, 3};
+  q::ramp_config c;
+  c.alpha = alpha;
+  c.loads = {0.3, 1.5, 3.5};
+  c.phase_length = 3000;
+  c.drain = 0;
+  c.seed = 5;
+  c.policy.allowed = {{2, 2}, {1, 1}};
+  c.policy.rate_window = 300;
+  const double limit = 1.0 / 21;  // (2, 2) with the slowest device at 3
+
+  moa::net::network_options opt{.layers = 2};
+  q::adaptive_config pc = c.policy;
+  pc.devices = alpha.size();
+  pc.prior_service = alpha;
+  const auto policy = moa::net::use_adaptive(opt, pc);
+  moa::net::network net(synthetic_devices(alpha, /*exponential=*/true), moa::uniform_gossip{2},
+                        opt);
+  const auto arrivals = q::ramp_arrivals(alpha.size(), c.loads, limit, c.phase_length, c.seed);
+  const auto live = net.run(arrivals);
+  const auto counts = policy->snapshot();
+  c.limit = limit;  // the same arrivals
+  for (std::size_t j = 0; j < alpha.size(); ++j) c.alpha[j] = live.devices[j].mean_service;
+  c.policy.prior_service = alpha;
+  const auto sim = q::run_ramp(c);
+
+  // Nothing admitted is lost; refusals are counted, typed and in the records.
+  CHECK(live.accounted());
+  CHECK(live.refused == counts.refused);
+  CHECK(live.failed == live.refused);
+  REQUIRE(live.prompts.size() == arrivals.size());
+  for (const auto& p : live.prompts) {
+    CHECK(!p.layout.empty());
+    if (p.refused) CHECK(p.result.error.find("refused at admission") != std::string::npos);
+  }
+  // Shares of all arrivals: per layout and refused. The decisions are strongly correlated over a
+  // rate window, so the run holds about (length / window) independent decisions per phase, 30
+  // in all: a binomial share then has a standard error of at most 0.5 / sqrt(30) = 0.09, and
+  // the 10% is about one of them.
+  const double total = double(arrivals.size());
+  std::uint64_t sim_refused = 0;
+  std::vector<double> sim_share(c.policy.allowed.size(), 0.0);
+  for (const auto& p : sim.adaptive) {
+    sim_refused += p.refused;
+    for (std::size_t l = 0; l < p.at_layout.size(); ++l) sim_share[l] += double(p.at_layout[l]);
+  }
+  REQUIRE(sim.adaptive_admitted + sim_refused == arrivals.size());
+  MESSAGE("shares live/sim: (2,2) "
+          << double(counts.admitted[0]) / total << " / " << sim_share[0] / total << ", (1,1) "
+          << double(counts.admitted[1]) / total << " / " << sim_share[1] / total << ", refused "
+          << double(counts.refused) / total << " / " << double(sim_refused) / total);
+  for (std::size_t l = 0; l < sim_share.size(); ++l) {
+    INFO("layout " << l << ": live " << double(counts.admitted[l]) / total << " sim "
+                   << sim_share[l] / total);
+    CHECK(std::abs(double(counts.admitted[l]) / total - sim_share[l] / total) <= 0.10);
+  }
+  INFO("refused: live " << double(counts.refused) / total << " sim "
+                        << double(sim_refused) / total);
+  CHECK(counts.refused > 0);
+  CHECK(std::abs(double(counts.refused) - double(sim_refused)) / total <= 0.10);
 }

@@ -6,6 +6,8 @@
 /// helpers, and the discrete-event simulator. JSON export is in moa/queueing/json.hpp (needs
 /// nlohmann-json). See docs/QUEUEING.md.
 
+#include "moa/queueing/adaptive.hpp"
+#include "moa/queueing/adaptive_sim.hpp"
 #include "moa/queueing/csv.hpp"
 #include "moa/queueing/formulas.hpp"
 #include "moa/queueing/gossip_matrix.hpp"

@@ -31,6 +31,7 @@
 
 #include <moa/net/zmq_device.hpp>
 #endif
+#include "cli/adaptive_command.hpp"
 #include "cli/common.hpp"
 
 #if MOA_CLI_ZMQ && MOA_CLI_OPENAI
@@ -158,6 +159,26 @@ inline int network_command(const network_settings& s) {
   return r.accounted() ? 0 : 1;
 }
 
+/// `moa network --adaptive` on the synthetic devices of `s` (uniform gossip).
+inline int adaptive_network(const network_settings& s, const adaptive_options& a) {
+  const std::uint32_t n = s.devices;
+  if (s.alpha_ms.size() != 1 && s.alpha_ms.size() != n)
+    reject("--alpha-ms", std::to_string(s.alpha_ms.size()) + " values for " + std::to_string(n) +
+                             " devices; give one for all or one per device");
+  if (s.k > n - 1)
+    reject("--fanout", "k = " + std::to_string(s.k) + " is larger than the " +
+                           std::to_string(n - 1) + " other devices");
+  if (s.gossip != "uniform") reject("--gossip", "--adaptive models uniform gossip only");
+  if (s.lambda > 0) reject("--lambda", "does not apply to --adaptive (see --ramp)");
+  std::vector<double> alpha(n);
+  std::vector<moa::any_backend> models;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    alpha[i] = s.alpha_ms.size() == 1 ? s.alpha_ms[0] : s.alpha_ms[i];
+    models.push_back(synthetic_device(i, alpha[i], s.latency == "exponential", s.seed));
+  }
+  return adaptive_network_command(std::move(models), alpha, s.layers, s.k, s.seed, s.capacity, a);
+}
+
 /// Adds `moa network`.
 inline void add_network_command(CLI::App& app, int& exit_code) {
   auto s = std::make_shared<network_settings>();
@@ -192,9 +213,20 @@ inline void add_network_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--config", *config,
                   "JSON file with the options (keys as the long options); options on the command "
                   "line win");
-  cmd->callback([s, cmd, config, &exit_code] {
+  auto adaptive = std::make_shared<adaptive_options>();
+  adaptive->phase = 3000;
+  adaptive->rate_window = 300;
+  adaptive->add_to(cmd, /*live=*/true);
+  cmd->callback([s, cmd, config, adaptive, &exit_code] {
     if (!config->empty()) apply_config(cmd, *config);
-    exit_code = network_command(*s);
+    if (!adaptive->enabled) {
+      for (const char* opt : {"--layouts", "--target", "--hysteresis", "--rate-window",
+                              "--latency-objective", "--ramp", "--phase"})
+        if (cmd->count(opt) > 0) reject(opt, "applies to --adaptive runs only; add --adaptive");
+      exit_code = network_command(*s);
+      return;
+    }
+    exit_code = adaptive_network(*s, *adaptive);
   });
 }
 

@@ -36,6 +36,7 @@
 #include <moa/queueing/simulator.hpp>
 #include <moa/queueing/stability.hpp>
 
+#include "cli/adaptive_command.hpp"
 #include "cli/common.hpp"
 
 namespace moa::cli {
@@ -403,6 +404,7 @@ inline void add_stability_command(CLI::App& app) {
 inline void add_simulate_command(CLI::App& app) {
   auto network = std::make_shared<network_options>();
   auto sim = std::make_shared<simulate_options>();
+  auto adaptive = std::make_shared<adaptive_options>();
   auto* cmd = app.add_subcommand(
       "simulate",
       "Discrete-event simulation of a distributed MoA network (one point or a lambda sweep), "
@@ -435,7 +437,28 @@ inline void add_simulate_command(CLI::App& app) {
                   "Write the summary of each point to this CSV file (-: stdout)");
   cmd->add_option("--json", sim->json,
                   "Write every run (and series) to this JSON file (-: stdout)");
-  cmd->callback([network, sim] { simulate_command(*network, *sim); });
+  adaptive->add_to(cmd);
+  cmd->callback([network, sim, adaptive, cmd] {
+    if (!adaptive->enabled) {
+      for (const char* opt : {"--layouts", "--target", "--hysteresis", "--rate-window",
+                              "--latency-objective", "--ramp", "--phase", "--plot"})
+        if (cmd->count(opt) > 0) reject(opt, "applies to --adaptive runs only; add --adaptive");
+      simulate_command(*network, *sim);
+      return;
+    }
+    network->load();
+    // The ramp sets its own rates, horizon and runs: options that say otherwise are refused.
+    for (const char* opt :
+         {"--lambda", "--horizon", "--warmup", "--replications", "--sweep", "--sample", "--json"})
+      if (cmd->count(opt) > 0)
+        reject(opt, "does not apply to --adaptive (the ramp sets rates and time; see --ramp)");
+    if (!network->adjacency.empty())
+      reject("--config", "adjacency: --adaptive models uniform gossip only");
+    if (network->service != "exponential")
+      reject("--service", "--adaptive draws exponential service times only");
+    adaptive_command(network->devices, network->layers, network->fanout, network->alpha, sim->seed,
+                     *adaptive, sim->csv);
+  });
 }
 
 }  // namespace moa::cli

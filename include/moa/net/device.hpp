@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stop_token>
@@ -41,6 +42,9 @@ struct device_options {
   std::size_t concurrency = 1;
   /// Keep every service time, for calibrating a simulator on what the device really delivered.
   bool record_service = false;
+  /// Hears each call's service time in seconds, on the worker, outside the device's lock (the
+  /// network's adaptive layout policy reads it). Must be thread-safe with concurrency > 1.
+  std::function<void(double)> on_service{};
 };
 
 /// @brief What a device measured since its statistics were last reset. Durations in seconds.
@@ -228,6 +232,7 @@ class device {
       t.owner.reset();  // release the prompt before the bookkeeping, not at the next pop
       const auto ended = clock::now();
       free_since = ended;
+      if (opt_.on_service) opt_.on_service(seconds(ended - began));
       std::lock_guard lock(mutex_);
       advance(ended);
       --in_system_;

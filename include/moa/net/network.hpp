@@ -79,6 +79,14 @@ namespace moa::net {
 using moa::arrival;
 using moa::poisson_arrivals;
 
+/// @brief One prompt's layout, or its refusal (network_options::choose_layout).
+struct layout_choice {
+  bool admitted = true;
+  std::uint32_t layers = 0;  ///< M
+  std::uint32_t fanout = 0;  ///< k (a network whose gossip is not uniform_gossip keeps its own)
+  std::string why{};         ///< recorded in the prompt's record
+};
+
 /// @brief How the network runs.
 struct network_options {
   std::uint32_t layers = 2;                                  ///< M
@@ -104,6 +112,12 @@ struct network_options {
   /// place of the aggregator's call; the calls it makes (judges, rankers) go straight to the
   /// devices' backends, bypassing their queues. Empty: the origin's backend aggregates.
   any_aggregator aggregation{};
+  /// Chooses each prompt's layout, or refuses it at once, from its origin and the time since
+  /// the run started (in time units). moa/net/adaptive.hpp wires the adaptive layout policy
+  /// here. Empty: `layers` and the gossip's k for every prompt.
+  std::function<layout_choice(std::uint32_t origin, double now)> choose_layout{};
+  /// Hears every call's service time (in time units) by device; set with choose_layout.
+  std::function<void(std::uint32_t device, double duration)> on_service{};
 };
 
 /// @brief How one prompt ended, with its trace. Times in the network's units.
@@ -115,6 +129,8 @@ struct prompt_record {
   moa::result result{};
   std::vector<call_id> missing{};  ///< calls that gave no answer (refused, lost, timed out...)
   std::uint32_t reroutes = 0;
+  std::string layout{};  ///< choose_layout's reason (which layout, why); empty without it
+  bool refused = false;  ///< refused at admission (failed, with the reason in result.error)
 
   /// An answer from the aggregator with every answer in.
   [[nodiscard]] bool complete() const noexcept { return result.ok() && missing.empty(); }
@@ -139,7 +155,8 @@ struct network_report {
   std::uint64_t submitted = 0;
   std::uint64_t complete = 0;  ///< answered with nothing missing
   std::uint64_t degraded = 0;  ///< answered, something missing
-  std::uint64_t failed = 0;    ///< no answer, with an error
+  std::uint64_t failed = 0;    ///< no answer, with an error (refused prompts included)
+  std::uint64_t refused = 0;   ///< prompts refused at admission (choose_layout)
   std::uint64_t refusals = 0;  ///< calls refused by full queues
   std::uint64_t reroutes = 0;  ///< calls sent to another device
   std::uint64_t timeouts = 0;  ///< calls skipped at their peer deadline
@@ -191,8 +208,13 @@ class network {
     for (std::size_t i = 0; i < n; ++i) {
       std::string name = backends_[i].name();
       refs_.emplace_back(backends_[i], name.empty() ? "device " + std::to_string(i) : name);
-      devices_.push_back(
-          std::make_unique<device>(opt_.devices.empty() ? opt_.device : opt_.devices[i]));
+      device_options d = opt_.devices.empty() ? opt_.device : opt_.devices[i];
+      if (opt_.on_service)
+        d.on_service = [this, i, own = std::move(d.on_service)](double seconds) {
+          if (own) own(seconds);
+          opt_.on_service(static_cast<std::uint32_t>(i), seconds / unit_);
+        };
+      devices_.push_back(std::make_unique<device>(std::move(d)));
     }
     for (auto& d : devices_) d->start();
     if (opt_.peer_timeout != clock::duration::max())
@@ -229,10 +251,30 @@ class network {
     std::vector<double> load_heap;
     const std::span<double> load = loads(load_buffer, load_heap);
     plan p;
-    make_gossip_plan(origin, std::uint32_t(devices_.size()), opt_.layers, gossip_, random, p, load);
+    layout_choice choice{true, opt_.layers, std::uint32_t(gossip_.fanout()), {}};
+    if (opt_.choose_layout) {
+      const auto born = clock::now();
+      choice =
+          opt_.choose_layout(origin, std::chrono::duration<double>(born - start_).count() / unit_);
+      if (!choice.admitted) {
+        refuse(id, origin, born, std::move(choice.why));
+        return id;
+      }
+      if (choice.layers == 0)
+        MOA_THROW(invalid_argument("moa::net::network: choose_layout gave 0 layers"));
+    }
+    if constexpr (std::is_same_v<G, uniform_gossip>) {
+      if (choice.fanout != gossip_.fanout()) require(check_fanout(choice.fanout, devices_.size()));
+      make_gossip_plan(origin, std::uint32_t(devices_.size()), choice.layers,
+                       uniform_gossip{choice.fanout}, random, p, load);
+    } else {
+      make_gossip_plan(origin, std::uint32_t(devices_.size()), choice.layers, gossip_, random, p,
+                       load);
+    }
     auto s = std::make_shared<state>(this, id, origin, std::move(p), std::move(prompt), run_opt_,
                                      clock::now(), random, opt_.max_reroutes);
     s->self = s;
+    s->layout = std::move(choice.why);
     s->run().use_policy(refs_);
     submitted_.fetch_add(1, std::memory_order_relaxed);
     bool done = false;
@@ -296,6 +338,7 @@ class network {
     r.degraded = degraded_.load();
     r.failed = failed_.load();
     r.refusals = refusals_.load();
+    r.refused = refused_.load();
     r.reroutes = reroutes_.load();
     r.timeouts = timeouts_.load();
     r.lost = lost_.load();
@@ -328,6 +371,7 @@ class network {
     std::vector<std::uint32_t> attempt;
     std::vector<clock::time_point> dispatched;
     std::weak_ptr<state> self;
+    std::string layout;  // choose_layout's reason, for the record
     std::mutex m;
   };
   struct timer {
@@ -387,7 +431,7 @@ class network {
     records_.clear();
     latency_sum_ = latency_max_ = 0;
     for (auto* c : {&submitted_, &finished_, &complete_, &degraded_, &failed_, &refusals_,
-                    &reroutes_, &timeouts_, &lost_})
+                    &reroutes_, &timeouts_, &lost_, &refused_})
       c->store(0);
   }
 
@@ -518,6 +562,22 @@ class network {
     if (done) finish(*sp);
   }
 
+  // A prompt refused at admission: it never enters a queue, and ends at once, failed with the
+  // reason.
+  void refuse(std::uint64_t id, std::uint32_t origin, clock::time_point born, std::string why) {
+    submitted_.fetch_add(1, std::memory_order_relaxed);
+    refused_.fetch_add(1, std::memory_order_relaxed);
+    prompt_record rec;
+    rec.id = id;
+    rec.origin = origin;
+    rec.born = std::chrono::duration<double>(born - start_).count() / unit_;
+    rec.refused = true;
+    rec.result.status = run_status::failed;
+    rec.result.error = "moa::net::network: prompt refused at admission (over capacity): " + why;
+    rec.layout = std::move(why);
+    ended(std::move(rec), born);
+  }
+
   void finish(state& s) {
     const auto end = clock::now();
     prompt_record rec;
@@ -529,11 +589,16 @@ class network {
       rec.born = std::chrono::duration<double>(s.born() - start_).count() / unit_;
       rec.latency = std::chrono::duration<double>(end - s.born()).count() / unit_;
       rec.reroutes = s.reroutes();
+      rec.layout = std::move(s.layout);
       if (opt_.keep_records)
         rec.result = std::move(res);
       else
         rec.result.status = res.status;
     }
+    ended(std::move(rec), end);
+  }
+
+  void ended(prompt_record&& rec, clock::time_point end) {
     auto& outcome = rec.failed() ? failed_ : rec.degraded() ? degraded_ : complete_;
     outcome.fetch_add(1, std::memory_order_relaxed);
     {
@@ -561,7 +626,7 @@ class network {
 
   std::atomic<std::uint64_t> next_id_{0};
   std::atomic<std::uint64_t> submitted_{0}, finished_{0}, complete_{0}, degraded_{0}, failed_{0};
-  std::atomic<std::uint64_t> refusals_{0}, reroutes_{0}, timeouts_{0}, lost_{0};
+  std::atomic<std::uint64_t> refusals_{0}, reroutes_{0}, timeouts_{0}, lost_{0}, refused_{0};
 
   std::mutex done_mutex_;
   std::condition_variable done_cv_;

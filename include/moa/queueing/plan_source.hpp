@@ -58,6 +58,18 @@ concept LoadAwarePlanSource = ShapedPlanSource<S> &&
   s.redraw(shape, g, r, load, d);
 };
 
+/// @brief A PlanSource that decides admission and watches the run (the adaptive policy's hooks):
+/// `s.admit(origin, now)` is asked before a prompt's plan is drawn (false: the prompt is refused
+/// and never enters the network); `s.served(device, duration, now)` hears every call's service
+/// time as it completes; `s.finished(birth, now)` every prompt's end. Times are virtual.
+template <class S>
+concept ObservingPlanSource = PlanSource<S> &&
+    requires(S& s, std::uint32_t o, std::uint32_t d, double t) {
+  { s.admit(o, t) } -> std::same_as<bool>;
+  s.served(d, t, t);
+  s.finished(t, t);
+};
+
 namespace detail {
 /// Strategies that declare `uses_load = true` (moa/gossip/load_aware.hpp) read gossiped queues.
 template <class G>

@@ -108,6 +108,7 @@ class engine {
     heap_.assign(heap_offset, event{});
     heap_.reserve(heap_offset + n_ + 2);
     if constexpr (load_aware) load_.assign(n_, 0.0);
+    if constexpr (observing) started_.assign(n_, 0.0);
   }
 
   run_result run() {
@@ -165,6 +166,7 @@ class engine {
   // Everything load-related is compiled only for load-aware sources: the others keep the
   // load-blind event loop.
   static constexpr bool load_aware = LoadAwarePlanSource<Source>;
+  static constexpr bool observing = ObservingPlanSource<Source>;
 
   struct event {
     double time;
@@ -482,6 +484,8 @@ class engine {
   }
 
   void start_prompt(std::uint32_t origin) {
+    if constexpr (observing)
+      if (!source_.admit(origin, now_)) return;
     std::uint32_t sid = invalid;
     const std::uint32_t* devices = nullptr;
     if constexpr (ShapedPlanSource<Source>) {
@@ -549,6 +553,7 @@ class engine {
     if constexpr (load_aware) load_[d] += 1;
     if (dev.in_system++ == 0) {
       dev.current = {ref, call};
+      if constexpr (observing) started_[d] = now_;
       push({now_ + service_time(dev, s.role[call]), d, ref});
       return;
     }
@@ -591,6 +596,10 @@ class engine {
     --dev.in_system;
     --backlog_;
     if constexpr (load_aware) load_[d] -= 1;
+    if constexpr (observing) {
+      source_.served(d, now_ - started_[d], now_);
+      started_[d] = now_;  // the next job, if any, starts now
+    }
     ++dev.completed;
     if (dev.in_system > 0) {
       dev.current = dev.ring[dev.head];
@@ -612,6 +621,7 @@ class engine {
     std::uint32_t* rec = s.data.data() + std::size_t(slot) * s.stride;
     if (done.call == s.sink) {
       const double latency = now_ - birth_of(rec);
+      if constexpr (observing) source_.finished(birth_of(rec), now_);
       latency_.add(latency);
       latency_sum_ += latency;
       set_birth(rec, -1);  // marks the slot free for snapshot()
@@ -730,7 +740,8 @@ class engine {
   std::vector<std::uint32_t> last_shape_, last_key_shape_;
   std::vector<const plan*> last_key_;
   std::vector<std::uint32_t> scratch_;
-  std::vector<double> load_;  // number in system per device, as doubles for gossip_context::load
+  std::vector<double> load_;     // number in system per device, as doubles for gossip_context::load
+  std::vector<double> started_;  // an observing source's: when each device's current job began
   std::size_t trace_cursor_ = 0;
   std::size_t backlog_ = 0;
   std::uint64_t events_ = 0;

@@ -291,6 +291,7 @@ inline int device_command(const device_settings& s) {
       std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.peer_timeout_ms));
   opt.dead_after =
       std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.dead_after_ms));
+  opt.trust.failed_for = 10 * opt.dead_after;  // a failed peer stays failed 10 dead_afters
   opt.seed = s.seed;
   opt.drain_timeout =
       std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.drain_timeout_ms));

@@ -73,6 +73,7 @@
 #include "moa/exec/run_options.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/net/device.hpp"
+#include "moa/net/device_metrics.hpp"
 #include "moa/net/origin.hpp"
 #include "moa/net/peer_view.hpp"
 #include "moa/net/zmq_wire.hpp"
@@ -192,6 +193,11 @@ class zmq_device {
   [[nodiscard]] const zmq_device_counters& counters() const noexcept { return counters_; }
   /// What this device, as origin, believes of every device's load.
   [[nodiscard]] const peer_view& view() const noexcept { return view_; }
+  /// Its counters as the I/O thread last published them (every 50 ms while it runs); any thread.
+  [[nodiscard]] device_snapshot snapshot() const {
+    std::lock_guard lock(snapshot_mutex_);
+    return published_;
+  }
 
   /// Handles one message as the I/O thread does (the sender's routing id and the body); false
   /// when it asks the device to stop. Public for tests and fuzzing: before run() nothing is sent.
@@ -291,6 +297,10 @@ class zmq_device {
       }
       check_peers(now);
       check_deadlines(now);
+      if (now >= next_publish_) {
+        publish(now);
+        next_publish_ = now + std::chrono::milliseconds(50);
+      }
     }
     const std::string why = "device " + std::to_string(opt_.index) + " stopped";
     fail_policy_calls(why);
@@ -313,6 +323,7 @@ class zmq_device {
           e.type = wire::kind::leaving;
           return e;
         }());
+    publish(clock::now(), false);
     say("info", "stopped");
   }
 
@@ -369,6 +380,40 @@ class zmq_device {
     e.from = opt_.index;
     e.load = queue_.load();
     return e;
+  }
+
+  // Copies the counters for snapshot() (on the I/O thread, the only one that writes them).
+  void publish(clock::time_point now, bool running = true) {
+    device_snapshot s;
+    s.device = opt_.index;
+    s.running = running;
+    s.stopping = stopping_;
+    const auto q = queue_.stats(now);
+    s.queued = queue_.load();
+    s.in_flight = prompts_.size();
+    s.utilisation = q.utilisation;
+    s.submitted = counters_.prompts;
+    s.complete = counters_.complete;
+    s.degraded = counters_.degraded;
+    s.failed = counters_.failed;
+    s.refused = counters_.refused_prompts;
+    s.served = counters_.served;
+    s.refusals = counters_.refusals;
+    s.reroutes = counters_.reroutes;
+    s.timeouts = counters_.timeouts;
+    s.lost = counters_.lost;
+    s.malformed = counters_.malformed;
+    s.dropped = counters_.dropped;
+    s.expired = expired_.load(std::memory_order_relaxed);
+    s.dead_peers = counters_.dead_peers;
+    for (std::uint32_t j = 0; j < alive_.size(); ++j) {
+      const double effective = load_of(j);
+      const auto parts = view_.explain(j, now);
+      s.peers.push_back({alive_[j], effective, parts.reported, parts.outstanding, parts.implied});
+    }
+    s.latency = latency_;
+    std::lock_guard lock(snapshot_mutex_);
+    published_ = std::move(s);
   }
 
   void say(const char* level, const std::string& what) const {
@@ -813,6 +858,7 @@ class zmq_device {
     r.error = res.error;
     for (const auto& c : res.trace) r.missing += c.ok() ? 0 : 1;
     r.latency_ms = std::chrono::duration<double, std::milli>(res.elapsed).count();
+    latency_.add(std::chrono::duration<double>(res.elapsed).count());
     if (!res.has_answer())
       ++counters_.failed;
     else if (r.missing > 0 || res.degraded())
@@ -947,6 +993,10 @@ class zmq_device {
   std::unordered_map<std::uint64_t, policy_wait> policy_calls_;  // guarded by outbox_mutex_
   std::mt19937_64 ids_;  // prompt and policy-call ids; guarded by outbox_mutex_
   std::atomic<std::thread::id> io_thread_{};
+  latency_histogram latency_;  // of prompts born here; I/O thread
+  clock::time_point next_publish_{};
+  mutable std::mutex snapshot_mutex_;
+  device_snapshot published_;  // guarded by snapshot_mutex_
   std::optional<zmq::socket_t> wake_out_;
 };
 

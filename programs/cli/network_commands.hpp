@@ -376,8 +376,9 @@ inline int device_command(const device_settings& s) {
           reject("--metrics", e.what());
         }
         moa::net::log_line(std::cerr, "info", s.index,
-                           "metrics at http://" + host + ":" + std::to_string(http->port()) +
-                               "/metrics and /health");
+                           "metrics at http://" +
+                               (host.find(':') == std::string::npos ? host : "[" + host + "]") +
+                               ":" + std::to_string(http->port()) + "/metrics and /health");
       }
 #endif
       dev.run(stop.get_token());

@@ -953,3 +953,25 @@ TEST_CASE("Network.moa_device_serves_metrics_and_health" * doctest::timeout(90))
     if (d.pid > 0) CHECK(reap(d.pid, 10s));
 }
 #endif
+
+// A peer's load is its word: clamped, and never below what the origin has outstanding there.
+TEST_CASE("Network.zmq_device_checks_reported_loads") {
+  moa::net::zmq_device_options opt;
+  opt.addresses = ipc_addresses(3);
+  opt.log = nullptr;
+  opt.trust.max_load = 1000;
+  moa::net::zmq_device<moa::least_loaded_gossip> dev(moa::synthetic_backend({.name = "d0"}),
+                                                     moa::least_loaded_gossip{.k = 1}, opt);
+  const auto say = [&](std::uint64_t load) {
+    moa::net::wire::envelope e;
+    e.type = moa::net::wire::kind::ping;
+    e.from = 2;
+    e.load = load;
+    CHECK(dev.handle("d2", moa::net::wire::encode(e)));
+    return dev.view().load(2, moa::clock::now());
+  };
+  CHECK(say(~std::uint64_t(0)) == 1000);
+  CHECK(say(7) == 7);
+  CHECK(say(0) == 0);
+  CHECK(dev.counters().malformed == 0);
+}

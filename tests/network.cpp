@@ -754,7 +754,7 @@ TEST_CASE("Network.a_device_that_never_answers_is_failed_and_loses_traffic" *
                          .trust = {.failed_for = 60s}});
   std::vector<moa::net::arrival> arrivals;
   for (int i = 0; i < 120; ++i)
-    arrivals.push_back({1.0 * i, std::uint32_t(i % 4 == 2 ? 0 : i % 4)});
+    arrivals.push_back({2.0 * i, std::uint32_t(i % 4 == 2 ? 0 : i % 4)});
   const auto r = net.run(arrivals);
   CHECK(r.accounted());
   std::size_t to_silent = 0;
@@ -763,8 +763,9 @@ TEST_CASE("Network.a_device_that_never_answers_is_failed_and_loses_traffic" *
     for (const auto& c : p.result.trace)
       to_silent += c.role == moa::call_role::proposer && c.backend == 2 ? 1 : 0;
   }
-  // Each origin learns after 3 timeouts in a row (a few more may be in flight by then).
+  // Each origin learns after 3 timeouts in a row (a few more may be in flight by then); its fair
+  // share would be 40 (uniform gossip, k = 1 among 3 others).
   MESSAGE("calls that reached the silent device: " << to_silent << " of " << r.prompts.size());
-  CHECK(to_silent <= 3 * 12);
+  CHECK(to_silent < 30);
   for (std::uint32_t o : {0u, 1u, 3u}) CHECK(net.view_of(o).failed(2, moa::clock::now()));
 }

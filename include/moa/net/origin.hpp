@@ -143,7 +143,8 @@ class origin_run {
   }
   /// Call c came back from its device with `rec` (times since the prompt's birth).
   void answered(call_id c, call_record&& rec) {
-    close(c, closing::answered);
+    // An answer saying the deadline passed is no answer in time: it counts as a miss.
+    close(c, rec.status == call_status::timed_out ? closing::missed : closing::answered);
     auto& out = run_.record(c);
     out.start = rec.start;
     out.end = rec.end;

@@ -718,7 +718,7 @@ TEST_CASE("Network.a_lying_device_does_not_draw_the_peer_calls" * doctest::timeo
   moa::net::network net(synthetic_devices(service), moa::least_loaded_gossip{.k = 1},
                         {.layers = 1, .claimed_loads = claims});
   std::vector<moa::net::arrival> arrivals;
-  for (int i = 0; i < 200; ++i) arrivals.push_back({1.5 * i, std::uint32_t(i % 4)});
+  for (int i = 0; i < 200; ++i) arrivals.push_back({3.0 * i, std::uint32_t(i % 4)});
   const auto r = net.run(arrivals);
   CHECK(r.accounted());
   std::vector<double> peer(4, 0);
@@ -731,8 +731,10 @@ TEST_CASE("Network.a_lying_device_does_not_draw_the_peer_calls" * doctest::timeo
         total += 1;
       }
   }
+  // Its fair share is 1/4. Wall-clock paced (services really take 1 ms), so the bound is generous;
+  // the exact one is PeerView.a_lying_peer_gets_a_bounded_share_of_peer_calls, on its own clock.
   MESSAGE("the liar's share of peer calls: " << peer[3] / total);
-  CHECK(peer[3] / total < 0.5);
+  CHECK(peer[3] / total < 0.6);
   CHECK_THROWS_AS(moa::net::network(synthetic_devices(service), moa::least_loaded_gossip{.k = 1},
                                     {.claimed_loads = {0.0}}),
                   moa::invalid_argument);

@@ -21,8 +21,8 @@
 ///   origin's outstanding calls there. A median, so one liar cannot move it. The implied queue
 ///   fades with a half-life since the device's last observation, so a device the origin stopped
 ///   using is tried again instead of starved for ever.
-/// A device that lets `strikes` calls in a row pass their deadline is failed for `failed_for`:
-/// the origin sends it nothing, whatever it reports.
+/// A device that lets `strikes` calls in a row pass their deadline (an answer saying the deadline
+/// passed counts too) is failed for `failed_for`: the origin sends it nothing, whatever it reports.
 ///
 /// Thread-safe (one mutex): the in-process network's prompts of one origin run on many threads.
 

@@ -1,17 +1,22 @@
 // SPDX-License-Identifier: MIT
 // The in-process network's own cost: per gossiped call beyond the backend's time (zero-latency
 // backends, so everything measured is protocol: plan, fork, queue, join, reference injection),
-// and sustained throughput at 0.9x the analytic limit over 10^5 prompts with memory flat.
+// and sustained throughput at 0.9x the analytic limit over 10^5 prompts with memory flat; and
+// hostile peers under least-loaded gossip (a device lying "load 0", one that never answers),
+// measured against the all-honest network in the same run.
 #include <benchmark/benchmark.h>
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "moa/backends/synthetic.hpp"
+#include "moa/gossip/load_aware.hpp"
 #include "moa/gossip/random_k.hpp"
 #include "moa/net/network.hpp"
 
@@ -81,6 +86,74 @@ void BM_sustained(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_sustained)->Arg(100000)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+
+// Hostile peers: n = 4 devices with 1 ms services, least-loaded gossip (k = 1, M = 2), prompts
+// born at devices 0-2 only (0.1 per ms each, utilisation ~0.5), 3,000 of them. Three networks
+// in one run: all honest; device 3 lying "load 0" (it serves honestly); device 3 lying "load 0"
+// and never answering (its calls hang until their 50 ms peer deadline). Reports the liar's
+// share of peer calls against its fair share (1/4), and the median latency of the prompts in
+// each network against the all-honest one.
+struct hostile_run {
+  double liar_share = 0;  // of peer calls (calls of layers 1..M sent to a device not the origin)
+  double median_ms = 0;
+  bool accounted = false;
+};
+
+hostile_run run_hostile(bool lying, bool silent) {
+  constexpr std::uint32_t n = 4;
+  std::vector<moa::any_backend> models;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    moa::synthetic_backend::options_type o;
+    o.name = "d" + std::to_string(i);
+    o.latency = moa::latency_model::constant(std::chrono::milliseconds(1));
+    o.timeout_rate = silent && i == 3 ? 1.0 : 0.0;
+    o.seed = 7 + i;
+    models.emplace_back(moa::synthetic_backend(std::move(o)));
+  }
+  moa::net::network_options opt;
+  opt.layers = 2;
+  opt.peer_timeout = std::chrono::milliseconds(50);
+  if (lying || silent) {
+    opt.claimed_loads.resize(n);
+    opt.claimed_loads[3] = 0.0;
+  }
+  moa::net::network net(std::move(models), moa::least_loaded_gossip{.k = 1}, std::move(opt));
+  const std::vector<double> lambda = {0.1, 0.1, 0.1, 0.0};
+  const auto r = net.run(moa::net::poisson_arrivals(lambda, 3000, 5));
+  hostile_run out;
+  out.accounted = r.accounted();
+  double peer = 0, to_liar = 0;
+  std::vector<double> latency;
+  for (const auto& p : r.prompts) {
+    latency.push_back(p.latency);
+    for (const auto& c : p.result.trace)
+      if (c.role == moa::call_role::proposer && c.backend != p.origin) {
+        peer += 1;
+        to_liar += c.backend == 3 ? 1 : 0;
+      }
+  }
+  std::nth_element(latency.begin(), latency.begin() + std::ptrdiff_t(latency.size() / 2),
+                   latency.end());
+  out.median_ms = latency[latency.size() / 2];
+  out.liar_share = peer > 0 ? to_liar / peer : 0;
+  return out;
+}
+
+void BM_hostile_peers(benchmark::State& state) {
+  for (auto _ : state) {
+    const auto honest = run_hostile(false, false);
+    const auto liar = run_hostile(true, false);
+    const auto silent = run_hostile(true, true);
+    constexpr double fair = 1.0 / 4;
+    state.counters["honest_median_ms"] = honest.median_ms;
+    state.counters["liar_share_over_fair"] = liar.liar_share / fair;
+    state.counters["liar_median_over_honest"] = liar.median_ms / honest.median_ms;
+    state.counters["silent_share_over_fair"] = silent.liar_share / fair;
+    state.counters["silent_median_over_honest"] = silent.median_ms / honest.median_ms;
+    state.counters["accounted"] = honest.accounted && liar.accounted && silent.accounted ? 1 : 0;
+  }
+}
+BENCHMARK(BM_hostile_peers)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 
 }  // namespace
 

@@ -85,6 +85,9 @@ if(TARGET moa_device)
     MOA_DEVICE_PROGRAM="$<TARGET_FILE:moa_device>"
     MOA_TEST_LOG_DIR="${CMAKE_CURRENT_BINARY_DIR}")
   add_dependencies(moa_network_process_tests moa_device)
+  if(MOA_HAS_SERVE)  # moa_device --metrics
+    target_compile_definitions(moa_network_process_tests PRIVATE MOA_DEVICE_METRICS=1)
+  endif()
   if(TARGET moa_cli)  # `moa device`, for the signal tests
     target_compile_definitions(moa_network_process_tests PRIVATE
       MOA_CLI_PROGRAM="$<TARGET_FILE:moa_cli>")

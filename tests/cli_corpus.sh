@@ -346,6 +346,21 @@ device_cases() {  # device_cases PROGRAM...
   check device_port_in_use 2 "$@" device --index 0 --peers "$peers"
   kill -TERM "$holder" 2>/dev/null
   wait "$holder" 2>/dev/null
+  # --metrics [HOST:]PORT (where the program has it): bad addresses and ports exit 2, and so does
+  # a port another device's endpoint already holds.
+  if "$@" device --help 2>/dev/null | grep -q -- --metrics; then
+    for v in "" 0 65536 99999 -1 abc ":" "127.0.0.1:" "127.0.0.1:0" "localhost:9100" \
+      "1.2.3.4.5:80" "[::1]:x" "127.0.0.1:9100:1" "$(printf 'a%.0s' {1..5000}):1"; do
+      check device_metrics 2 "${base[@]}" --metrics "$v"
+    done
+    local m=$((p1 + 2))
+    "${base[@]}" --metrics "127.0.0.1:$m" >/dev/null 2>&1 &
+    holder=$!
+    sleep 0.5
+    check device_metrics_in_use 2 "$@" device --index 1 --peers "$peers" --metrics "$m"
+    kill -TERM "$holder" 2>/dev/null
+    wait "$holder" 2>/dev/null
+  fi
 }
 if "$moa" device --help >/dev/null 2>&1; then device_cases "$moa"; fi
 if [ -n "$moa_device" ]; then device_cases "$moa_device"; fi

@@ -21,7 +21,11 @@
 #include <cmath>
 #include <cstdint>
 #include <iostream>
+#include <limits>
+#include <memory>
 #include <numeric>
+#include <optional>
+#include <queue>
 #include <set>
 #include <string>
 #include <thread>
@@ -34,6 +38,7 @@
 #include "moa/net/adaptive.hpp"
 #include "moa/net/device.hpp"
 #include "moa/net/network.hpp"
+#include "moa/net/peer_view.hpp"
 #include "moa/queueing/adaptive_sim.hpp"
 #include "moa/queueing/simulator.hpp"
 #include "moa/queueing/stability.hpp"
@@ -618,4 +623,235 @@ TEST_CASE("Network.adaptive_policy_agrees_with_the_simulator_on_a_ramp") {
                         << double(sim_refused) / total);
   CHECK(counts.refused > 0);
   CHECK(std::abs(double(counts.refused) - double(sim_refused)) / total <= 0.10);
+}
+
+// --- loads are checked, not believed (moa/net/peer_view.hpp) -------------------------------------
+// Time is passed in, never read: these tests run on a clock of their own.
+
+namespace {
+
+moa::clock::time_point at(double units) {
+  return moa::clock::time_point{} +
+         std::chrono::duration_cast<moa::clock::duration>(std::chrono::duration<double>(units));
+}
+
+// n single-server FCFS devices with service time 1; each prompt, born at origin i % n every `gap`,
+// sends one call to its origin and one to the peer its view says is least loaded (ties: the next
+// device after the origin). Device `liar` reports load 0; device `silent` never answers (its calls
+// time out after `timeout`). With `blind`, origins believe the reports. Returns the peer calls each
+// device got, and counts the prompts whose peer call was answered.
+struct share_run {
+  std::vector<std::size_t> peer_calls;
+  std::size_t answered = 0, prompts = 0;
+};
+share_run share_of_peer_calls(bool blind, int liar, int silent, std::size_t prompts = 4000) {
+  constexpr std::uint32_t n = 4;
+  constexpr double gap = 0.6, timeout = 20;
+  std::vector<std::unique_ptr<moa::net::peer_view>> views;
+  for (std::uint32_t i = 0; i < n; ++i)
+    views.push_back(std::make_unique<moa::net::peer_view>(
+        n, moa::net::peer_view_options{.failed_for = std::chrono::seconds(50),
+                                       .half_life = std::chrono::seconds(20)}));
+  struct pending {
+    double when;
+    std::uint32_t origin, device;
+    moa::net::peer_view::ticket t;
+    bool miss;
+    bool operator>(const pending& o) const { return when > o.when; }
+  };
+  std::priority_queue<pending, std::vector<pending>, std::greater<>> events;
+  std::vector<double> free_at(n, 0);
+  std::vector<std::vector<double>> finishes(n);  // of calls in system, per device
+  share_run r;
+  r.peer_calls.assign(n, 0);
+  moa::rng random(11);
+  const auto queue = [&](std::uint32_t d, double t) {
+    auto& f = finishes[d];
+    f.erase(std::remove_if(f.begin(), f.end(), [&](double x) { return x <= t; }), f.end());
+    return double(f.size());
+  };
+  const auto send = [&](std::uint32_t o, std::uint32_t d, double t) {
+    const auto ticket = views[o]->sent(d, at(t));
+    const double done = std::max(t, free_at[d]) + 1;
+    free_at[d] = done;
+    finishes[d].push_back(done);
+    const bool miss = int(d) == silent;
+    events.push({miss ? t + timeout : done, o, d, ticket, miss});
+  };
+  for (std::size_t i = 0; i < prompts; ++i) {
+    const double t = double(i) * gap;
+    while (!events.empty() && events.top().when <= t) {
+      const auto e = events.top();
+      events.pop();
+      if (e.miss)
+        (void)views[e.origin]->missed(e.device, e.t, at(e.when));
+      else {
+        views[e.origin]->answered(e.device, e.t, at(e.when));
+        if (e.device != e.origin) ++r.answered;
+      }
+    }
+    const auto o = std::uint32_t(i % n);
+    send(o, o, t);
+    std::optional<std::uint32_t> best;
+    double best_load = 0;
+    const auto offset = std::uint32_t(random.below(n - 1));  // ties: at random
+    for (std::uint32_t j = 0; j + 1 < n; ++j) {
+      const auto d = (o + 1 + (j + offset) % (n - 1)) % n;
+      const double reported = int(d) == liar ? 0 : queue(d, t);
+      views[o]->report(d, reported);
+      if (!blind && views[o]->failed(d, at(t))) continue;
+      const double l = blind ? reported : views[o]->load(d, at(t));
+      if (!best || l < best_load) {
+        best = d;
+        best_load = l;
+      }
+    }
+    ++r.prompts;
+    ++r.peer_calls[*best];
+    send(o, *best, t);
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("PeerView.reports_are_clamped") {
+  moa::net::peer_view v(3, {.max_load = 100});
+  v.report(1, -5);
+  CHECK(v.load(1, at(0)) == 0);
+  v.report(1, std::numeric_limits<double>::quiet_NaN());
+  CHECK(v.load(1, at(0)) == 100);
+  v.report(1, 1e300);
+  CHECK(v.load(1, at(0)) == 100);
+  v.report(1, std::numeric_limits<double>::infinity());
+  CHECK(v.load(1, at(0)) == 100);
+  CHECK_THROWS_AS(moa::net::peer_view(2, {.weight = 0}), moa::invalid_argument);
+  CHECK_THROWS_AS(moa::net::peer_view(2, {.strikes = 0}), moa::invalid_argument);
+  CHECK_THROWS_AS(moa::net::peer_view(2, {.half_life = {}}), moa::invalid_argument);
+}
+
+TEST_CASE("PeerView.a_liar_carries_what_it_holds_and_what_its_latency_shows") {
+  moa::net::peer_view v(4, {.weight = 1});
+  v.report(3, 0);  // the liar
+  std::vector<moa::net::peer_view::ticket> held;
+  for (int i = 0; i < 7; ++i) held.push_back(v.sent(3, at(0)));
+  CHECK(v.load(3, at(0)) == 7);  // the calls outstanding there, whatever it says
+  for (std::size_t i = 0; i < held.size(); ++i) v.released(3);
+  CHECK(v.load(3, at(0)) == 0);
+  // Honest devices: latency (load + 1) x 1 s. The liar: load 0 but 6 s, i.e. a queue of 5.
+  for (std::uint32_t d = 0; d < 3; ++d) {
+    v.report(d, 2);
+    v.answered(d, v.sent(d, at(10)), at(13));
+  }
+  v.answered(3, v.sent(3, at(10)), at(16));
+  CHECK(v.load(3, at(16)) == doctest::Approx(5));
+  CHECK(v.load(0, at(16)) == doctest::Approx(2));
+  const auto p = v.explain(3, at(16));
+  CHECK(p.reported == 0);
+  CHECK(p.latency == doctest::Approx(6));
+  // The implied queue fades with the half-life (1 s) since the last observation.
+  CHECK(v.load(3, at(17)) == doctest::Approx(2.5));
+}
+
+TEST_CASE("PeerView.a_device_missing_its_deadlines_is_failed_then_forgiven") {
+  moa::net::peer_view v(3, {.strikes = 3, .failed_for = std::chrono::seconds(5)});
+  v.answered(1, v.sent(1, at(0)), at(1));
+  v.answered(2, v.sent(2, at(0)), at(1));
+  CHECK_FALSE(v.missed(2, v.sent(2, at(1)), at(3)));
+  CHECK_FALSE(v.missed(2, v.sent(2, at(1)), at(3)));
+  v.answered(2, v.sent(2, at(3)), at(4));  // an answer resets the count
+  CHECK_FALSE(v.missed(2, v.sent(2, at(4)), at(6)));
+  CHECK_FALSE(v.missed(2, v.sent(2, at(4)), at(6)));
+  CHECK_FALSE(v.failed(2, at(6)));
+  CHECK(v.missed(2, v.sent(2, at(4)), at(6)));
+  CHECK(v.failed(2, at(6)));
+  CHECK(v.failed(2, at(10.9)));
+  CHECK_FALSE(v.failed(2, at(11)));
+  CHECK(v.load(2, at(6)) > v.load(1, at(6)));  // its timeouts count as latency too
+}
+
+TEST_CASE("PeerView.a_lying_peer_gets_a_bounded_share_of_peer_calls") {
+  const auto blind = share_of_peer_calls(true, 3, -1);
+  const auto checked = share_of_peer_calls(false, 3, -1);
+  const auto share = [](const share_run& r, int d) {
+    return double(r.peer_calls[std::size_t(d)]) / double(r.prompts);
+  };
+  const double fair = 1.0 / 4;
+  MESSAGE("liar's share of peer calls: believed " << share(blind, 3) << ", checked "
+                                                  << share(checked, 3) << " (fair " << fair << ")");
+  CHECK(share(blind, 3) > 1.75 * fair);  // the lie works when believed: the test has teeth
+  CHECK(share(checked, 3) <= 1.5 * fair);
+  CHECK(checked.answered + 20 > checked.prompts);  // all but the last few, still in service
+}
+
+TEST_CASE("PeerView.a_silent_peer_is_failed_and_loses_traffic") {
+  const auto blind = share_of_peer_calls(true, -1, 2);
+  const auto checked = share_of_peer_calls(false, -1, 2);
+  MESSAGE("silent peer's calls: believed " << blind.peer_calls[2] << ", checked "
+                                           << checked.peer_calls[2] << " of " << checked.prompts);
+  CHECK(checked.peer_calls[2] * 5 < blind.peer_calls[2]);
+  CHECK(double(checked.peer_calls[2]) / double(checked.prompts) < 0.05);
+}
+
+TEST_CASE("Network.a_lying_device_does_not_draw_the_peer_calls" * doctest::timeout(60)) {
+  // Device 3 says "load 0" whatever it holds; least-loaded gossip with k = 1 would send it every
+  // peer call of the other three origins (3/4 of them) if its word were taken.
+  const double service[] = {1, 1, 1, 1};
+  std::vector<std::optional<double>> claims(4);
+  claims[3] = 0.0;
+  moa::net::network net(synthetic_devices(service), moa::least_loaded_gossip{.k = 1},
+                        {.layers = 1, .claimed_loads = claims});
+  std::vector<moa::net::arrival> arrivals;
+  for (int i = 0; i < 200; ++i) arrivals.push_back({3.0 * i, std::uint32_t(i % 4)});
+  const auto r = net.run(arrivals);
+  CHECK(r.accounted());
+  std::vector<double> peer(4, 0);
+  double total = 0;
+  for (const auto& p : r.prompts) {
+    CHECK((p.result.has_answer() || !p.result.error.empty()));
+    for (const auto& c : p.result.trace)
+      if (c.role == moa::call_role::proposer && c.backend != p.origin) {
+        peer[c.backend] += 1;
+        total += 1;
+      }
+  }
+  // Its fair share is 1/4. Wall-clock paced (services really take 1 ms), so the bound is generous;
+  // the exact one is PeerView.a_lying_peer_gets_a_bounded_share_of_peer_calls, on its own clock.
+  MESSAGE("the liar's share of peer calls: " << peer[3] / total);
+  CHECK(peer[3] / total < 0.6);
+  CHECK_THROWS_AS(moa::net::network(synthetic_devices(service), moa::least_loaded_gossip{.k = 1},
+                                    {.claimed_loads = {0.0}}),
+                  moa::invalid_argument);
+}
+
+TEST_CASE("Network.a_device_that_never_answers_is_failed_and_loses_traffic" *
+          doctest::timeout(60)) {
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 4; ++i)
+    models.emplace_back(moa::synthetic_backend({.name = std::string(1, 'd') + char('0' + i),
+                                                .latency = moa::latency_model::constant(200us),
+                                                .timeout_rate = i == 2 ? 1.0 : 0.0,
+                                                .hang_limit = 5s}));
+  // Uniform gossip keeps drawing it: only failing it (3 timeouts in a row) stops the calls.
+  moa::net::network net(std::move(models), moa::uniform_gossip{1},
+                        {.layers = 1,
+                         .device = {.concurrency = 4},
+                         .peer_timeout = 20ms,
+                         .trust = {.failed_for = 60s}});
+  std::vector<moa::net::arrival> arrivals;
+  for (int i = 0; i < 120; ++i)
+    arrivals.push_back({2.0 * i, std::uint32_t(i % 4 == 2 ? 0 : i % 4)});
+  const auto r = net.run(arrivals);
+  CHECK(r.accounted());
+  std::size_t to_silent = 0;
+  for (const auto& p : r.prompts) {
+    CHECK(p.result.has_answer());  // answered, degraded at worst
+    for (const auto& c : p.result.trace)
+      to_silent += c.role == moa::call_role::proposer && c.backend == 2 ? 1 : 0;
+  }
+  // Each origin learns after 3 timeouts in a row (a few more may be in flight by then); its fair
+  // share would be 40 (uniform gossip, k = 1 among 3 others).
+  MESSAGE("calls that reached the silent device: " << to_silent << " of " << r.prompts.size());
+  CHECK(to_silent < 30);
+  for (std::uint32_t o : {0u, 1u, 3u}) CHECK(net.view_of(o).failed(2, moa::clock::now()));
 }

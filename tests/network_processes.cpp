@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -33,6 +34,7 @@
 #include "moa/aggregate/policies.hpp"
 #include "moa/backends/synthetic.hpp"
 #include "moa/gossip/strategies.hpp"
+#include "moa/net/device_metrics.hpp"
 #include "moa/net/zmq_device.hpp"
 #include "moa/net/zmq_wire.hpp"
 #include "planted.hpp"
@@ -819,4 +821,157 @@ TEST_CASE("Network.zmq_silent_pinging_peer_is_failed" * doctest::timeout(60)) {
   const auto later = nlohmann::json::parse(c.stats(0));
   CHECK(later["timeouts"].get<int>() == timeouts);
   CHECK(later["dead_peers"].get<int>() == 1);
+}
+
+#ifdef MOA_DEVICE_METRICS
+namespace {
+
+// GET http://127.0.0.1:PORT/PATH with curl: the status code and the body.
+std::pair<int, std::string> http_get(int port, const std::string& path) {
+  const std::string cmd =
+      "curl -s -m 5 -w '\\n%{http_code}' http://127.0.0.1:" + std::to_string(port) + path +
+      " 2>/dev/null";
+  std::string out;
+  if (FILE* f = ::popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    std::size_t got = 0;
+    while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, got);
+    ::pclose(f);
+  }
+  const auto nl = out.rfind('\n');
+  if (nl == std::string::npos) return {0, out};
+  return {std::atoi(out.c_str() + nl + 1), out.substr(0, nl)};
+}
+
+// Prometheus text format 0.0.4, as far as moa writes it: `# HELP`/`# TYPE` lines, then samples
+// `name{labels} value`, every sample's family typed before it. Returns series -> value; fails the
+// test on any line that does not parse.
+std::map<std::string, double> parse_prometheus(const std::string& text) {
+  std::map<std::string, double> out;
+  std::map<std::string, std::string> types;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    if (line.rfind("# TYPE ", 0) == 0) {
+      std::istringstream t(line.substr(7));
+      std::string name, type;
+      t >> name >> type;
+      CHECK_MESSAGE((type == "counter" || type == "gauge" || type == "histogram"), line);
+      types[name] = type;
+      continue;
+    }
+    const auto space = line.rfind(' ');
+    REQUIRE_MESSAGE(space != std::string::npos, line);
+    const std::string series = line.substr(0, space);
+    const auto brace = series.find('{');
+    REQUIRE_MESSAGE((brace != std::string::npos && series.back() == '}'), line);
+    std::string family = series.substr(0, brace);
+    for (const char* suffix : {"_bucket", "_sum", "_count"})
+      if (!types.count(family) && family.size() > std::strlen(suffix) &&
+          family.compare(family.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
+        family.resize(family.size() - std::strlen(suffix));
+    CHECK_MESSAGE(types.count(family) == 1, "untyped sample: " << line);
+    char* end = nullptr;
+    const double v = std::strtod(line.c_str() + space + 1, &end);
+    CHECK_MESSAGE(*end == '\0', line);
+    out[series] = v;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Network.moa_device_serves_metrics_and_health" * doctest::timeout(90)) {
+  zmq::context_t ctx(1);
+  constexpr std::size_t n = 3;
+  const std::vector<std::string> addresses = loopback_addresses(ctx, n);
+  std::vector<int> http(n);
+  for (auto& p : http) p = free_port(ctx);
+  std::vector<process> devices;
+  for (std::size_t i = 0; i < n; ++i)
+    devices.push_back(
+        spawn({MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers",
+               join(addresses), "--fanout", "1", "--alpha-ms", "1", "--dead-after-ms", "400",
+               "--metrics", "127.0.0.1:" + std::to_string(http[i])},
+              std::string(MOA_TEST_LOG_DIR) + "/metrics" + std::to_string(i) + ".log"));
+  const auto until = [](auto&& ok) {  // polls: the snapshot is published every 50 ms
+    const auto limit = std::chrono::steady_clock::now() + 10s;
+    while (!ok() && std::chrono::steady_clock::now() < limit) std::this_thread::sleep_for(20ms);
+    return ok();
+  };
+  CHECK(until([&] { return http_get(http[0], "/health").first == 200; }));
+  const auto [status, body] = http_get(http[0], "/health");
+  CHECK(body.find("\"status\":\"ok\"") != std::string::npos);
+  CHECK(body.find("\"peers_alive\":2") != std::string::npos);
+  CHECK(http_get(http[0], "/nowhere").first == 404);
+
+  const std::string dev = "{device=\"0\"";
+  auto before = parse_prometheus(http_get(http[0], "/metrics").second);
+  CHECK(before["moa_device_up" + dev + "}"] == 1);
+  CHECK(before["moa_device_prompts_total" + dev + ",outcome=\"submitted\"}"] == 0);
+
+  client c(ctx, addresses);
+  for (int i = 0; i < 20; ++i) c.submit(0, "m" + std::to_string(i));
+  c.collect(20, 30s);
+  REQUIRE(c.results.size() == 20);
+  std::map<std::string, double> after;
+  CHECK(until([&] {
+    after = parse_prometheus(http_get(http[0], "/metrics").second);
+    return after["moa_device_prompt_latency_seconds_count" + dev + "}"] == 20;
+  }));
+  CHECK(after["moa_device_prompts_total" + dev + ",outcome=\"submitted\"}"] == 20);
+  CHECK(after["moa_device_prompts_total" + dev + ",outcome=\"complete\"}"] == 20);
+  CHECK(after["moa_device_prompt_latency_seconds_bucket" + dev + ",le=\"+Inf\"}"] == 20);
+  CHECK(after["moa_device_prompt_latency_seconds_sum" + dev + "}"] > 0);
+  CHECK(after["moa_device_calls_served_total" + dev + "}"] > 0);
+  CHECK(after.count("moa_device_peer_load" + dev + ",peer=\"2\",kind=\"effective\"}") == 1);
+  CHECK(after["moa_device_peers_alive" + dev + "}"] == 2);
+  // Buckets are cumulative.
+  double previous = 0;
+  for (const double le : moa::net::latency_histogram::bounds) {
+    std::ostringstream key;
+    key << "moa_device_prompt_latency_seconds_bucket" << dev << ",le=\"" << le << "\"}";
+    REQUIRE(after.count(key.str()) == 1);
+    CHECK(after[key.str()] >= previous);
+    previous = after[key.str()];
+  }
+
+  // A peer dies: counted, and the gauge follows.
+  ::kill(devices[2].pid, SIGKILL);
+  CHECK(reap(devices[2].pid, 5s));
+  devices[2].pid = -1;
+  CHECK(until([&] {
+    after = parse_prometheus(http_get(http[0], "/metrics").second);
+    return after["moa_device_dead_peers_total" + dev + "}"] >= 1;
+  }));
+  CHECK(after["moa_device_peers_alive" + dev + "}"] == 1);
+
+  for (auto& d : devices)
+    if (d.pid > 0) ::kill(d.pid, SIGTERM);
+  for (auto& d : devices)
+    if (d.pid > 0) CHECK(reap(d.pid, 10s));
+}
+#endif
+
+// A peer's load is its word: clamped, and never below what the origin has outstanding there.
+TEST_CASE("Network.zmq_device_checks_reported_loads") {
+  moa::net::zmq_device_options opt;
+  opt.addresses = ipc_addresses(3);
+  opt.log = nullptr;
+  opt.trust.max_load = 1000;
+  moa::net::zmq_device<moa::least_loaded_gossip> dev(moa::synthetic_backend({.name = "d0"}),
+                                                     moa::least_loaded_gossip{.k = 1}, opt);
+  const auto say = [&](std::uint64_t load) {
+    moa::net::wire::envelope e;
+    e.type = moa::net::wire::kind::ping;
+    e.from = 2;
+    e.load = load;
+    CHECK(dev.handle("d2", moa::net::wire::encode(e)));
+    return dev.view().load(2, moa::clock::now());
+  };
+  CHECK(say(~std::uint64_t(0)) == 1000);
+  CHECK(say(7) == 7);
+  CHECK(say(0) == 0);
+  CHECK(dev.counters().malformed == 0);
 }

@@ -37,6 +37,12 @@
 #if MOA_CLI_ZMQ && MOA_CLI_OPENAI
 #include <moa/backends/openai.hpp>
 #endif
+#if MOA_CLI_ZMQ && MOA_CLI_SERVE
+#include <optional>
+
+#include <moa/net/device_metrics.hpp>
+#include <moa/serve/status_endpoint.hpp>
+#endif
 
 namespace moa::cli {
 
@@ -254,6 +260,7 @@ struct device_settings {
   std::size_t max_message_mib = 16;
   std::size_t max_prompts = 1024;
   std::size_t max_calls_per_origin = 1024;
+  std::string metrics;  // [HOST:]PORT of GET /metrics and /health; empty: none
 };
 
 // An endpoint as logs may show it: without the password of a user:password@ URL.
@@ -302,6 +309,44 @@ inline CLI::Validator zmq_endpoint() {
       "tcp://HOST:PORT or ipc://PATH", "zmq endpoint");
 }
 
+#if MOA_CLI_SERVE
+// `--metrics`: PORT (on 127.0.0.1) or HOST:PORT, HOST an IP address ([::1] for IPv6), PORT in
+// 1..65535; `why` says what was wrong, empty when it is fine.
+inline std::pair<std::string, std::uint16_t> metrics_address(const std::string& v,
+                                                             std::string* why = nullptr) {
+  const auto colon = v.rfind(':');
+  std::string host = colon == std::string::npos ? "127.0.0.1" : v.substr(0, colon);
+  const std::string port = colon == std::string::npos ? v : v.substr(colon + 1);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  const auto fail = [&](const std::string& w) {
+    if (why != nullptr) *why = w;
+    return std::pair<std::string, std::uint16_t>{};
+  };
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+    return fail("'" + v.substr(0, 64) + "': the port is not a number 1..65535");
+  const unsigned long p = std::stoul(port);
+  if (p == 0 || p > 65535) return fail("'" + v.substr(0, 64) + "': the port is not in 1..65535");
+  boost::system::error_code ec;
+  (void)boost::asio::ip::make_address(host, ec);
+  if (ec) return fail("'" + host.substr(0, 64) + "' is not an IP address (e.g. 127.0.0.1)");
+  return {host, std::uint16_t(p)};
+}
+
+// GET /metrics (Prometheus text) and GET /health of a running device, from its snapshot.
+template <class Device>
+moa::serve::status_endpoint::reply device_status(const Device& dev, std::string_view target) {
+  const auto snap = dev.snapshot();
+  if (target == "/metrics")
+    return {200, "text/plain; version=0.0.4; charset=utf-8", moa::net::render_prometheus(snap)};
+  if (target == "/health") {
+    auto [status, body] = moa::net::health(snap);
+    return {status, "application/json", std::move(body)};
+  }
+  return {404, "text/plain; charset=utf-8", "not found: GET /metrics or GET /health\n"};
+}
+#endif
+
 inline int device_command(const device_settings& s) {
   if (s.addresses.size() < 2 || s.addresses.size() > max_network_devices)
     reject("--peers", std::to_string(s.addresses.size()) + " endpoints; a network has 2.." +
@@ -323,6 +368,7 @@ inline int device_command(const device_settings& s) {
       std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.peer_timeout_ms));
   opt.dead_after =
       std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.dead_after_ms));
+  opt.trust.failed_for = 10 * opt.dead_after;  // a failed peer stays failed 10 dead_afters
   opt.seed = s.seed;
   opt.drain_timeout =
       std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.drain_timeout_ms));
@@ -349,6 +395,24 @@ inline int device_command(const device_settings& s) {
   try {
     with_gossip(s.gossip, s.k, [&](auto g) {
       moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
+#if MOA_CLI_SERVE
+      std::optional<moa::serve::status_endpoint> http;  // before dev ends: it reads dev
+      if (!s.metrics.empty()) {
+        const auto [host, port] = metrics_address(s.metrics);
+        http.emplace(host, port,
+                     [&dev](std::string_view target) { return device_status(dev, target); });
+        try {
+          http->start();
+        } catch (const moa::error& e) {
+          stop.request_stop();
+          reject("--metrics", e.what());
+        }
+        moa::net::log_line(std::cerr, "info", s.index,
+                           "metrics at http://" +
+                               (host.find(':') == std::string::npos ? host : "[" + host + "]") +
+                               ":" + std::to_string(http->port()) + "/metrics and /health");
+      }
+#endif
       dev.run(stop.get_token());
       return 0;
     });
@@ -426,6 +490,18 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max-tokens", s->max_tokens, "Tokens per answer (with --endpoint)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+#endif
+#if MOA_CLI_SERVE
+  cmd->add_option("--metrics", s->metrics,
+                  "Serve GET /metrics (Prometheus) and GET /health at [HOST:]PORT (HOST an IP "
+                  "address, default 127.0.0.1; default: no endpoint)")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            std::string why;
+            (void)metrics_address(v, &why);
+            return why;
+          },
+          "[HOST:]PORT", "metrics address"));
 #endif
   cmd->callback([s, &exit_code] { exit_code = device_command(*s); });
 }

@@ -14,7 +14,11 @@
 /// Faults, and what every prompt ends with (never silently lost):
 /// - a full queue refuses the call; the origin re-routes it to another device (the least loaded
 ///   of those not yet in the layer) up to `max_reroutes` times, then goes on without it;
-/// - a call that is not answered within `peer_timeout` of its dispatch is skipped;
+/// - a call that is not answered within `peer_timeout` of its dispatch is skipped; a device that
+///   lets 3 in a row pass is failed to that origin for a while (network_options::trust);
+/// - loads are checked, not believed: each origin's peer_view (moa/net/peer_view.hpp) weighs a
+///   device's report against the calls it has there and the latencies it observed, so a device
+///   lying "load 0" (network_options::claimed_loads, to test it) or a slow one loses traffic;
 /// - a killed device hands its queued calls back and its call in service is abandoned; they are
 ///   re-routed like refusals;
 /// - a layer short of `quorum` answers skips what follows; the prompt then ends failed with an
@@ -68,6 +72,7 @@
 #include "moa/gossip/random_k.hpp"
 #include "moa/net/device.hpp"
 #include "moa/net/origin.hpp"
+#include "moa/net/peer_view.hpp"
 #include "moa/prompt/aggregation.hpp"
 #include "moa/topology/gossip.hpp"
 #include "moa/topology/plan.hpp"
@@ -100,6 +105,13 @@ struct network_options {
   clock::duration peer_timeout = clock::duration::max();
   /// Other devices tried when a call is refused (full queue) or lost (dead device).
   std::size_t max_reroutes = 2;
+  /// How far each origin trusts the loads devices report (moa/net/peer_view.hpp): reports are
+  /// checked against the calls it has outstanding and the latencies it observes, and a device
+  /// that lets `trust.strikes` calls in a row time out is avoided for `trust.failed_for`.
+  peer_view_options trust{};
+  /// The load each device reports instead of its own (a lying device, for tests and benchmarks);
+  /// empty, or nullopt for a device: the truth.
+  std::vector<std::optional<double>> claimed_loads{};
   /// Redraw each later layer's peers when it is forked, on the loads of that moment (for
   /// strategies that read loads: `uses_load`). Drawing them at birth would use stale loads.
   bool refresh_peers = true;
@@ -196,6 +208,10 @@ class network {
       MOA_THROW(invalid_argument("moa::net::network: " + std::to_string(opt_.devices.size()) +
                                  " device options for " + std::to_string(n) +
                                  " devices; give one per device, or none to use `device`"));
+    if (!opt_.claimed_loads.empty() && opt_.claimed_loads.size() != n)
+      MOA_THROW(invalid_argument("moa::net::network: " + std::to_string(opt_.claimed_loads.size()) +
+                                 " claimed loads for " + std::to_string(n) +
+                                 " devices; give one per device, or none"));
     if (opt_.quorum == 0)
       MOA_THROW(invalid_argument("moa::net::network: quorum must be at least 1"));
     if (opt_.time_unit <= clock::duration::zero())
@@ -215,6 +231,7 @@ class network {
           opt_.on_service(static_cast<std::uint32_t>(i), seconds / unit_);
         };
       devices_.push_back(std::make_unique<device>(std::move(d)));
+      views_.push_back(std::make_unique<peer_view>(std::uint32_t(n), opt_.trust));
     }
     for (auto& d : devices_) d->start();
     if (opt_.peer_timeout != clock::duration::max())
@@ -234,6 +251,8 @@ class network {
   [[nodiscard]] std::size_t size() const noexcept { return devices_.size(); }
   [[nodiscard]] const device& device_at(std::size_t i) const { return *devices_.at(i); }
   [[nodiscard]] const network_options& options() const noexcept { return opt_; }
+  /// What device `origin` believes of every device's load (its peer_view).
+  [[nodiscard]] const peer_view& view_of(std::size_t origin) const { return *views_.at(origin); }
 
   /// Kills device i: its queue is handed back (re-routed), its call in service abandoned, and it
   /// refuses all work from now on. Prompts born at it afterwards fail with an explicit error.
@@ -249,7 +268,7 @@ class network {
     rng random(mix_seed(opt_.seed, id));
     double load_buffer[64];
     std::vector<double> load_heap;
-    const std::span<double> load = loads(load_buffer, load_heap);
+    const std::span<double> load = loads(origin, load_buffer, load_heap);
     plan p;
     layout_choice choice{true, opt_.layers, std::uint32_t(gossip_.fanout()), {}};
     if (opt_.choose_layout) {
@@ -389,8 +408,9 @@ class network {
     [[nodiscard]] std::uint32_t devices() const noexcept {
       return std::uint32_t(net.devices_.size());
     }
-    [[nodiscard]] bool alive(std::uint32_t d) const { return net.devices_[d]->alive(); }
-    [[nodiscard]] double load(std::uint32_t d) const { return double(net.devices_[d]->load()); }
+    [[nodiscard]] bool alive(std::uint32_t d) const { return net.alive_for(sp->origin(), d); }
+    [[nodiscard]] double load(std::uint32_t d) const { return net.load_for(sp->origin(), d); }
+    [[nodiscard]] peer_view& view() const { return *net.views_[sp->origin()]; }
     [[nodiscard]] bool has_room(std::uint32_t d) const {
       const auto cap = net.devices_[d]->options().capacity;
       return cap == 0 || net.devices_[d]->load() < cap;
@@ -398,6 +418,7 @@ class network {
     [[nodiscard]] const std::string& name(std::uint32_t d) const { return net.refs_[d].name(); }
     device::refusal send(origin_run& o, call_id c) {
       auto& s = *sp;
+      if (!alive(o.device_of(c))) return device::refusal::dead;  // dead, or failed to the origin
       const std::uint64_t arg = std::uint64_t(c) | (std::uint64_t(++s.attempt[c]) << 32);
       s.dispatched[c] = clock::now();
       const auto refused = net.devices_[o.device_of(c)]->try_push({&on_task, sp, arg});
@@ -413,16 +434,28 @@ class network {
     }
   };
 
-  std::span<double> loads(double (&buffer)[64], std::vector<double>& heap) const {
+  // What origin o believes: a device it failed is as good as dead; a load is the device's
+  // report (its queue, or what it claims) checked by o's peer_view.
+  bool alive_for(std::uint32_t o, std::uint32_t d) const {
+    return devices_[d]->alive() && (d == o || !views_[o]->failed(d, clock::now()));
+  }
+  double load_for(std::uint32_t o, std::uint32_t d) const {
+    const bool lies = !opt_.claimed_loads.empty() && opt_.claimed_loads[d].has_value();
+    views_[o]->report(d, lies ? *opt_.claimed_loads[d] : double(devices_[d]->load()));
+    return views_[o]->load(d, clock::now());
+  }
+
+  std::span<double> loads(std::uint32_t origin, double (&buffer)[64],
+                          std::vector<double>& heap) const {
     std::span<double> load(buffer);
     if (devices_.size() > 64) {
       heap.resize(devices_.size());
       load = heap;
     }
     load = load.first(devices_.size());
-    for (std::size_t i = 0; i < devices_.size(); ++i)
-      load[i] = devices_[i]->alive() ? double(devices_[i]->load())
-                                     : std::numeric_limits<double>::infinity();
+    for (std::uint32_t i = 0; i < devices_.size(); ++i)
+      load[i] =
+          alive_for(origin, i) ? load_for(origin, i) : std::numeric_limits<double>::infinity();
     return load;
   }
 
@@ -620,6 +653,7 @@ class network {
   G gossip_;
   std::vector<any_backend> backends_;
   std::vector<backend_ref> refs_;
+  std::vector<std::unique_ptr<peer_view>> views_;  // each origin's; outlive the devices' tasks
   std::vector<std::unique_ptr<device>> devices_;
   double unit_ = 1e-3;
   clock::time_point start_ = clock::now();

@@ -7,7 +7,9 @@
 /// dispatcher sends each ready call to a device, plus what only networks need: where each call
 /// went, re-routing a call that a full queue refused or a dead device lost (the least loaded live
 /// device not yet in its layer, up to `max_reroutes` times), and the peers of a later layer
-/// redrawn on the loads of the moment it is forked.
+/// redrawn on the loads of the moment it is forked. The loads are the origin's moa::net::peer_view
+/// (moa/net/peer_view.hpp): reports checked against what the origin observes, so every call it
+/// sends opens a ticket there that its answer, timeout or loss closes.
 ///
 /// How a call reaches a device is the network's: a **link** (the Link concept) says which devices
 /// are alive, how loaded, what they are called, and sends a call. Everything else (countdowns,
@@ -35,6 +37,7 @@
 #include "moa/exec/run_options.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/net/device.hpp"
+#include "moa/net/peer_view.hpp"
 #include "moa/topology/plan.hpp"
 
 namespace moa::net {
@@ -47,7 +50,8 @@ class origin_run;
 /// @brief How an origin reaches the devices of its network.
 ///
 /// Requirements, for `L& l`, a device `d` and a call `c` of origin `o`:
-/// `l.devices()` (how many), `l.alive(d)`, `l.load(d)` (calls in system, as double),
+/// `l.devices()` (how many), `l.alive(d)`, `l.load(d)` (effective load, as double: the origin's
+/// peer_view), `l.view()` (that peer_view, where the origin's calls open and close tickets),
 /// `l.has_room(d)` (false when d is known to be full), `l.name(d)` (a `const std::string&`),
 /// `l.send(o, c)` hands c to `o.device_of(c)` and says whether it was refused (a
 /// device::refusal), `l.count(e)` counts a route_event.
@@ -58,6 +62,7 @@ concept Link = requires(L& l, std::uint32_t d, origin_run& o, call_id c, route_e
   { l.load(d) } -> std::convertible_to<double>;
   { l.has_room(d) } -> std::convertible_to<bool>;
   { l.name(d) } -> std::convertible_to<const std::string&>;
+  { l.view() } -> std::same_as<peer_view&>;
   { l.send(o, c) } -> std::same_as<device::refusal>;
   l.count(e);
 };
@@ -78,7 +83,9 @@ class origin_run {
         run_(plan_, prompt_, opt, born, prompt_.deadline, {}),
         device_of_(plan_.size()),
         tries_(plan_.size(), 0),
-        resolved_(plan_.size(), 0) {
+        resolved_(plan_.size(), 0),
+        tickets_(plan_.size()),
+        open_(plan_.size(), 0) {
     for (call_id c = 0; c < plan_.size(); ++c) device_of_[c] = plan_[c].backend;
     run_.arm();
   }
@@ -125,8 +132,10 @@ class origin_run {
     return take_done();
   }
 
-  /// Call c ended as `status` (with `error`).
+  /// Call c ended as `status` (with `error`); a call in flight that timed out counts against its
+  /// device in the peer_view.
   void resolve(call_id c, call_status status, std::string error) {
+    close(c, status == call_status::timed_out ? closing::missed : closing::released);
     auto& rec = run_.record(c);
     rec.status = status;
     rec.error = std::move(error);
@@ -134,6 +143,8 @@ class origin_run {
   }
   /// Call c came back from its device with `rec` (times since the prompt's birth).
   void answered(call_id c, call_record&& rec) {
+    // An answer saying the deadline passed is no answer in time: it counts as a miss.
+    close(c, rec.status == call_status::timed_out ? closing::missed : closing::answered);
     auto& out = run_.record(c);
     out.start = rec.start;
     out.end = rec.end;
@@ -151,8 +162,13 @@ class origin_run {
     std::string why;
     for (;;) {
       const std::uint32_t d = device_of_[c];
+      // Opened before sending: an answer may come back before send returns.
+      view_ = &link.view();
+      tickets_[c] = view_->sent(d, clock::now());
+      open_[c] = 1;
       const auto refused = link.send(*this, c);
       if (refused == device::refusal::none) return;
+      close(c, closing::released);
       if (refused == device::refusal::full) {
         link.count(route_event::refused);
         why +=
@@ -171,6 +187,7 @@ class origin_run {
   /// A call lost with its device (queued when it died, or in service): re-routed, or failed.
   template <Link L>
   void lose(L& link, call_id c, const std::string& why) {
+    close(c, closing::released);
     link.count(route_event::lost);
     if (reroute(link, c))
       send(link, c);
@@ -181,6 +198,7 @@ class origin_run {
   /// A call a device refused after it was sent (its queue was full): re-routed, or failed.
   template <Link L>
   void refused(L& link, call_id c) {
+    close(c, closing::released);
     link.count(route_event::refused);
     const auto by = link.name(device_of_[c]);
     if (reroute(link, c))
@@ -214,6 +232,7 @@ class origin_run {
 
   /// The prompt's result, once it ended; `missing` receives the calls that gave no answer.
   [[nodiscard]] result conclude(clock::time_point now, std::vector<call_id>* missing = nullptr) {
+    for (call_id c = 0; c < open_.size(); ++c) close(c, closing::released);
     auto res = run_.conclude(now, false);
     if (missing != nullptr)
       for (call_id c = 0; c < res.trace.size(); ++c)
@@ -222,6 +241,21 @@ class origin_run {
   }
 
  private:
+  enum class closing : std::uint8_t { answered, missed, released };
+
+  // Closes call c's ticket at its device's peer_view, if one is open.
+  void close(call_id c, closing how) {
+    if (!open_[c] || view_ == nullptr) return;
+    open_[c] = 0;
+    const auto d = device_of_[c];
+    if (how == closing::answered)
+      view_->answered(d, tickets_[c], clock::now());
+    else if (how == closing::missed)
+      (void)view_->missed(d, tickets_[c], clock::now());
+    else
+      view_->released(d);
+  }
+
   // The dispatcher of plan_run: a ready call goes to its device.
   template <class L, class Redraw>
   struct fork {
@@ -306,6 +340,9 @@ class origin_run {
   std::vector<std::uint8_t> resolved_;
   std::vector<std::pair<call_id, std::uint32_t>> tried_;  // (call, device) refused or lost
   std::vector<group_id> ready_;
+  std::vector<peer_view::ticket> tickets_;  // of each call in flight at its device
+  std::vector<std::uint8_t> open_;          // whether tickets_[c] is open
+  peer_view* view_ = nullptr;               // where the tickets were opened
   std::uint32_t reroutes_ = 0;
   bool done_ = false;
 };

@@ -73,7 +73,9 @@
 #include "moa/exec/run_options.hpp"
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/net/device.hpp"
+#include "moa/net/device_metrics.hpp"
 #include "moa/net/origin.hpp"
+#include "moa/net/peer_view.hpp"
 #include "moa/net/zmq_wire.hpp"
 #include "moa/topology/gossip.hpp"
 
@@ -120,6 +122,10 @@ struct zmq_device_options {
   /// Redraw each later layer's peers when it is forked, on the loads the peers' heartbeats
   /// reported (for strategies that read loads: `uses_load`).
   bool refresh_peers = true;
+  /// How far this device, as origin, trusts its peers' load reports (moa/net/peer_view.hpp); a
+  /// peer that lets `trust.strikes` calls in a row time out though it pings is failed for
+  /// `trust.failed_for` (its heartbeats do not bring it back sooner).
+  peer_view_options trust{.failed_for = std::chrono::seconds(10)};
   /// Decides each prompt's answer at this device, its origin (see moa/aggregate/policies.hpp).
   /// The policy runs in this device's queue in place of the aggregator's call; its own calls
   /// (judges, rankers) go to the named device over the wire, or to this device's backend; a
@@ -147,7 +153,8 @@ class zmq_device {
       : opt_(std::move(opt)),
         gossip_(std::move(gossip)),
         backend_(std::move(backend)),
-        queue_(opt_.device) {
+        queue_(opt_.device),
+        view_(std::uint32_t(opt_.addresses.size()), opt_.trust) {
     const auto n = opt_.addresses.size();
     if (n == 0 || opt_.index >= n)
       MOA_THROW(invalid_argument("moa::net::zmq_device: index " + std::to_string(opt_.index) +
@@ -160,11 +167,8 @@ class zmq_device {
     run_opt_.quorum = opt_.quorum;
     run_opt_.aggregation = opt_.aggregation;
     alive_.assign(n, true);
-    load_.assign(n, 0.0);
     last_seen_.assign(n, clock::now());
     calls_from_.assign(n, 0);
-    strikes_.assign(n, 0);
-    failed_until_.assign(n, clock::time_point::min());
     // Every device runs the same M and k, so a peer's plan has the size and the layers of ours:
     // what a call from it may name.
     rng sample(opt_.seed);
@@ -187,6 +191,13 @@ class zmq_device {
   ~zmq_device() { queue_.stop(); }
 
   [[nodiscard]] const zmq_device_counters& counters() const noexcept { return counters_; }
+  /// What this device, as origin, believes of every device's load.
+  [[nodiscard]] const peer_view& view() const noexcept { return view_; }
+  /// Its counters as the I/O thread last published them (every 50 ms while it runs); any thread.
+  [[nodiscard]] device_snapshot snapshot() const {
+    std::lock_guard lock(snapshot_mutex_);
+    return published_;
+  }
 
   /// Handles one message as the I/O thread does (the sender's routing id and the body); false
   /// when it asks the device to stop. Public for tests and fuzzing: before run() nothing is sent.
@@ -286,6 +297,10 @@ class zmq_device {
       }
       check_peers(now);
       check_deadlines(now);
+      if (now >= next_publish_) {
+        publish(now);
+        next_publish_ = now + std::chrono::milliseconds(50);
+      }
     }
     const std::string why = "device " + std::to_string(opt_.index) + " stopped";
     fail_policy_calls(why);
@@ -308,6 +323,7 @@ class zmq_device {
           e.type = wire::kind::leaving;
           return e;
         }());
+    publish(clock::now(), false);
     say("info", "stopped");
   }
 
@@ -338,9 +354,8 @@ class zmq_device {
       return std::uint32_t(dev.alive_.size());
     }
     [[nodiscard]] bool alive(std::uint32_t d) const { return dev.alive_[d]; }
-    [[nodiscard]] double load(std::uint32_t d) const {
-      return d == dev.opt_.index ? double(dev.queue_.load()) : dev.load_[d];
-    }
+    [[nodiscard]] double load(std::uint32_t d) const { return dev.load_of(d); }
+    [[nodiscard]] peer_view& view() const { return dev.view_; }
     [[nodiscard]] bool has_room(std::uint32_t) const noexcept { return true; }  // peers say so
     [[nodiscard]] const std::string& name(std::uint32_t d) const { return dev.names_[d]; }
     device::refusal send(origin_run& o, call_id c) {
@@ -353,12 +368,52 @@ class zmq_device {
     }
   };
 
+  // A peer's load is its word checked by the view; ours is our queue.
+  double load_of(std::uint32_t d) {
+    if (d == opt_.index) view_.report(d, double(queue_.load()));
+    return view_.load(d, clock::now());
+  }
+
   wire::envelope ping() const {
     wire::envelope e;
     e.type = wire::kind::ping;
     e.from = opt_.index;
     e.load = queue_.load();
     return e;
+  }
+
+  // Copies the counters for snapshot() (on the I/O thread, the only one that writes them).
+  void publish(clock::time_point now, bool running = true) {
+    device_snapshot s;
+    s.device = opt_.index;
+    s.running = running;
+    s.stopping = stopping_;
+    const auto q = queue_.stats(now);
+    s.queued = queue_.load();
+    s.in_flight = prompts_.size();
+    s.utilisation = q.utilisation;
+    s.submitted = counters_.prompts;
+    s.complete = counters_.complete;
+    s.degraded = counters_.degraded;
+    s.failed = counters_.failed;
+    s.refused = counters_.refused_prompts;
+    s.served = counters_.served;
+    s.refusals = counters_.refusals;
+    s.reroutes = counters_.reroutes;
+    s.timeouts = counters_.timeouts;
+    s.lost = counters_.lost;
+    s.malformed = counters_.malformed;
+    s.dropped = counters_.dropped;
+    s.expired = expired_.load(std::memory_order_relaxed);
+    s.dead_peers = counters_.dead_peers;
+    for (std::uint32_t j = 0; j < alive_.size(); ++j) {
+      const double effective = load_of(j);
+      const auto parts = view_.explain(j, now);
+      s.peers.push_back({alive_[j], effective, parts.reported, parts.outstanding, parts.implied});
+    }
+    s.latency = latency_;
+    std::lock_guard lock(snapshot_mutex_);
+    published_ = std::move(s);
   }
 
   void say(const char* level, const std::string& what) const {
@@ -414,16 +469,14 @@ class zmq_device {
         return true;
       }
       last_seen_[e.from] = clock::now();
-      // A load is the peer's word: clamped to what a queue can hold, so one report cannot make
-      // a device look infinitely free or busy.
-      load_[e.from] = double(std::min<std::uint64_t>(e.load, max_reported_load));
+      // A load is the peer's word: clamped, and checked against what we observe (peer_view).
+      view_.report(e.from, double(e.load));
       if (e.type == wire::kind::leaving) {
         if (alive_[e.from]) declare_dead(e.from, "is leaving");
         return true;
       }
-      if (!alive_[e.from] && clock::now() >= failed_until_[e.from]) {
+      if (!alive_[e.from] && !view_.failed(e.from, clock::now())) {
         alive_[e.from] = true;
-        strikes_[e.from] = 0;
         say("device " + std::to_string(e.from) + " is back");
       }
     }
@@ -613,10 +666,9 @@ class zmq_device {
     }
     rng random(mix_seed(mix_seed(opt_.seed, opt_.index), born_++));
     const auto n = std::uint32_t(opt_.addresses.size());
-    std::vector<double> load(load_);
-    load[opt_.index] = double(queue_.load());
+    std::vector<double> load(n);
     for (std::uint32_t j = 0; j < n; ++j)
-      if (!alive_[j]) load[j] = std::numeric_limits<double>::infinity();
+      load[j] = alive_[j] ? load_of(j) : std::numeric_limits<double>::infinity();
     plan p;
     make_gossip_plan(opt_.index, n, opt_.layers, gossip_, random, p, load);
     request prompt;
@@ -730,7 +782,6 @@ class zmq_device {
       r.error = a.error;
       r.usage = {a.prompt_tokens, a.completion_tokens};
       r.end = clock::now() - s.born();
-      strikes_[a.from] = 0;
       s.answered(a.call, std::move(r));
     }
     advance(a.prompt);
@@ -782,17 +833,16 @@ class zmq_device {
         if (!s.resolved(c) && s.deadline[c] <= now) {
           ++counters_.timeouts;
           const auto d = s.device_of(c);
-          if (d != opt_.index && alive_[d] && ++strikes_[d] >= silent_strikes) failing.push_back(d);
+          if (d != opt_.index) failing.push_back(d);
           s.resolve(c, call_status::timed_out,
                     names_[s.device_of(c)] + " did not answer within the peer deadline; skipped");
           changed = true;
         }
       return changed;
     });
-    for (const auto d : failing) {
-      if (!alive_[d]) continue;
-      failed_until_[d] = now + failed_for * opt_.dead_after;
-      declare_dead(d, "let " + std::to_string(silent_strikes) +
+    for (const auto d : failing) {  // the view fails a peer after trust.strikes in a row
+      if (!alive_[d] || !view_.failed(d, now)) continue;
+      declare_dead(d, "let " + std::to_string(opt_.trust.strikes) +
                           " calls in a row pass their deadline though it pings");
     }
   }
@@ -808,6 +858,7 @@ class zmq_device {
     r.error = res.error;
     for (const auto& c : res.trace) r.missing += c.ok() ? 0 : 1;
     r.latency_ms = std::chrono::duration<double, std::milli>(res.elapsed).count();
+    latency_.add(std::chrono::duration<double>(res.elapsed).count());
     if (!res.has_answer())
       ++counters_.failed;
     else if (r.missing > 0 || res.degraded())
@@ -917,7 +968,7 @@ class zmq_device {
   device queue_;
   zmq_device_counters counters_;
   std::vector<bool> alive_;
-  std::vector<double> load_;
+  peer_view view_;  // before prompts_: their calls' tickets close here
   std::vector<clock::time_point> last_seen_;
   std::vector<std::string> names_;  // of every device, as traces show them
   run_options run_opt_;             // what the plan runs read: quorum, policy
@@ -925,17 +976,9 @@ class zmq_device {
   std::uint64_t born_ = 0;               // prompts born here: seeds each one's draw, reproducibly
   std::vector<std::size_t> calls_from_;  // calls of each origin queued or in service here
   std::uint32_t plan_calls_ = 0;         // calls in a prompt's plan
-  // A peer that keeps pinging but lets `silent_strikes` calls in a row time out is failed: its
-  // heartbeats do not bring it back for `failed_for` dead_afters (a silent or lying peer loses
-  // traffic instead of holding every prompt to the peer deadline).
-  static constexpr std::uint32_t silent_strikes = 3;
-  static constexpr int failed_for = 10;
-  std::vector<std::uint32_t> strikes_;           // calls in a row each peer let time out
-  std::vector<clock::time_point> failed_until_;  // no revival by heartbeat before this
-  std::uint32_t max_layer_ = 0;                  // the last layer a call may name
+  std::uint32_t max_layer_ = 0;          // the last layer a call may name
   bool stopping_ = false;
   std::atomic<std::uint64_t> expired_{0};  // calls dropped unserved past their deadline
-  static constexpr std::uint64_t max_reported_load = 1u << 20;
   static constexpr std::size_t max_tag_bytes = 256;
   clock::time_point next_deadline_check_{};
   zmq::socket_t* router_ = nullptr;
@@ -950,6 +993,10 @@ class zmq_device {
   std::unordered_map<std::uint64_t, policy_wait> policy_calls_;  // guarded by outbox_mutex_
   std::mt19937_64 ids_;  // prompt and policy-call ids; guarded by outbox_mutex_
   std::atomic<std::thread::id> io_thread_{};
+  latency_histogram latency_;  // of prompts born here; I/O thread
+  clock::time_point next_publish_{};
+  mutable std::mutex snapshot_mutex_;
+  device_snapshot published_;  // guarded by snapshot_mutex_
   std::optional<zmq::socket_t> wake_out_;
 };
 

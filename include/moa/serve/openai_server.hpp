@@ -61,6 +61,7 @@
 #include "moa/core/error.hpp"
 #include "moa/exec/async.hpp"
 #include "moa/exec/thread_pool.hpp"
+#include "moa/serve/status_endpoint.hpp"
 
 namespace moa::serve {
 
@@ -435,17 +436,7 @@ class openai_server {
 
   /// Binds and listens (throws moa::error when it cannot), then starts the I/O threads.
   void start() {
-    boost::system::error_code ec;
-    const auto address = boost::asio::ip::make_address(opt_.host, ec);
-    if (ec) MOA_THROW(invalid_argument("moa serve: \"" + opt_.host + "\" is not an IP address"));
-    const tcp::endpoint ep(address, opt_.port);
-    acceptor_.open(ep.protocol(), ec);
-    if (!ec) acceptor_.set_option(boost::asio::socket_base::reuse_address(true), ec);
-    if (!ec) acceptor_.bind(ep, ec);
-    if (!ec) acceptor_.listen(boost::asio::socket_base::max_listen_connections, ec);
-    if (ec)
-      MOA_THROW(error("moa serve: cannot listen on " + opt_.host + ":" + std::to_string(opt_.port) +
-                      ": " + ec.message()));
+    detail::listen_on(acceptor_, opt_.host, opt_.port, "moa serve");
     port_ = acceptor_.local_endpoint().port();
     accept();
     for (std::size_t i = 0; i < opt_.io_threads; ++i) threads_.emplace_back([this] { io_.run(); });

@@ -186,7 +186,11 @@ inline void stability_command(network_options& o, const std::string& format) {
   namespace q = moa::queueing;
   o.load();
   const analysed_network net(o);
-  const auto& [lambda, alpha, p, r] = net;
+  // Named references, not a structured binding: clang 14 (the TSan stage) cannot capture those.
+  const auto& lambda = net.lambda;
+  const auto& alpha = net.alpha;
+  const auto& p = net.inclusion;
+  const auto& r = net.report;
   const double scv = o.model(1.0).scv();
   std::optional<q::uniform_latency> uniform;
   if (o.adjacency.empty())
@@ -297,7 +301,10 @@ inline void simulate_command(network_options& o, const simulate_options& s) {
   output_file csv(s.csv, "--csv");
   output_file json_file(s.json, "--json");
   const analysed_network net(o);
-  const auto& [lambda, alpha, p, base] = net;
+  const auto& lambda = net.lambda;  // not a structured binding: see stability_command
+  const auto& alpha = net.alpha;
+  const auto& p = net.inclusion;
+  const auto& base = net.report;
   // Without --sweep the rates run as given; a sweep scales them by fractions of the limit.
   std::vector<double> scales{1.0};
   if (!s.sweep.empty()) {

@@ -22,5 +22,6 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int exit_code = 0;
   moa::cli::add_device_command(app, exit_code);
+  moa::cli::add_keygen_command(app, exit_code);  // a host that runs only moa_device makes its key
   return moa::cli::run_program(app, argc, argv, "moa_device", exit_code);
 }

@@ -205,6 +205,7 @@ struct zmq_cluster {
       opt.dead_after = 5000ms;
       opt.log = nullptr;
       opt.aggregation = policy;
+      opt.security.insecure_plaintext = true;  // ipc:// endpoints
       if (tweak) tweak(opt);
       devices.push_back(
           std::make_unique<device>(std::move(models[i]), moa::uniform_gossip{n - 1}, opt));
@@ -297,10 +298,11 @@ TEST_CASE("Network.processes_on_loopback" * doctest::timeout(120)) {
   const std::string peers = join(addresses);
   std::vector<process> devices;
   for (std::size_t i = 0; i < n; ++i)
-    devices.push_back(spawn(
-        {MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers", peers, "--alpha-ms",
-         "1", "--peer-timeout-ms", "3000", "--dead-after-ms", "400", "--seed", "5"},
-        std::string(MOA_TEST_LOG_DIR) + "/device" + std::to_string(i) + ".log"));
+    devices.push_back(
+        spawn({MOA_DEVICE_PROGRAM, "device", "--insecure-plaintext", "--index", std::to_string(i),
+               "--peers", peers, "--alpha-ms", "1", "--peer-timeout-ms", "3000", "--dead-after-ms",
+               "400", "--seed", "5"},
+              std::string(MOA_TEST_LOG_DIR) + "/device" + std::to_string(i) + ".log"));
   client c(ctx, addresses);
   std::this_thread::sleep_for(300ms);  // let the devices bind and exchange heartbeats
 
@@ -390,9 +392,9 @@ TEST_CASE("Network.processes_serve_real_models" * doctest::skip() * doctest::tim
   std::vector<process> devices;
   for (std::size_t i = 0; i < n; ++i)
     devices.push_back(
-        spawn({MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers", peers,
-               "--layers", "2", "--fanout", "1", "--endpoint", urls[i], "--max-tokens", "8",
-               "--peer-timeout-ms", "30000", "--dead-after-ms", "5000"},
+        spawn({MOA_DEVICE_PROGRAM, "device", "--insecure-plaintext", "--index", std::to_string(i),
+               "--peers", peers, "--layers", "2", "--fanout", "1", "--endpoint", urls[i],
+               "--max-tokens", "8", "--peer-timeout-ms", "30000", "--dead-after-ms", "5000"},
               std::string(MOA_TEST_LOG_DIR) + "/llama_device" + std::to_string(i) + ".log"));
   client c(ctx, addresses);
   std::this_thread::sleep_for(300ms);
@@ -524,6 +526,7 @@ TEST_CASE("Network.zmq_device_drops_out_of_range_messages") {
   opt.layers = 2;
   opt.log = nullptr;
   opt.device.capacity = 4;
+  opt.security.insecure_plaintext = true;
   moa::net::zmq_device<moa::uniform_gossip> dev(slow("d0", 0), moa::uniform_gossip{2}, opt);
   const auto as_d2 = [&](envelope e) {
     e.from = 2;
@@ -712,9 +715,9 @@ void stops_gracefully_on_signals(const char* program, const std::string& name) {
   constexpr std::size_t n = 3;
   const std::vector<std::string> addresses = loopback_addresses(ctx, n);
   const auto start = [&](std::size_t i, const std::string& alpha, const std::string& drain) {
-    return spawn({program, "device", "--index", std::to_string(i), "--peers", join(addresses),
-                  "--alpha-ms", alpha, "--peer-timeout-ms", "60000", "--dead-after-ms", "1000",
-                  "--drain-timeout-ms", drain},
+    return spawn({program, "device", "--insecure-plaintext", "--index", std::to_string(i),
+                  "--peers", join(addresses), "--alpha-ms", alpha, "--peer-timeout-ms", "60000",
+                  "--dead-after-ms", "1000", "--drain-timeout-ms", drain},
                  std::string(MOA_TEST_LOG_DIR) + "/signal_" + name + std::to_string(i) + ".log");
   };
   std::vector<process> devices;

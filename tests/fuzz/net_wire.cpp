@@ -36,6 +36,7 @@ device& the_device() {
     opt.device.capacity = 8;
     opt.max_prompts = 16;
     opt.max_calls_per_origin = 4;
+    opt.security.insecure_plaintext = true;
     return std::make_unique<device>(moa::any_backend(moa::synthetic_backend({.name = "d1"})),
                                     moa::uniform_gossip{2}, opt);
   }();

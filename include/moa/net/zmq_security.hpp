@@ -341,13 +341,19 @@ class zap_handler {
         if (e.num() == ETERM) break;
         continue;  // EINTR
       }
-      if (items[0].revents & ZMQ_POLLIN) answer();
+      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+      try {
+        answer();
+      } catch (const zmq::error_t& e) {  // the context is ending; nothing else can fail here
+        if (e.num() == ETERM) break;
+      }
     }
     socket_.close();
   }
 
   // One request (RFC 27): version, request id, domain, address, routing id, mechanism, then the
-  // mechanism's credentials (CURVE: the client's 32-byte public key). Always one reply.
+  // mechanism's credentials (CURVE: the client's 32-byte public key). Always one reply: a REP
+  // socket that does not answer cannot receive again.
   void answer() {
     std::vector<zmq::message_t> frames;
     for (;;) {
@@ -357,7 +363,6 @@ class zap_handler {
       if (frames.size() < 8) frames.push_back(std::move(m));
       if (!more) break;
     }
-    if (frames.size() < 2) return;  // nothing to answer (REP needs the envelope back)
     std::string user, status = "400", text = "key not allowed";
     if (frames.size() == 7 && frames[5].to_string_view() == "CURVE" && frames[6].size() == 32) {
       char z85[41];
@@ -374,7 +379,7 @@ class zap_handler {
     }
     (status == "200" ? accepted_ : denied_).fetch_add(1, std::memory_order_relaxed);
     const std::string version = "1.0";
-    const std::string id = frames[1].to_string();
+    const std::string id = frames.size() > 1 ? frames[1].to_string() : std::string();
     socket_.send(zmq::buffer(version), zmq::send_flags::sndmore);
     socket_.send(zmq::buffer(id), zmq::send_flags::sndmore);
     socket_.send(zmq::buffer(status), zmq::send_flags::sndmore);

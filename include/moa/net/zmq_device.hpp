@@ -34,7 +34,11 @@
 /// @code{.cpp}
 /// moa::net::zmq_device_options opt;
 /// opt.index = 1;
-/// opt.addresses = {"tcp://127.0.0.1:5550", "tcp://127.0.0.1:5551", "tcp://127.0.0.1:5552"};
+/// opt.addresses = {"tcp://10.0.0.1:5550", "tcp://10.0.0.2:5550", "tcp://10.0.0.3:5550"};
+/// opt.security.keys = moa::net::load_key_pair("keys/d1.key");
+/// for (const char* d : {"keys/d0.pub", "keys/d1.pub", "keys/d2.pub"})
+///   opt.security.device_keys.push_back(moa::net::load_public_keys(d).at(0));
+/// opt.security.client_keys = moa::net::load_public_keys("keys/clients.keys");
 /// moa::net::zmq_device dev(moa::synthetic_backend({.name = "d1"}), moa::uniform_gossip{1}, opt);
 /// dev.run();  // until a `stop` message or the stop token
 /// @endcode

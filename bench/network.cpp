@@ -102,7 +102,10 @@ BENCHMARK(BM_sustained)->Arg(100000)->Iterations(1)->UseRealTime()->Unit(benchma
 // k = 2: 7 calls a prompt, 6 of them over the wire), prompts submitted by one client with 32 in
 // flight; `secure` with CURVE keys on every socket, else plain text.
 double zmq_us_per_call(bool secure, int prompts) {
-  using namespace moa::net;
+  using moa::net::curve_client;
+  using moa::net::generate_key_pair;
+  using moa::net::key_pair;
+  namespace wire = moa::net::wire;
   constexpr std::uint32_t n = 3;
   zmq::context_t ctx(1);
   std::vector<std::string> addresses;
@@ -115,10 +118,10 @@ double zmq_us_per_call(bool secure, int prompts) {
   std::vector<key_pair> keys;
   for (std::uint32_t i = 0; i < n; ++i) keys.push_back(generate_key_pair());
   const auto client_keys = generate_key_pair();
-  using device = zmq_device<moa::uniform_gossip>;
-  std::vector<std::unique_ptr<device>> devices;
+  using zmq_device = moa::net::zmq_device<moa::uniform_gossip>;
+  std::vector<std::unique_ptr<zmq_device>> devices;
   for (std::uint32_t i = 0; i < n; ++i) {
-    zmq_device_options opt;
+    moa::net::zmq_device_options opt;
     opt.index = i;
     opt.addresses = addresses;
     opt.log = nullptr;
@@ -128,7 +131,7 @@ double zmq_us_per_call(bool secure, int prompts) {
       for (const auto& k : keys) opt.security.device_keys.push_back(k.public_key);
       opt.security.client_keys = {client_keys.public_key};
     }
-    devices.push_back(std::make_unique<device>(
+    devices.push_back(std::make_unique<zmq_device>(
         moa::any_backend(moa::synthetic_backend({.name = "d" + std::to_string(i)})),
         moa::uniform_gossip{2}, opt));
   }

@@ -107,14 +107,17 @@ double zmq_us_per_call(bool secure, int prompts) {
   using moa::net::key_pair;
   namespace wire = moa::net::wire;
   constexpr std::uint32_t n = 3;
-  zmq::context_t ctx(1);
   std::vector<std::string> addresses;
-  for (std::uint32_t i = 0; i < n; ++i) {  // free ports: bound by the kernel, then released
-    zmq::socket_t probe(ctx, zmq::socket_type::router);
-    probe.set(zmq::sockopt::linger, 0);
-    probe.bind("tcp://127.0.0.1:*");
-    addresses.push_back(probe.get(zmq::sockopt::last_endpoint));
+  {  // free ports: bound by the kernel, then released; ending the context waits for the release
+    zmq::context_t probes(1);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      zmq::socket_t probe(probes, zmq::socket_type::router);
+      probe.set(zmq::sockopt::linger, 0);
+      probe.bind("tcp://127.0.0.1:*");
+      addresses.push_back(probe.get(zmq::sockopt::last_endpoint));
+    }
   }
+  zmq::context_t ctx(1);
   std::vector<key_pair> keys;
   for (std::uint32_t i = 0; i < n; ++i) keys.push_back(generate_key_pair());
   const auto client_keys = generate_key_pair();

@@ -3,7 +3,7 @@
 // of its own (what tests/network_processes.cpp starts, and what a deployment runs per host).
 //
 //   host A: moa_device keygen --out keys/a    (copy keys/a.pub to B, B's to A)
-//           moa_device device --index 0 --peers tcp://A:5550,tcp://B:5550 --bind tcp://*:5550 \
+//           moa_device device --index 0 --peers tcp://A:5550,tcp://B:5550 --bind tcp://*:5550
 //             --key keys/a.key --peers-keys keys/a.pub,keys/b.pub --clients-keys keys/clients
 //   host B: the same with --index 1 and --key keys/b.key
 //

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 // The in-process network's own cost: per gossiped call beyond the backend's time (zero-latency
 // backends, so everything measured is protocol: plan, fork, queue, join, reference injection),
-// and sustained throughput at 0.9x the analytic limit over 10^5 prompts with memory flat; and
+// and sustained throughput at 0.9x the analytic limit over 10^5 prompts with memory flat;
 // hostile peers under least-loaded gossip (a device lying "load 0", one that never answers),
-// measured against the all-honest network in the same run.
+// measured against the all-honest network in the same run. With cppzmq: the ZeroMQ devices'
+// gossiped call authenticated and encrypted (CURVE) against plain text, on loopback, in the same
+// run.
 #include <benchmark/benchmark.h>
 
 #include <sys/resource.h>
@@ -19,6 +21,18 @@
 #include "moa/gossip/load_aware.hpp"
 #include "moa/gossip/random_k.hpp"
 #include "moa/net/network.hpp"
+#if MOA_BENCH_ZMQ
+#include <zmq.hpp>
+
+#include <memory>
+#include <stdexcept>
+#include <stop_token>
+#include <thread>
+
+#include "moa/net/zmq_device.hpp"
+#include "moa/net/zmq_security.hpp"
+#include "moa/net/zmq_wire.hpp"
+#endif
 
 namespace {
 
@@ -154,6 +168,98 @@ void BM_hostile_peers(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_hostile_peers)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+#if MOA_BENCH_ZMQ
+// Wall time per gossiped call of 3 ZeroMQ devices on 127.0.0.1 (zero-latency backends, M = 2,
+// k = 2: 7 calls a prompt, 6 of them over the wire), prompts submitted by one client with 32 in
+// flight; `secure` with CURVE keys on every socket, else plain text.
+double zmq_us_per_call(bool secure, int prompts) {
+  using moa::net::curve_client;
+  using moa::net::generate_key_pair;
+  using moa::net::key_pair;
+  namespace wire = moa::net::wire;
+  constexpr std::uint32_t n = 3;
+  std::vector<std::string> addresses;
+  {  // free ports: bound by the kernel, then released; ending the context waits for the release
+    zmq::context_t probes(1);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      zmq::socket_t probe(probes, zmq::socket_type::router);
+      probe.set(zmq::sockopt::linger, 0);
+      probe.bind("tcp://127.0.0.1:*");
+      addresses.push_back(probe.get(zmq::sockopt::last_endpoint));
+    }
+  }
+  zmq::context_t ctx(1);
+  std::vector<key_pair> keys;
+  for (std::uint32_t i = 0; i < n; ++i) keys.push_back(generate_key_pair());
+  const auto client_keys = generate_key_pair();
+  using zmq_device = moa::net::zmq_device<moa::uniform_gossip>;
+  std::vector<std::unique_ptr<zmq_device>> devices;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    moa::net::zmq_device_options opt;
+    opt.index = i;
+    opt.addresses = addresses;
+    opt.log = nullptr;
+    opt.security.insecure_plaintext = !secure;
+    if (secure) {
+      opt.security.keys = keys[i];
+      for (const auto& k : keys) opt.security.device_keys.push_back(k.public_key);
+      opt.security.client_keys = {client_keys.public_key};
+    }
+    devices.push_back(std::make_unique<zmq_device>(
+        moa::any_backend(moa::synthetic_backend({.name = "d" + std::to_string(i)})),
+        moa::uniform_gossip{2}, opt));
+  }
+  std::vector<std::jthread> threads;
+  for (auto& d : devices) threads.emplace_back([&d](std::stop_token st) { d->run(st); });
+  zmq::socket_t client(ctx, zmq::socket_type::dealer);
+  client.set(zmq::sockopt::linger, 0);
+  client.set(zmq::sockopt::rcvtimeo, 10000);  // a bench that hangs measures nothing
+  if (secure) curve_client(client, client_keys, keys[0].public_key);
+  client.connect(addresses[0]);
+  const auto run = [&](int count) {
+    int sent = 0, received = 0;
+    while (received < count) {
+      while (sent < count && sent - received < 32) {
+        wire::envelope e;
+        e.type = wire::kind::submit;
+        e.tag = std::to_string(sent++);
+        e.messages = {{moa::role::user, "why is the sky blue?"}};
+        const auto bytes = wire::encode(e);
+        client.send(zmq::buffer(bytes), zmq::send_flags::none);
+      }
+      zmq::message_t m;
+      if (!client.recv(m)) throw std::runtime_error("bench_network: no result within 10 s");
+      ++received;
+    }
+  };
+  run(200);  // handshakes, heartbeats, warm caches
+  const auto start = std::chrono::steady_clock::now();
+  run(prompts);
+  const double us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+  for (auto& t : threads) t.request_stop();
+  threads.clear();
+  return us / (prompts * 7.0);
+}
+
+// Both modes in one run, alternated (plain, keyed, plain, keyed, ...) so machine noise hits
+// both alike; the ratio of the medians is the figure (target: within 1.5x).
+void BM_zmq_curve_overhead(benchmark::State& state) {
+  for (auto _ : state) {
+    std::vector<double> plain, keyed;
+    for (int round = 0; round < 5; ++round) {
+      plain.push_back(zmq_us_per_call(false, 2000));
+      keyed.push_back(zmq_us_per_call(true, 2000));
+    }
+    std::sort(plain.begin(), plain.end());
+    std::sort(keyed.begin(), keyed.end());
+    state.counters["plain_us_per_call"] = plain[2];
+    state.counters["curve_us_per_call"] = keyed[2];
+    state.counters["curve_over_plain"] = keyed[2] / plain[2];
+  }
+}
+BENCHMARK(BM_zmq_curve_overhead)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+#endif
 
 }  // namespace
 

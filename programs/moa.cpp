@@ -6,6 +6,7 @@
 //   moa stability           is a gossip network stable? loads, margins, queue/latency estimates
 //   moa simulate            discrete-event simulation of a gossip network (one run or a sweep)
 //   moa serve               an OpenAI-compatible server whose models are MoA layouts
+//   moa device / keygen / submit   a ZeroMQ network of devices: a device, its keys, a client
 //
 // Every subcommand has --help. Exit codes: 0 success, 1 the work ran but gave no answer (or
 // failed), 2 bad input (an option, a config file, an output path); never a signal.
@@ -22,6 +23,9 @@
 #include "cli/replay_command.hpp"
 #include "cli/run_command.hpp"
 #include "cli/search_command.hpp"
+#if MOA_CLI_ZMQ
+#include "cli/submit_command.hpp"
+#endif
 #if MOA_CLI_SERVE
 #include "cli/serve_command.hpp"
 #endif
@@ -48,6 +52,8 @@ int main(int argc, char** argv) {
 #endif
 #if MOA_CLI_ZMQ
   moa::cli::add_device_command(app, exit_code);
+  moa::cli::add_keygen_command(app, exit_code);
+  moa::cli::add_submit_command(app, exit_code);
 #endif
   return moa::cli::run_program(app, argc, argv, "moa", exit_code);
 }

@@ -2,8 +2,10 @@
 // moa_device: one device of a ZeroMQ network of processes, the same as `moa device`, as a program
 // of its own (what tests/network_processes.cpp starts, and what a deployment runs per host).
 //
-//   host A: moa_device device --index 0 --peers tcp://A:5550,tcp://B:5550 --bind tcp://*:5550
-//   host B: moa_device device --index 1 --peers tcp://A:5550,tcp://B:5550 --bind tcp://*:5550
+//   host A: moa_device keygen --out keys/a    (copy keys/a.pub to B, B's to A)
+//           moa_device device --index 0 --peers tcp://A:5550,tcp://B:5550 --bind tcp://*:5550
+//             --key keys/a.key --peers-keys keys/a.pub,keys/b.pub --clients-keys keys/clients
+//   host B: the same with --index 1 and --key keys/b.key
 //
 //       +----------+   call / answer / refused / ping   +----------+
 //       | device 0 | <--------------------------------> | device 1 |   ... no coordinator
@@ -22,5 +24,6 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int exit_code = 0;
   moa::cli::add_device_command(app, exit_code);
+  moa::cli::add_keygen_command(app, exit_code);  // a host that runs only moa_device makes its key
   return moa::cli::run_program(app, argc, argv, "moa_device", exit_code);
 }

@@ -106,7 +106,7 @@ if(TARGET moa_device)
   endif()
   # moa/net/zmq*.hpp compile on their own (the generic header test excludes them).
   set(_zmq_header_tus)
-  foreach(_h moa/net/zmq_wire.hpp moa/net/zmq_device.hpp)
+  foreach(_h moa/net/zmq_wire.hpp moa/net/zmq_security.hpp moa/net/zmq_device.hpp)
     string(MAKE_C_IDENTIFIER ${_h} _id)
     set(_tu ${CMAKE_CURRENT_BINARY_DIR}/headers/${_id}.cpp)
     file(CONFIGURE OUTPUT ${_tu} CONTENT "#include <${_h}>\n#include <${_h}>\n")

@@ -328,22 +328,21 @@ total=$((total + 1))
 device_cases() {  # device_cases PROGRAM...
   local p1=$((20000 + RANDOM % 20000))
   local peers="tcp://127.0.0.1:$p1,tcp://127.0.0.1:$((p1 + 1))"
-  local -a base=("$@" device --index 0 --peers "$peers")
+  local -a base=("$@" device --insecure-plaintext --index 0 --peers "$peers")
   ZERO_EXPECT=serve numeric_cases "${base[@]}" -- --index --layers --fanout --alpha-ms \
     --capacity --peer-timeout-ms --dead-after-ms --seed
   enum_cases "${base[@]}" -- --gossip --latency
   for v in "" bogus "tcp://" "http://127.0.0.1:1" "tcp://127.0.0.1:$p1" "$peers,"; do
-    check device_peers 2 "$@" device --index 0 --peers "$v"
+    check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$v"
   done
-  check device_peers 2 "$@" device --index 2 --peers "$peers"
-  check device_peers 2 "$@" device --index 0 --peers "$peers" -k 2
-  check device_peers 2 "$@" device --index 0 --peers "$peers" --bind "udp://*:1"
-  check device_peers 2 "$@" device --index 0 --peers "tcp://no.such.host.invalid:1,$peers"
+  check device_peers 2 "${base[@]:0:3}" --index 2 --peers "$peers"
+  check device_peers 2 "${base[@]}" -k 2
+  check device_peers 2 "${base[@]}" --bind "udp://*:1"
   # A port in use: a first device holds it while a second tries to bind it.
-  "$@" device --index 0 --peers "$peers" >/dev/null 2>&1 &
+  "${base[@]}" >/dev/null 2>&1 &
   local holder=$!
   sleep 0.5
-  check device_port_in_use 2 "$@" device --index 0 --peers "$peers"
+  check device_port_in_use 2 "${base[@]}"
   kill -TERM "$holder" 2>/dev/null
   wait "$holder" 2>/dev/null
   # --metrics [HOST:]PORT (where the program has it): bad addresses and ports exit 2, and so does
@@ -357,13 +356,79 @@ device_cases() {  # device_cases PROGRAM...
     "${base[@]}" --metrics "127.0.0.1:$m" >/dev/null 2>&1 &
     holder=$!
     sleep 0.5
-    check device_metrics_in_use 2 "$@" device --index 1 --peers "$peers" --metrics "$m"
+    check device_metrics_in_use 2 "$@" device --insecure-plaintext --index 1 --peers "$peers" \
+      --metrics "$m"
     kill -TERM "$holder" 2>/dev/null
     wait "$holder" 2>/dev/null
   fi
+  key_cases "$peers" "$@"
+}
+
+# Keys (docs/NETWORK.md, key management): keygen's paths; a device's key files (missing, not a
+# key, readable by others, not the listed one, the wrong count); plain text only when asked and
+# only on loopback; the client's actions and keys.
+key_cases() {  # key_cases PEERS PROGRAM...
+  local peers=$1
+  shift
+  local keys="$work/keys"
+  rm -rf "$keys" && mkdir -p "$keys"
+  "$@" keygen --out "$keys/d0" >/dev/null && "$@" keygen --out "$keys/d1" >/dev/null &&
+    "$@" keygen --out "$keys/c" >/dev/null || { echo "FAIL [keygen] could not write keys"; failures=$((failures + 1)); }
+  for v in "" "$keys/" "$keys/no/such/dir/x" "$keys/d0" "$keys/.." /dev/null/x; do
+    check keygen 2 "$@" keygen --out "$v"
+  done
+  check keygen 2 "$@" keygen
+  cp "$keys/d0.key" "$keys/open.key" && chmod 644 "$keys/open.key"
+  printf 'not a key\n' >"$keys/junk.key" && chmod 600 "$keys/junk.key"
+  printf '%s\n' "$(sed -n 2p "$keys/d0.key")" "$(sed -n 2p "$keys/d0.key")" >"$keys/two.key"
+  chmod 600 "$keys/two.key"
+  head -c 2000000 /dev/zero >"$keys/big.pub"
+  local -a dev=("$@" device --index 0 --peers "$peers")
+  local pk="$keys/d0.pub,$keys/d1.pub"
+  check device_keys 2 "${dev[@]}"  # neither keys nor --insecure-plaintext
+  for k in "$keys/missing.key" "$keys/open.key" "$keys/junk.key" "$keys/two.key" "$keys" \
+    /dev/zero "$keys/d1.key" "$keys/d0.pub"; do
+    check device_keys 2 "${dev[@]}" --key "$k" --peers-keys "$pk"
+  done
+  for p in "$keys/d0.pub" "$keys/d0.pub,$keys/d0.pub" "$pk,$keys/c.pub" "$keys/junk.key,$keys/d1.pub" \
+    "$keys/big.pub,$keys/d1.pub" "$keys/missing.pub,$keys/d1.pub" /dev/zero; do
+    check device_keys 2 "${dev[@]}" --key "$keys/d0.key" --peers-keys "$p"
+  done
+  check device_keys 2 "${dev[@]}" --key "$keys/d0.key"
+  check device_keys 2 "${dev[@]}" --key "$keys/d0.key" --peers-keys "$pk" --clients-keys "$keys/d1.pub"
+  check device_keys 2 "${dev[@]}" --key "$keys/d0.key" --peers-keys "$pk" --clients-keys "$keys/junk.key"
+  check device_keys 2 "${dev[@]}" --key "$keys/d0.key" --peers-keys "$pk" --insecure-plaintext
+  check device_keys 2 "$@" device --insecure-plaintext --index 0 --peers "tcp://10.0.0.1:1,$peers"
+  check device_keys 2 "$@" device --insecure-plaintext --index 0 --peers "$peers" --bind "tcp://*:1"
+  check device_peers 2 "$@" device --index 0 --peers "tcp://no.such.host.invalid:1,$peers" \
+    --key "$keys/d0.key" --peers-keys "$pk,$keys/c.pub"
+  mkdir -p "$keys/clients" && cp "$keys/c.pub" "$keys/clients/"
+  check device_keys serve "${dev[@]}" --key "$keys/d0.key" --peers-keys "$pk" --clients-keys "$keys/clients"
+}
+
+# moa submit: bad input only (a valid submit to nobody exits 4, which is not bad input).
+submit_cases() {
+  local keys="$work/keys" ep="tcp://127.0.0.1:1"
+  local -a sub=("$moa" submit --device "$ep")
+  check submit 2 "${sub[@]}" --insecure-plaintext  # nothing to do
+  check submit 2 "${sub[@]}" --insecure-plaintext -p hi --stats
+  check submit 2 "${sub[@]}" --insecure-plaintext --stats --stop
+  check submit 2 "${sub[@]}" --insecure-plaintext -p " "
+  check submit 2 "${sub[@]}" --insecure-plaintext --prompt-file "$work/missing.txt"
+  check submit 2 "${sub[@]}" --insecure-plaintext --prompt-file "$work"
+  check submit 2 "${sub[@]}" -p hi  # no keys
+  check submit 2 "${sub[@]}" -p hi --key "$keys/c.key"
+  check submit 2 "${sub[@]}" -p hi --key "$keys/open.key" --server-key "$keys/d0.pub"
+  check submit 2 "${sub[@]}" -p hi --key "$keys/c.key" --server-key "$keys/junk.key"
+  check submit 2 "${sub[@]}" -p hi --key "$keys/c.key" --server-key "$keys/d0.pub" --insecure-plaintext
+  check submit 2 "$moa" submit --device tcp://10.0.0.1:1 --insecure-plaintext -p hi
+  for v in "" bogus "udp://x:1"; do check submit 2 "$moa" submit --device "$v" --insecure-plaintext -p hi; done
+  for v in -1 0 nan 1e400 abc; do check submit 2 "${sub[@]}" --insecure-plaintext -p hi --timeout-ms "$v"; done
+  check submit 2 "${sub[@]}" --insecure-plaintext -p hi --format xml
 }
 if "$moa" device --help >/dev/null 2>&1; then device_cases "$moa"; fi
 if [ -n "$moa_device" ]; then device_cases "$moa_device"; fi
+if "$moa" submit --help >/dev/null 2>&1; then submit_cases; fi
 
 # --- report ------------------------------------------------------------------------------------
 echo "cases per class:"

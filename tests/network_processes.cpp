@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // The ZeroMQ network of processes: 4 device processes (moa_device) on 127.0.0.1 started by the
 // test, prompts submitted by a client socket, one device killed by its pid mid-run, malformed
-// messages; every process is stopped at the end. Also the wire decoder on its own.
+// messages; every process is stopped at the end. Also the wire decoder on its own, and keys:
+// key files, identity by key (squatters, strangers, forged answers), and keyed device processes
+// answering `moa submit`.
 #include <doctest/doctest.h>
 
 // g++ 12 at -O3 warns falsely on inlined string concatenation (-Wrestrict, GCC PR 105651).
@@ -21,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -36,6 +39,7 @@
 #include "moa/gossip/strategies.hpp"
 #include "moa/net/device_metrics.hpp"
 #include "moa/net/zmq_device.hpp"
+#include "moa/net/zmq_security.hpp"
 #include "moa/net/zmq_wire.hpp"
 #include "planted.hpp"
 
@@ -207,6 +211,7 @@ struct zmq_cluster {
       opt.dead_after = 5000ms;
       opt.log = nullptr;
       opt.aggregation = policy;
+      opt.security.insecure_plaintext = true;  // ipc:// endpoints
       if (tweak) tweak(opt);
       devices.push_back(
           std::make_unique<device>(std::move(models[i]), moa::uniform_gossip{n - 1}, opt));
@@ -299,10 +304,11 @@ TEST_CASE("Network.processes_on_loopback" * doctest::timeout(120)) {
   const std::string peers = join(addresses);
   std::vector<process> devices;
   for (std::size_t i = 0; i < n; ++i)
-    devices.push_back(spawn(
-        {MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers", peers, "--alpha-ms",
-         "1", "--peer-timeout-ms", "3000", "--dead-after-ms", "1500", "--seed", "5"},
-        std::string(MOA_TEST_LOG_DIR) + "/device" + std::to_string(i) + ".log"));
+    devices.push_back(
+        spawn({MOA_DEVICE_PROGRAM, "device", "--insecure-plaintext", "--index", std::to_string(i),
+               "--peers", peers, "--alpha-ms", "1", "--peer-timeout-ms", "3000", "--dead-after-ms",
+               "1500", "--seed", "5"},
+              std::string(MOA_TEST_LOG_DIR) + "/device" + std::to_string(i) + ".log"));
   client c(ctx, addresses);
   std::this_thread::sleep_for(300ms);  // let the devices bind and exchange heartbeats
 
@@ -392,9 +398,9 @@ TEST_CASE("Network.processes_serve_real_models" * doctest::skip() * doctest::tim
   std::vector<process> devices;
   for (std::size_t i = 0; i < n; ++i)
     devices.push_back(
-        spawn({MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers", peers,
-               "--layers", "2", "--fanout", "1", "--endpoint", urls[i], "--max-tokens", "8",
-               "--peer-timeout-ms", "30000", "--dead-after-ms", "5000"},
+        spawn({MOA_DEVICE_PROGRAM, "device", "--insecure-plaintext", "--index", std::to_string(i),
+               "--peers", peers, "--layers", "2", "--fanout", "1", "--endpoint", urls[i],
+               "--max-tokens", "8", "--peer-timeout-ms", "30000", "--dead-after-ms", "5000"},
               std::string(MOA_TEST_LOG_DIR) + "/llama_device" + std::to_string(i) + ".log"));
   client c(ctx, addresses);
   std::this_thread::sleep_for(300ms);
@@ -526,6 +532,7 @@ TEST_CASE("Network.zmq_device_drops_out_of_range_messages") {
   opt.layers = 2;
   opt.log = nullptr;
   opt.device.capacity = 4;
+  opt.security.insecure_plaintext = true;
   moa::net::zmq_device<moa::uniform_gossip> dev(slow("d0", 0), moa::uniform_gossip{2}, opt);
   const auto as_d2 = [&](envelope e) {
     e.from = 2;
@@ -714,9 +721,9 @@ void stops_gracefully_on_signals(const char* program, const std::string& name) {
   constexpr std::size_t n = 3;
   const std::vector<std::string> addresses = loopback_addresses(ctx, n);
   const auto start = [&](std::size_t i, const std::string& alpha, const std::string& drain) {
-    return spawn({program, "device", "--index", std::to_string(i), "--peers", join(addresses),
-                  "--alpha-ms", alpha, "--peer-timeout-ms", "60000", "--dead-after-ms", "1000",
-                  "--drain-timeout-ms", drain},
+    return spawn({program, "device", "--insecure-plaintext", "--index", std::to_string(i),
+                  "--peers", join(addresses), "--alpha-ms", alpha, "--peer-timeout-ms", "60000",
+                  "--dead-after-ms", "1000", "--drain-timeout-ms", drain},
                  std::string(MOA_TEST_LOG_DIR) + "/signal_" + name + std::to_string(i) + ".log");
   };
   std::vector<process> devices;
@@ -891,9 +898,9 @@ TEST_CASE("Network.moa_device_serves_metrics_and_health" * doctest::timeout(90))
   std::vector<process> devices;
   for (std::size_t i = 0; i < n; ++i)
     devices.push_back(
-        spawn({MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers",
-               join(addresses), "--fanout", "1", "--alpha-ms", "1", "--dead-after-ms", "400",
-               "--metrics", "127.0.0.1:" + std::to_string(http[i])},
+        spawn({MOA_DEVICE_PROGRAM, "device", "--insecure-plaintext", "--index", std::to_string(i),
+               "--peers", join(addresses), "--fanout", "1", "--alpha-ms", "1", "--dead-after-ms",
+               "400", "--metrics", "127.0.0.1:" + std::to_string(http[i])},
               std::string(MOA_TEST_LOG_DIR) + "/metrics" + std::to_string(i) + ".log"));
   const auto until = [](auto&& ok) {  // polls: the snapshot is published every 50 ms
     const auto limit = std::chrono::steady_clock::now() + 10s;
@@ -975,3 +982,343 @@ TEST_CASE("Network.zmq_device_checks_reported_loads") {
   CHECK(say(0) == 0);
   CHECK(dev.counters().malformed == 0);
 }
+
+// --- keys: CURVE and the ZAP allow-list ------------------------------------------------------
+
+namespace {
+
+// A folder of its own under the test's log folder, empty.
+std::string fresh_folder(const std::string& name) {
+  const auto dir = std::string(MOA_TEST_LOG_DIR) + "/" + name + "-" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// The keys of a keyed network: devices d0..d(n-1), an allowed client, and a stranger.
+struct keyring {
+  std::vector<moa::net::key_pair> devices;
+  moa::net::key_pair client = moa::net::generate_key_pair();
+  moa::net::key_pair stranger = moa::net::generate_key_pair();
+  explicit keyring(std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) devices.push_back(moa::net::generate_key_pair());
+  }
+  moa::net::zmq_security security(std::size_t i) const {
+    moa::net::zmq_security s;
+    s.keys = devices[i];
+    for (const auto& d : devices) s.device_keys.push_back(d.public_key);
+    s.client_keys = {client.public_key};
+    return s;
+  }
+};
+
+// A DEALER speaking CURVE with `own` to the device holding `server`, with routing id `id`
+// (empty: libzmq's own).
+zmq::socket_t curve_dealer(zmq::context_t& ctx, const moa::net::key_pair& own,
+                           const std::string& server, const std::string& address,
+                           const std::string& id = {}) {
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  if (!id.empty()) s.set(zmq::sockopt::routing_id, id);
+  moa::net::curve_client(s, own, server);
+  s.connect(address);
+  return s;
+}
+
+// The next result on `s` within `limit` (empty text and error "(none)" if none came).
+moa::net::wire::envelope next_result(zmq::socket_t& s, std::chrono::milliseconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    zmq::pollitem_t items[] = {{s.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, 20ms);
+    zmq::message_t m;
+    while (s.recv(m, zmq::recv_flags::dontwait)) {
+      auto d = moa::net::wire::decode(m.to_string_view());
+      if (d.message && d.message->type == moa::net::wire::kind::result) return *d.message;
+    }
+  }
+  moa::net::wire::envelope none;
+  none.error = "(none)";
+  return none;
+}
+
+void send_envelope(zmq::socket_t& s, moa::net::wire::envelope e) {
+  const auto bytes = moa::net::wire::encode(e);
+  s.send(zmq::buffer(bytes), zmq::send_flags::dontwait);
+}
+
+}  // namespace
+
+TEST_CASE("Network.key_files") {
+  using namespace moa::net;
+  REQUIRE(curve_available());
+  const auto dir = fresh_folder("keyfiles");
+  const auto keys = generate_key_pair();
+  CHECK(is_z85_key(keys.public_key));
+  CHECK(public_key_of(keys.secret_key) == keys.public_key);
+  const auto [secret, pub] = save_key_pair(dir + "/d0", keys);
+  const auto owner_only = std::filesystem::perms::owner_read | std::filesystem::perms::owner_write;
+  CHECK((std::filesystem::status(secret).permissions() & std::filesystem::perms::all) ==
+        owner_only);
+  CHECK(load_key_pair(secret).secret_key == keys.secret_key);
+  CHECK(load_key_pair(secret).public_key == keys.public_key);
+  CHECK(load_public_keys(pub) == std::vector<std::string>{keys.public_key});
+  CHECK_THROWS_AS(save_key_pair(dir + "/d0", generate_key_pair()), moa::invalid_argument);
+  CHECK(load_key_pair(secret).secret_key == keys.secret_key);  // not overwritten
+  // A secret key others may read is refused; so is a file that is not a key.
+  std::filesystem::permissions(secret, std::filesystem::perms::group_read,
+                               std::filesystem::perm_options::add);
+  CHECK_THROWS_WITH_AS(load_key_pair(secret), doctest::Contains("chmod 600"),
+                       moa::invalid_argument);
+  { std::ofstream(dir + "/junk.pub") << "not a key\n"; }
+  CHECK_THROWS_WITH_AS(load_public_keys(dir + "/junk.pub"), doctest::Contains("line 1"),
+                       moa::invalid_argument);
+  CHECK_THROWS_AS(load_public_keys(dir + "/missing.pub"), moa::invalid_argument);
+  // An allow-list: a key a line, comments and blank lines skipped.
+  const auto other = generate_key_pair();
+  {
+    std::ofstream(dir + "/list") << "# devices\n"
+                                 << keys.public_key << "\n\n"
+                                 << other.public_key << "\n";
+  }
+  CHECK(load_public_keys(dir + "/list").size() == 2);
+  CHECK(is_loopback_endpoint("tcp://127.0.0.1:5550"));
+  CHECK(is_loopback_endpoint("tcp://localhost:1"));
+  CHECK(is_loopback_endpoint("ipc:///tmp/x"));
+  CHECK(!is_loopback_endpoint("tcp://127.0.0.1.example.com:1"));
+  CHECK(!is_loopback_endpoint("tcp://*:5550"));
+  CHECK(!is_loopback_endpoint("tcp://10.0.0.7:5550"));
+}
+
+// Identity is the key the connection proved (the ZAP user id), not the routing id or `from`.
+TEST_CASE("Network.zmq_device_identity_is_the_key") {
+  using namespace moa::net::wire;
+  const keyring keys(3);
+  moa::net::zmq_device_options opt;
+  opt.index = 0;
+  opt.addresses = ipc_addresses(3);
+  opt.log = nullptr;
+  SUBCASE("no keys and no plain text: the device refuses to start") {
+    CHECK_THROWS_WITH_AS(
+        moa::net::zmq_device<moa::uniform_gossip>(slow("d0", 0), moa::uniform_gossip{2}, opt),
+        doctest::Contains("plain text explicitly"), moa::invalid_argument);
+  }
+  SUBCASE("plain text off loopback: refused") {
+    opt.security.insecure_plaintext = true;
+    opt.bind = "tcp://*:5550";
+    CHECK_THROWS_WITH_AS(
+        moa::net::zmq_device<moa::uniform_gossip>(slow("d0", 0), moa::uniform_gossip{2}, opt),
+        doctest::Contains("loopback only"), moa::invalid_argument);
+  }
+  SUBCASE("a key pair that is not the listed one: refused") {
+    opt.security = keys.security(1);
+    CHECK_THROWS_AS(
+        moa::net::zmq_device<moa::uniform_gossip>(slow("d0", 0), moa::uniform_gossip{2}, opt),
+        moa::invalid_argument);
+  }
+  SUBCASE("with keys") {
+    opt.security = keys.security(0);
+    moa::net::zmq_device<moa::uniform_gossip> dev(slow("d0", 0), moa::uniform_gossip{2}, opt);
+    envelope ping;
+    ping.type = kind::ping;
+    ping.from = 1;
+    // A client claiming device 1 (routing id "d1" and all) is not device 1.
+    CHECK(dev.handle("d1", "client", encode(ping)));
+    CHECK(dev.counters().malformed == 1);
+    CHECK(dev.handle("x", "d1", encode(ping)));  // device 1's key: its ping counts
+    CHECK(dev.counters().malformed == 1);
+    // An answer forged by device 2 for a call device 1 would hold: dropped.
+    auto forged_answer = forged(kind::answer, 77, 0, 1);
+    forged_answer.from = 1;
+    CHECK(dev.handle("x", "d2", encode(forged_answer)));
+    CHECK(dev.counters().malformed == 2);
+    // `stop`, `stats` and `submit` need a client key: a device's key is not one.
+    CHECK(dev.handle("x", "d1", encode({.type = kind::stop})));
+    CHECK(dev.handle("x", "d1", encode({.type = kind::stats})));
+    CHECK(dev.counters().dropped == 2);
+    CHECK(!dev.handle("x", "client", encode({.type = kind::stop})));  // a client's stops it
+  }
+}
+
+TEST_CASE("Network.keyed_devices_refuse_strangers_and_squatters" * doctest::timeout(60)) {
+  using namespace moa::net::wire;
+  zmq::context_t ctx(1);
+  const keyring keys(3);
+  const std::vector<std::string> addresses = ipc_addresses(3);
+  std::vector<moa::any_backend> models;
+  for (int i = 0; i < 3; ++i) models.push_back(slow("d" + std::to_string(i), 1));
+  std::vector<moa::net::zmq_security> security;
+  for (std::size_t i = 0; i < 3; ++i) security.push_back(keys.security(i));
+  // Device 1 starts late: a squatter has connected to device 0 as "d1" by then.
+  zmq::socket_t squatter =
+      curve_dealer(ctx, keys.client, keys.devices[0].public_key, addresses[0], "d1");
+  envelope ping;
+  ping.type = kind::ping;
+  ping.from = 1;
+  send_envelope(squatter, ping);
+  zmq_cluster cluster(addresses, std::move(models), moa::any_aggregator{},
+                      [&](moa::net::zmq_device_options& o) {
+                        o.security = security[o.index];
+                        o.dead_after = 1000ms;
+                      });
+  std::this_thread::sleep_for(300ms);
+  // A plain-text socket, and a stranger's key, get no handshake at all.
+  zmq::socket_t plain(ctx, zmq::socket_type::dealer);
+  plain.set(zmq::sockopt::linger, 0);
+  plain.connect(addresses[0]);
+  send_envelope(plain, {.type = kind::stop});
+  zmq::socket_t stranger =
+      curve_dealer(ctx, keys.stranger, keys.devices[0].public_key, addresses[0]);
+  send_envelope(stranger, {.type = kind::stop});
+  send_envelope(stranger, {.type = kind::stats});
+  // The squatter's forged answer and calls claiming device 1.
+  send_envelope(squatter, forged(kind::answer, 5, 0, 1));
+  auto call = forged(kind::call, 5, 1, 1);
+  call.from = 1;
+  send_envelope(squatter, call);
+  std::this_thread::sleep_for(200ms);
+
+  // The allowed client: prompts at every device answered, with device 1's calls served by the
+  // real device 1 (the squatter took nothing from it).
+  zmq::socket_t good = curve_dealer(ctx, keys.client, keys.devices[0].public_key, addresses[0]);
+  for (int i = 0; i < 5; ++i) {
+    envelope e;
+    e.type = kind::submit;
+    e.tag = "k" + std::to_string(i);
+    e.messages = {{moa::role::user, "q"}};
+    send_envelope(good, e);
+    const auto r = next_result(good, 10s);
+    CHECK_MESSAGE(r.error.empty(), r.error);
+    CHECK(r.text == "final of d0");
+    CHECK(r.missing == 0);
+    bool d1_served = false;
+    for (const auto& c : r.trace) d1_served = d1_served || (c.backend == 1 && c.ok());
+    CHECK(d1_served);
+  }
+  send_envelope(good, {.type = kind::stats});
+  const auto stats = next_result(good, 5s);
+  REQUIRE(stats.tag == "stats");
+  const auto j = nlohmann::json::parse(stats.text);
+  CHECK(j["unauthenticated"].get<int>() >= 1);  // the stranger's handshake
+  CHECK(j["malformed"].get<int>() >= 3);        // the squatter's ping, answer and call
+  CHECK(j["dead_peers"].get<int>() == 0);
+  CHECK(j["complete"].get<int>() == 5);
+  CHECK(next_result(stranger, 200ms).error == "(none)");  // nothing for the stranger
+}
+
+#ifdef MOA_CLI_PROGRAM
+namespace {
+
+// Runs a program to its end (at most `limit`); its exit code (-1: a signal or over the limit),
+// stdout in `out`.
+int run_to_end(const std::vector<std::string>& args, std::string& out,
+               std::chrono::milliseconds limit = 60s) {
+  static int runs = 0;
+  const auto path = std::string(MOA_TEST_LOG_DIR) + "/run" + std::to_string(::getpid()) + "-" +
+                    std::to_string(runs++);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, (path + ".out").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, (path + ".err").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  REQUIRE(rc == 0);
+  const int status = reap_status(pid, limit);
+  if (status == -1) {
+    ::kill(pid, SIGKILL);
+    reap(pid, 5s);
+  }
+  out = read_file(path + ".out") + read_file(path + ".err");
+  return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+// What README.md and docs/NETWORK.md show: keygen, three keyed devices, prompts with moa submit,
+// strangers refused, stop with SIGTERM.
+TEST_CASE("Network.keyed_processes_answer_moa_submit" * doctest::timeout(180)) {
+  zmq::context_t ctx(1);
+  const std::string moa = MOA_CLI_PROGRAM;
+  const auto dir = fresh_folder("keys");
+  std::string out;
+  for (const char* name : {"d0", "d1", "d2", "client", "stranger"})
+    REQUIRE(run_to_end({moa, "keygen", "--out", dir + "/" + name}, out) == 0);
+  CHECK(run_to_end({moa, "keygen", "--out", dir + "/d0"}, out) == 2);  // never overwrites
+  CHECK(out.find("exists") != std::string::npos);
+  const std::vector<std::string> addresses = loopback_addresses(ctx, 3);
+  const std::string peers_keys = dir + "/d0.pub," + dir + "/d1.pub," + dir + "/d2.pub";
+  std::vector<process> devices;
+  for (std::size_t i = 0; i < 3; ++i)
+    devices.push_back(spawn(
+        {MOA_DEVICE_PROGRAM, "device", "--index", std::to_string(i), "--peers", join(addresses),
+         "--key", dir + "/d" + std::to_string(i) + ".key", "--peers-keys", peers_keys,
+         "--clients-keys", dir + "/client.pub", "--alpha-ms", "1", "--dead-after-ms", "2000"},
+        std::string(MOA_TEST_LOG_DIR) + "/keyed" + std::to_string(i) + ".log"));
+  std::this_thread::sleep_for(500ms);
+  const auto submit = [&](std::size_t i, const std::string& key,
+                          const std::vector<std::string>& more) {
+    std::vector<std::string> args = {moa,
+                                     "submit",
+                                     "--device",
+                                     addresses[i],
+                                     "--key",
+                                     dir + "/" + key + ".key",
+                                     "--server-key",
+                                     dir + "/d" + std::to_string(i) + ".pub",
+                                     "--timeout-ms",
+                                     "20000"};
+    args.insert(args.end(), more.begin(), more.end());
+    return run_to_end(args, out);
+  };
+  for (std::size_t i = 0; i < 3; ++i) {
+    REQUIRE(submit(i, "client",
+                   {"-p", "why is the sky blue?", "-p", "and the sea?", "--format", "json"}) == 0);
+    const auto j = nlohmann::json::parse(out.substr(0, out.rfind('}') + 1));
+    REQUIRE(j["results"].size() == 2);
+    for (const auto& r : j["results"]) {
+      CHECK(r["status"] == "ok");
+      CHECK(r["text"].get<std::string>().find("d" + std::to_string(i)) != std::string::npos);
+      CHECK(r["trace"].size() == 7);  // (k + 1) M + 1 calls
+    }
+  }
+  // A stranger's key cannot submit, read stats or stop; a device's key is not a client's.
+  CHECK(submit(0, "stranger", {"-p", "hi"}) == 3);
+  CHECK(out.find("refused this client's key") != std::string::npos);
+  CHECK(submit(0, "stranger", {"--stats"}) == 3);
+  CHECK(submit(0, "stranger", {"--stop"}) == 3);
+  CHECK(submit(0, "d1", {"--stop"}) == 3);
+  CHECK(out.find("not a client key") != std::string::npos);
+  // Plain text to a keyed device: no handshake, no answer.
+  CHECK(run_to_end({moa, "submit", "--device", addresses[0], "--insecure-plaintext", "--stats",
+                    "--timeout-ms", "1000"},
+                   out) == 4);
+  REQUIRE(submit(0, "client", {"--stats"}) == 0);
+  const auto stats = nlohmann::json::parse(out.substr(0, out.rfind('}') + 1));
+  CHECK(stats["unauthenticated"].get<int>() >= 3);
+  CHECK(stats["dropped"].get<int>() >= 1);
+  CHECK(stats["complete"].get<int>() == 2);
+  // The allowed client stops device 2; SIGTERM stops the others; all exit 0.
+  CHECK(submit(2, "client", {"--stop"}) == 0);
+  for (std::size_t i = 0; i < 2; ++i) ::kill(devices[i].pid, SIGTERM);
+  for (auto& d : devices) {
+    const int status = reap_status(d.pid, 15s);
+    CHECK((status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    if (status == -1) ::kill(d.pid, SIGKILL);
+    d.pid = -1;
+  }
+  // Plain text must be asked for, and then only on loopback.
+  CHECK(run_to_end({MOA_DEVICE_PROGRAM, "device", "--index", "0", "--peers", join(addresses)},
+                   out) == 2);
+  CHECK(out.find("--insecure-plaintext") != std::string::npos);
+  CHECK(run_to_end({MOA_DEVICE_PROGRAM, "device", "--insecure-plaintext", "--index", "0", "--peers",
+                    "tcp://10.0.0.1:5550,tcp://10.0.0.2:5550", "-k", "1"},
+                   out) == 2);
+  CHECK(out.find("loopback only") != std::string::npos);
+}
+#endif

@@ -33,6 +33,9 @@
 #endif
 #include "cli/adaptive_command.hpp"
 #include "cli/common.hpp"
+#if MOA_CLI_ZMQ
+#include "cli/key_commands.hpp"
+#endif
 
 #if MOA_CLI_ZMQ && MOA_CLI_OPENAI
 #include <moa/backends/openai.hpp>
@@ -261,6 +264,10 @@ struct device_settings {
   std::size_t max_prompts = 1024;
   std::size_t max_calls_per_origin = 1024;
   std::string metrics;  // [HOST:]PORT of GET /metrics and /health; empty: none
+  // CURVE keys (docs/NETWORK.md, key management), or plain text on loopback when asked for.
+  std::string key;
+  std::vector<std::string> peers_keys, clients_keys;
+  bool insecure_plaintext = false;
 };
 
 // An endpoint as logs may show it: without the password of a user:password@ URL.
@@ -346,6 +353,32 @@ moa::serve::status_endpoint::reply device_status(const Device& dev, std::string_
   return {404, "text/plain; charset=utf-8", "not found: GET /metrics or GET /health\n"};
 }
 #endif
+// The device's keys and allow-lists as its options give them, checked against its network.
+inline moa::net::zmq_security device_security(const device_settings& s) {
+  moa::net::zmq_security sec;
+  const bool keyed = !s.key.empty() || !s.peers_keys.empty() || !s.clients_keys.empty();
+  if (s.insecure_plaintext) {
+    if (keyed)
+      reject("--insecure-plaintext",
+             "given with --key/--peers-keys/--clients-keys; give keys or plain text, not both");
+    sec.insecure_plaintext = true;
+  } else {
+    if (s.key.empty() || s.peers_keys.empty())
+      reject("--key",
+             "a device needs its secret key (--key NAME.key, from moa keygen) and every device's "
+             "public key (--peers-keys, in --peers order); or --insecure-plaintext, on loopback "
+             "only");
+    sec.keys = with_option("--key", [&] { return moa::net::load_key_pair(s.key); });
+    sec.device_keys = public_keys("--peers-keys", s.peers_keys);
+    sec.client_keys = public_keys("--clients-keys", s.clients_keys);
+  }
+  with_option(s.insecure_plaintext ? "--insecure-plaintext" : "--key/--peers-keys/--clients-keys",
+              [&] {
+                moa::net::check_security(sec, s.addresses, s.index, s.bind);
+                return 0;
+              });
+  return sec;
+}
 
 inline int device_command(const device_settings& s) {
   if (s.addresses.size() < 2 || s.addresses.size() > max_network_devices)
@@ -357,8 +390,10 @@ inline int device_command(const device_settings& s) {
   if (s.k > s.addresses.size() - 1)
     reject("--fanout", "k = " + std::to_string(s.k) + " is larger than the " +
                            std::to_string(s.addresses.size() - 1) + " other devices");
+  auto security = device_security(s);
   auto model = device_model(s);
   moa::net::zmq_device_options opt;
+  opt.security = std::move(security);
   opt.index = s.index;
   opt.addresses = s.addresses;
   opt.bind = s.bind;
@@ -474,6 +509,18 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
                   "Calls of one origin device queued here at once; beyond it they are refused")
       ->capture_default_str()
       ->transform(count_in(1, 1000000));
+  cmd->add_option("--key", s->key,
+                  "This device's secret key file (NAME.key from moa keygen, mode 0600)");
+  cmd->add_option("--peers-keys", s->peers_keys,
+                  "Every device's public key, in --peers order: NAME.pub files, or one allow-list "
+                  "file (a key a line)")
+      ->delimiter(',');
+  cmd->add_option("--clients-keys", s->clients_keys,
+                  "Public keys of the clients that may submit, read stats and stop: NAME.pub "
+                  "files, allow-list files or folders of .pub files")
+      ->delimiter(',');
+  cmd->add_flag("--insecure-plaintext", s->insecure_plaintext,
+                "No keys: plain text, no authentication (loopback endpoints only; tests)");
 #if MOA_CLI_OPENAI
   cmd->add_option(
          "--endpoint", s->endpoint,

@@ -3,7 +3,8 @@
 //  - The decoder: it must never crash, throw or leak; what it accepts must encode and decode
 //    again to the same message.
 //  - The whole message handler of a device (moa::net::zmq_device::handle): the first byte picks
-//    the sender's routing id (a peer's, its own, a client's); the rest is the message, as raw
+//    the sender's identity (a peer's, its own, a client's) and the device (a plain-text one, or a
+//    keyed one, where it is the identity a key proved); the rest is the message, as raw
 //    bytes (odd first byte) or as an envelope whose every field the bytes choose, encoded (so
 //    well-formed messages with hostile ids, origins, layers and counts reach the handler). No
 //    message may crash the device or touch memory out of range.
@@ -14,10 +15,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "moa/backends/synthetic.hpp"
 #include "moa/gossip/strategies.hpp"
 #include "moa/net/zmq_device.hpp"
+#include "moa/net/zmq_security.hpp"
 #include "moa/net/zmq_wire.hpp"
 
 namespace {
@@ -25,9 +28,9 @@ namespace {
 using device = moa::net::zmq_device<moa::uniform_gossip>;
 
 // One device of 4, never run: what it would send goes nowhere, what it queues stays bounded
-// (its queue holds 8 calls; it holds 16 prompts).
-device& the_device() {
-  static const auto dev = [] {
+// (its queue holds 8 calls; it holds 16 prompts). Plain text, or keyed (fresh keys).
+device& the_device(bool keyed) {
+  static const auto make = [](bool with_keys) {
     moa::net::zmq_device_options opt;
     opt.index = 1;
     opt.addresses = {"inproc://f0", "inproc://f1", "inproc://f2", "inproc://f3"};
@@ -36,10 +39,19 @@ device& the_device() {
     opt.device.capacity = 8;
     opt.max_prompts = 16;
     opt.max_calls_per_origin = 4;
+    opt.security.insecure_plaintext = !with_keys;
+    if (with_keys) {
+      std::vector<moa::net::key_pair> keys;
+      for (int i = 0; i < 4; ++i) keys.push_back(moa::net::generate_key_pair());
+      opt.security.keys = keys[1];
+      for (const auto& k : keys) opt.security.device_keys.push_back(k.public_key);
+      opt.security.client_keys = {moa::net::generate_key_pair().public_key};
+    }
     return std::make_unique<device>(moa::any_backend(moa::synthetic_backend({.name = "d1"})),
                                     moa::uniform_gossip{2}, opt);
-  }();
-  return *dev;
+  };
+  static const auto plain = make(false), with_keys = make(true);
+  return keyed ? *with_keys : *plain;
 }
 
 moa::net::wire::envelope chosen(FuzzedDataProvider& in) {
@@ -89,12 +101,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   static const std::string senders[] = {"d0", "d1", "d2", "d3", "client", ""};
   const std::string& sender = senders[data[0] % 6];
-  auto& dev = the_device();
+  auto& dev = the_device((data[0] & 0x40) != 0);
+  const std::string routing = "r";  // with keys the identity is the key's, not the routing id
   if (data[0] & 0x80) {
-    dev.handle(sender, bytes.substr(1));
+    dev.handle(routing, sender, bytes.substr(1));
   } else {
     FuzzedDataProvider in(data + 1, size - 1);
-    dev.handle(sender, moa::net::wire::encode(chosen(in)));
+    dev.handle(routing, sender, moa::net::wire::encode(chosen(in)));
   }
   return 0;
 }

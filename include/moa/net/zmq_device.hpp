@@ -8,10 +8,12 @@
 /// serving the calls others gossip to it. The wire format is in moa/net/zmq_wire.hpp.
 ///
 /// Sockets: one ROUTER bound at the device's address receives everything (peers' calls, answers,
-/// heartbeats; clients' prompts); one DEALER per peer, connected to the peer's ROUTER with the
-/// routing id "d<index>", sends. All sockets live on the device's I/O thread (ZeroMQ sockets are
-/// not thread-safe); the workers hand their answers back through a locked queue and an inproc
-/// wake-up socket.
+/// heartbeats; clients' prompts); one DEALER per peer, connected to the peer's ROUTER, sends.
+/// With keys (moa/net/zmq_security.hpp) every socket speaks CURVE and a sender is who its key
+/// says (a ZAP user id: `d<index>` or `client`); in plain text, asked for explicitly and on
+/// loopback only, the DEALERs take the routing id "d<index>" and that is the sender. All sockets
+/// live on the device's I/O thread (ZeroMQ sockets are not thread-safe); the workers hand their
+/// answers back through a locked queue and an inproc wake-up socket.
 ///
 /// The origin side (fork, join, re-routing, redrawing a later layer's peers on the loads its
 /// heartbeats report, aggregation policies) is moa::net::origin_run, shared with the in-process
@@ -32,10 +34,16 @@
 /// @code{.cpp}
 /// moa::net::zmq_device_options opt;
 /// opt.index = 1;
-/// opt.addresses = {"tcp://127.0.0.1:5550", "tcp://127.0.0.1:5551", "tcp://127.0.0.1:5552"};
+/// opt.addresses = {"tcp://10.0.0.1:5550", "tcp://10.0.0.2:5550", "tcp://10.0.0.3:5550"};
+/// opt.security.keys = moa::net::load_key_pair("keys/d1.key");
+/// for (const char* d : {"keys/d0.pub", "keys/d1.pub", "keys/d2.pub"})
+///   opt.security.device_keys.push_back(moa::net::load_public_keys(d).at(0));
+/// opt.security.client_keys = moa::net::load_public_keys("keys/clients.keys");
 /// moa::net::zmq_device dev(moa::synthetic_backend({.name = "d1"}), moa::uniform_gossip{1}, opt);
 /// dev.run();  // until a `stop` message or the stop token
 /// @endcode
+
+#include <sys/random.h>
 
 #include <zmq.hpp>
 
@@ -54,7 +62,6 @@
 #include <mutex>
 #include <optional>
 #include <ostream>
-#include <random>
 #include <sstream>
 #include <stop_token>
 #include <string>
@@ -76,6 +83,7 @@
 #include "moa/net/device_metrics.hpp"
 #include "moa/net/origin.hpp"
 #include "moa/net/peer_view.hpp"
+#include "moa/net/zmq_security.hpp"
 #include "moa/net/zmq_wire.hpp"
 #include "moa/topology/gossip.hpp"
 
@@ -119,6 +127,9 @@ struct zmq_device_options {
   std::size_t max_calls_per_origin = 1024;
   /// On stop, how long prompts in flight may still finish before they are failed explicitly.
   std::chrono::milliseconds drain_timeout{3000};
+  /// Keys and allow-lists (CURVE), or plain text when asked for explicitly (loopback only); a
+  /// device with neither refuses to start.
+  zmq_security security{};
   /// Redraw each later layer's peers when it is forked, on the loads the peers' heartbeats
   /// reported (for strategies that read loads: `uses_load`).
   bool refresh_peers = true;
@@ -161,6 +172,7 @@ class zmq_device {
                                  " is not a position in the " + std::to_string(n) +
                                  " addresses; list every device's endpoint, this one included"));
     require(check_fanout(gossip_.fanout(), n));
+    check_security(opt_.security, opt_.addresses, opt_.index, opt_.bind);
     std::string name = backend_.name();
     ref_ = backend_ref(backend_, name.empty() ? "d" + std::to_string(opt_.index) : name);
     for (std::uint32_t j = 0; j < n; ++j) names_.push_back("d" + std::to_string(j));
@@ -176,12 +188,6 @@ class zmq_device {
     make_gossip_plan(opt_.index, std::uint32_t(n), opt_.layers, gossip_, sample, p);
     plan_calls_ = std::uint32_t(p.size());
     for (call_id c = 0; c < p.size(); ++c) max_layer_ = std::max(max_layer_, p[c].layer);
-    // Prompt ids are the only thing tying an answer to a prompt: unguessable, so a process that
-    // can reach the port cannot forge the answer of a prompt it did not see.
-    std::random_device entropy;
-    std::seed_seq seq{entropy(), entropy(), entropy(), entropy(),
-                      entropy(), entropy(), entropy(), entropy()};
-    ids_.seed(seq);
   }
 
   zmq_device(const zmq_device&) = delete;
@@ -202,12 +208,20 @@ class zmq_device {
   /// Handles one message as the I/O thread does (the sender's routing id and the body); false
   /// when it asks the device to stop. Public for tests and fuzzing: before run() nothing is sent.
   bool handle(const std::string& sender, std::string_view bytes) {
-    return on_message(sender, bytes);
+    return on_message(sender, sender, bytes);
+  }
+  /// The same, for a message whose connection proved the identity `user` (a ZAP user id:
+  /// `d<index>` or `client`), as with keys.
+  bool handle(const std::string& sender, const std::string& user, std::string_view bytes) {
+    return on_message(sender, user, bytes);
   }
 
   /// Serves until a `stop` message or `stop` is requested. Binds and connects first.
   void run(std::stop_token stop = {}) {
     zmq::context_t ctx(1);
+    // Before any socket binds: CURVE servers ask it about every handshake.
+    std::optional<zap_handler> zap;
+    if (opt_.security.secure()) zap.emplace(ctx, opt_.security);
     // Closes the workers' wake-up socket before the context ends, on every way out of here (an
     // open socket makes zmq_ctx_term wait forever).
     struct close_wake {
@@ -217,12 +231,15 @@ class zmq_device {
         d.wake_out_.reset();
         d.router_ = nullptr;
         d.peers_ = nullptr;
+        d.zap_ = nullptr;
       }
     };
     zmq::socket_t router(ctx, zmq::socket_type::router);
     router.set(zmq::sockopt::linger, 0);
     router.set(zmq::sockopt::router_mandatory, 0);
     router.set(zmq::sockopt::maxmsgsize, opt_.max_message_bytes);
+    const auto& sec = opt_.security;
+    if (sec.secure()) curve_server(router, *sec.keys);
     router.bind(opt_.bind.empty() ? opt_.addresses[opt_.index] : opt_.bind);
     std::vector<std::optional<zmq::socket_t>> peers(opt_.addresses.size());
     for (std::uint32_t j = 0; j < peers.size(); ++j) {
@@ -230,7 +247,12 @@ class zmq_device {
       peers[j].emplace(ctx, zmq::socket_type::dealer);
       peers[j]->set(zmq::sockopt::linger, 0);
       peers[j]->set(zmq::sockopt::maxmsgsize, opt_.max_message_bytes);
-      peers[j]->set(zmq::sockopt::routing_id, "d" + std::to_string(opt_.index));
+      // With keys the routing id is libzmq's own (one a peer cannot choose): the key names the
+      // sender, and nobody can take "d<index>" first to lock the real device out.
+      if (sec.secure())
+        curve_client(*peers[j], *sec.keys, sec.device_keys[j]);
+      else
+        peers[j]->set(zmq::sockopt::routing_id, "d" + std::to_string(opt_.index));
       peers[j]->connect(opt_.addresses[j]);
     }
     const std::string wake_address = "inproc://moa-wake-" + std::to_string(opt_.index);
@@ -243,6 +265,7 @@ class zmq_device {
     wake_out_->connect(wake_address);
     router_ = &router;
     peers_ = &peers;
+    zap_ = zap ? &*zap : nullptr;
     io_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     queue_.start();
 
@@ -280,7 +303,9 @@ class zmq_device {
             if (!router.recv(extra, zmq::recv_flags::dontwait)) break;
             body.rebuild(0);
           }
-          running = on_message(id.to_string(), body.to_string_view()) && running;
+          const std::string sender = id.to_string();
+          const std::string user = sec.secure() ? user_id_of(body) : sender;
+          running = on_message(sender, user, body.to_string_view()) && running;
         }
       }
       if (items[1].revents & ZMQ_POLLIN) {
@@ -448,12 +473,15 @@ class zmq_device {
 
   // --- incoming ---------------------------------------------------------------------------
 
-  bool on_message(const std::string& sender, std::string_view bytes) {
+  // `sender`: the routing id replies go to; `user`: who the connection proved the sender is
+  // (with keys the ZAP user id, in plain text the routing id). Logs name the user: a routing id
+  // libzmq chose is binary.
+  bool on_message(const std::string& sender, const std::string& user, std::string_view bytes) {
     auto d = wire::decode(bytes);
     if (!d.message) {
       ++counters_.malformed;
       say("rejected a malformed message (" + std::to_string(bytes.size()) + " bytes) from '" +
-          sender.substr(0, 32) + "': " + d.error);
+          user.substr(0, 32) + "': " + d.error);
       return true;
     }
     auto& e = *d.message;
@@ -461,11 +489,10 @@ class zmq_device {
                            e.type == wire::kind::refused || e.type == wire::kind::ping ||
                            e.type == wire::kind::leaving;
     if (from_peer) {
-      if (e.from >= alive_.size() || e.from == opt_.index ||
-          sender != "d" + std::to_string(e.from)) {
+      if (e.from >= alive_.size() || e.from == opt_.index || user != "d" + std::to_string(e.from)) {
         ++counters_.malformed;
-        say("rejected a " + std::string(wire::to_string(e.type)) + " from '" +
-            sender.substr(0, 32) + "' claiming to be device " + std::to_string(e.from));
+        say("rejected a " + std::string(wire::to_string(e.type)) + " from '" + user.substr(0, 32) +
+            "' claiming to be device " + std::to_string(e.from));
         return true;
       }
       last_seen_[e.from] = clock::now();
@@ -479,6 +506,14 @@ class zmq_device {
         alive_[e.from] = true;
         say("device " + std::to_string(e.from) + " is back");
       }
+    }
+    // With keys, prompts, stats and stops come only from a client key: a device's key is for
+    // calls, and one compromised device cannot stop or flood another through the front door.
+    if (!from_peer && opt_.security.secure() && user != client_user) {
+      reply(sender, client_result(e.type == wire::kind::submit ? std::string_view(e.tag)
+                                                               : wire::to_string(e.type),
+                                  "", "refused: " + user.substr(0, 32) + " is not a client key"));
+      return drop(user, e, "not a client key");
     }
     switch (e.type) {
       case wire::kind::call: {
@@ -524,6 +559,7 @@ class zmq_device {
                                 {"dead_peers", counters_.dead_peers},
                                 {"dropped", counters_.dropped},
                                 {"refused_prompts", counters_.refused_prompts},
+                                {"unauthenticated", zap_ ? zap_->denied() : 0},
                                 {"expired", expired_.load(std::memory_order_relaxed)},
                                 {"in_flight", prompts_.size()},
                                 {"queued", queue_.load()},
@@ -534,6 +570,7 @@ class zmq_device {
         break;
       }
       case wire::kind::stop:
+        reply(sender, client_result("stop", "stopping", ""));
         return false;
       case wire::kind::ping:
       case wire::kind::result:
@@ -541,6 +578,16 @@ class zmq_device {
         break;
     }
     return true;
+  }
+
+  wire::envelope client_result(std::string_view tag, std::string text, std::string error) const {
+    wire::envelope r;
+    r.type = wire::kind::result;
+    r.from = opt_.index;
+    r.tag = std::string(tag.substr(0, max_tag_bytes));
+    r.text = std::move(text);
+    r.error = std::move(error);
+    return r;
   }
 
   static wire::envelope refusal_of(const wire::envelope& call) {
@@ -708,10 +755,15 @@ class zmq_device {
 
   // A random id that `taken` does not hold, with the top bit `mark` (policy_call_bit for a
   // policy's calls, 0 for prompts).
+  // Prompt ids are the only thing tying an answer to a prompt: drawn from the kernel's CSPRNG
+  // (a seeded generator's state can be recovered from the ids a peer sees), so a process that
+  // can reach the port cannot forge the answer of a prompt it did not see.
   template <class Map>
   std::uint64_t fresh_id(const Map& taken, std::uint64_t mark = 0) {
     for (;;) {
-      const std::uint64_t id = (ids_() & ~policy_call_bit) | mark;
+      std::uint64_t random = 0;
+      if (::getrandom(&random, sizeof random, 0) != sizeof random) continue;  // EINTR
+      const std::uint64_t id = (random & ~policy_call_bit) | mark;
       if ((id & ~policy_call_bit) != 0 && taken.count(id) == 0) return id;
     }
   }
@@ -859,6 +911,7 @@ class zmq_device {
     for (const auto& c : res.trace) r.missing += c.ok() ? 0 : 1;
     r.latency_ms = std::chrono::duration<double, std::milli>(res.elapsed).count();
     latency_.add(std::chrono::duration<double>(res.elapsed).count());
+    r.trace = res.trace;
     if (!res.has_answer())
       ++counters_.failed;
     else if (r.missing > 0 || res.degraded())
@@ -983,6 +1036,7 @@ class zmq_device {
   clock::time_point next_deadline_check_{};
   zmq::socket_t* router_ = nullptr;
   std::vector<std::optional<zmq::socket_t>>* peers_ = nullptr;
+  const zap_handler* zap_ = nullptr;  // while run() runs with keys
   std::mutex outbox_mutex_;
   std::deque<wire::envelope> outbox_;                                // guarded by outbox_mutex_
   std::deque<std::pair<std::uint32_t, wire::envelope>> policy_out_;  // guarded by outbox_mutex_
@@ -991,7 +1045,6 @@ class zmq_device {
     std::shared_ptr<std::promise<wire::envelope>> answer;
   };
   std::unordered_map<std::uint64_t, policy_wait> policy_calls_;  // guarded by outbox_mutex_
-  std::mt19937_64 ids_;  // prompt and policy-call ids; guarded by outbox_mutex_
   std::atomic<std::thread::id> io_thread_{};
   latency_histogram latency_;  // of prompts born here; I/O thread
   clock::time_point next_publish_{};

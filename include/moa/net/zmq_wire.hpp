@@ -12,7 +12,7 @@
 /// | `refused` | peer -> origin    | prompt, call (the peer's queue is full)                     |
 /// | `ping`    | device -> peers   | nothing more: every message carries its sender and its load |
 /// | `submit`  | client -> device  | messages, tag: a prompt born at that device                 |
-/// | `result`  | device -> client  | tag, status, text (the answer), error, missing, latency_ms  |
+/// | `result`  | device -> client  | tag, status, text, error, missing, latency_ms, trace        |
 /// | `stats`   | client <-> device | request; the reply is a `result` whose text is JSON stats   |
 /// | `stop`    | client -> device  | the device stops gracefully (see zmq_device) and exits      |
 /// | `leaving` | device -> peers   | nothing more: the sender is stopping; treat it as dead now  |
@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -73,7 +74,29 @@ struct envelope {
   std::string tag{};
   std::uint32_t missing = 0;
   double latency_ms = 0;
+  /// result: every call of the prompt (call, device, name, layer, role, status, start_ms,
+  /// end_ms, error; not the calls' texts). Optional on the wire: absent reads as empty.
+  std::vector<call_record> trace{};
 };
+
+/// The most calls a result's trace may list (a plan of 64 layers of 256 devices, and then some).
+inline constexpr std::size_t max_trace_calls = 1 << 16;
+
+/// A result's trace as the wire (and `moa submit --format json`) shows it.
+inline nlohmann::json trace_json(const std::vector<call_record>& trace) {
+  auto out = nlohmann::json::array();
+  for (const auto& c : trace)
+    out.push_back({{"call", c.call},
+                   {"device", c.backend},
+                   {"name", c.backend_name},
+                   {"layer", c.layer},
+                   {"role", moa::to_string(c.role)},
+                   {"status", moa::to_string(c.status)},
+                   {"start_ms", std::chrono::duration<double, std::milli>(c.start).count()},
+                   {"end_ms", std::chrono::duration<double, std::milli>(c.end).count()},
+                   {"error", c.error}});
+  return out;
+}
 
 inline std::string encode(const envelope& e) {
   nlohmann::json j = {{"type", to_string(e.type)}, {"from", e.from}, {"load", e.load}};
@@ -113,6 +136,7 @@ inline std::string encode(const envelope& e) {
       j["error"] = e.error;
       j["missing"] = e.missing;
       j["latency_ms"] = e.latency_ms;
+      j["trace"] = trace_json(e.trace);
       break;
     case kind::ping:
     case kind::stats:
@@ -161,6 +185,63 @@ bool take(const nlohmann::json& j, const char* key, T& out, std::string& error) 
       return false;
     }
     out = static_cast<T>(it->template get<std::uint64_t>());
+  }
+  return true;
+}
+
+inline bool take_role(const nlohmann::json& j, call_role& out, std::string& error) {
+  std::string r;
+  if (!take(j, "role", r, error)) return false;
+  if (r != "proposer" && r != "aggregator") {
+    error = "unknown call role";
+    return false;
+  }
+  out = r == "proposer" ? call_role::proposer : call_role::aggregator;
+  return true;
+}
+
+inline bool take_status(const nlohmann::json& j, call_status& out, std::string& error) {
+  std::string s;
+  if (!take(j, "status", s, error)) return false;
+  for (int k = 0; k <= int(call_status::skipped); ++k)
+    if (s == moa::to_string(call_status(k))) {
+      out = call_status(k);
+      return true;
+    }
+  error = "unknown call status";
+  return false;
+}
+
+inline bool take_ms(const nlohmann::json& j, const char* key, clock::duration& out,
+                    std::string& error) {
+  double ms = 0;
+  if (!take(j, key, ms, error)) return false;
+  out = std::chrono::duration_cast<clock::duration>(std::chrono::duration<double, std::milli>(ms));
+  return true;
+}
+
+// A result's trace: optional; when there, every entry whole and typed.
+inline bool take_trace(const nlohmann::json& j, std::vector<call_record>& out, std::string& error) {
+  const auto it = j.find("trace");
+  if (it == j.end()) return true;
+  if (!it->is_array() || it->size() > max_trace_calls) {
+    error =
+        "field 'trace' is not an array of at most " + std::to_string(max_trace_calls) + " calls";
+    return false;
+  }
+  for (const auto& c : *it) {
+    if (!c.is_object()) {
+      error = "a trace entry is not an object";
+      return false;
+    }
+    call_record r;
+    if (!take(c, "call", r.call, error) || !take(c, "device", r.backend, error) ||
+        !take(c, "name", r.backend_name, error) || !take(c, "layer", r.layer, error) ||
+        !take_role(c, r.role, error) || !take_status(c, r.status, error) ||
+        !take_ms(c, "start_ms", r.start, error) || !take_ms(c, "end_ms", r.end, error) ||
+        !take(c, "error", r.error, error))
+      return false;
+    out.push_back(std::move(r));
   }
   return true;
 }
@@ -221,25 +302,14 @@ inline decoded decode(std::string_view bytes) {
        !detail::take(j, "call", e.call, err)))
     return out;
   if (e.type == kind::call) {
-    std::string r;
     if (!detail::take_messages(j, e.messages, err) || !detail::take(j, "layer", e.layer, err) ||
-        !detail::take(j, "role", r, err) || !detail::take(j, "budget_ms", e.budget_ms, err))
+        !detail::take_role(j, e.role, err) || !detail::take(j, "budget_ms", e.budget_ms, err))
       return out;
-    if (r != "proposer" && r != "aggregator") return {std::nullopt, "unknown call role"};
-    e.role = r == "proposer" ? call_role::proposer : call_role::aggregator;
   }
   if (e.type == kind::answer) {
-    std::string s;
-    if (!detail::take(j, "status", s, err) || !detail::take(j, "text", e.text, err) ||
+    if (!detail::take_status(j, e.status, err) || !detail::take(j, "text", e.text, err) ||
         !detail::take(j, "error", e.error, err))
       return out;
-    bool found = false;
-    for (int k = 0; k <= int(call_status::skipped); ++k)
-      if (s == moa::to_string(call_status(k))) {
-        e.status = call_status(k);
-        found = true;
-      }
-    if (!found) return {std::nullopt, "unknown call status"};
     const auto u = j.find("usage");
     if (u == j.end() || !u->is_array() || u->size() != 2 || !(*u)[0].is_number_unsigned() ||
         !(*u)[1].is_number_unsigned())
@@ -253,7 +323,7 @@ inline decoded decode(std::string_view bytes) {
   if (e.type == kind::result) {
     if (!detail::take(j, "tag", e.tag, err) || !detail::take(j, "text", e.text, err) ||
         !detail::take(j, "error", e.error, err) || !detail::take(j, "missing", e.missing, err) ||
-        !detail::take(j, "latency_ms", e.latency_ms, err))
+        !detail::take(j, "latency_ms", e.latency_ms, err) || !detail::take_trace(j, e.trace, err))
       return out;
   }
   out.message = std::move(e);

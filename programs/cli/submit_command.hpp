@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// `moa submit`: the client of the ZeroMQ network. Sends prompts to one device (their origin),
+// waits for their results and prints the answers (with --format json, each result and its
+// trace); or reads a device's stats, or stops it. Speaks the wire format of moa/net/zmq_wire.hpp
+// over CURVE with a client key (moa/net/zmq_security.hpp), or plain text on loopback when asked.
+//
+// Exit codes: 0 every prompt answered (degraded ones included: the error names what is missing),
+// 1 a prompt failed, 2 bad input, 3 refused (the device refused a prompt, or the key),
+// 4 unreachable (no answer within --timeout-ms).
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <zmq.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <moa/net/zmq_security.hpp>
+#include <moa/net/zmq_wire.hpp>
+
+#include "cli/common.hpp"
+#include "cli/key_commands.hpp"
+#include "cli/network_commands.hpp"  // zmq_endpoint()
+
+namespace moa::cli {
+
+inline constexpr int exit_refused = 3;
+inline constexpr int exit_unreachable = 4;
+
+struct submit_settings {
+  std::string device;
+  std::vector<std::string> prompts, prompt_files;
+  std::string system;
+  double timeout_ms = 60000;
+  std::string format = "text";
+  std::string key, server_key;
+  bool insecure_plaintext = false, stats = false, stop = false;
+};
+
+namespace detail {
+
+// What the client waits for, and what came back.
+struct submit_wait {
+  std::map<std::string, moa::net::wire::envelope> results;  // by tag
+  std::string refused_key;  // the device refused the key at the handshake
+  std::string handshake;    // the last handshake failure that may be transient
+};
+
+// Waits until every tag in `tags` has its result, the device refuses the key, or `until`.
+inline void wait_for(zmq::socket_t& sock, zmq::socket_t& monitor,
+                     const std::vector<std::string>& tags, moa::clock::time_point until,
+                     submit_wait& w) {
+  auto missing = [&] {
+    for (const auto& t : tags)
+      if (!w.results.count(t)) return true;
+    return false;
+  };
+  while (missing() && w.refused_key.empty() && moa::clock::now() < until) {
+    zmq::pollitem_t items[] = {{sock.handle(), 0, ZMQ_POLLIN, 0},
+                               {monitor.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 2, std::chrono::milliseconds(20));
+    zmq::message_t m;
+    while (sock.recv(m, zmq::recv_flags::dontwait)) {
+      auto d = moa::net::wire::decode(m.to_string_view());
+      if (d.message && d.message->type == moa::net::wire::kind::result)
+        w.results[d.message->tag] = std::move(*d.message);
+    }
+    while (monitor.recv(m, zmq::recv_flags::dontwait)) {
+      zmq::message_t address;
+      if (m.more()) (void)monitor.recv(address, zmq::recv_flags::dontwait);
+      if (m.size() < 6) continue;
+      std::uint16_t event = 0;
+      std::uint32_t value = 0;
+      std::memcpy(&event, m.data(), 2);
+      std::memcpy(&value, static_cast<const char*>(m.data()) + 2, 4);
+      if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        w.refused_key = "the device refused this client's key (ZAP status " +
+                        std::to_string(value) + "): it is not in the device's --clients-keys";
+      else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+               event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        w.handshake = "the handshake failed (a plain-text device, or keys that do not match)";
+    }
+  }
+}
+
+}  // namespace detail
+
+inline int submit_command(const submit_settings& s) {
+  using moa::net::wire::envelope;
+  using moa::net::wire::kind;
+  const int actions =
+      int(!s.prompts.empty() || !s.prompt_files.empty()) + int(s.stats) + int(s.stop);
+  if (actions != 1)
+    reject("--prompt/--prompt-file/--stats/--stop",
+           "give prompts (--prompt, --prompt-file), or --stats, or --stop: one of them");
+  std::vector<std::string> texts = s.prompts;
+  for (const auto& f : s.prompt_files)
+    texts.push_back(read_text(f, "--prompt-file", max_prompt_bytes));
+  for (std::size_t i = 0; i < texts.size(); ++i)
+    if (texts[i].find_first_not_of(" \t\r\n") == std::string::npos)
+      reject("--prompt/--prompt-file", "prompt " + std::to_string(i + 1) + " is empty");
+
+  std::optional<moa::net::key_pair> keys;
+  std::string server;
+  if (s.insecure_plaintext) {
+    if (!s.key.empty() || !s.server_key.empty())
+      reject("--insecure-plaintext", "given with --key/--server-key; give keys or plain text");
+    if (!moa::net::is_loopback_endpoint(s.device))
+      reject("--insecure-plaintext", "plain text is for loopback only, and '" + s.device +
+                                         "' is not a loopback endpoint; give keys");
+  } else {
+    if (s.key.empty() || s.server_key.empty())
+      reject("--key",
+             "a client needs its secret key (--key NAME.key, from moa keygen, listed in the "
+             "device's --clients-keys) and the device's public key (--server-key NAME.pub); or "
+             "--insecure-plaintext on loopback");
+    keys = with_option("--key", [&] { return moa::net::load_key_pair(s.key); });
+    const auto listed = public_keys("--server-key", {s.server_key});
+    if (listed.size() != 1)
+      reject("--server-key", "'" + s.server_key + "' holds " + std::to_string(listed.size()) +
+                                 " keys; give the device's own NAME.pub");
+    server = listed[0];
+    with_option("--key", [] {
+      moa::net::detail::require_curve();
+      return 0;
+    });
+  }
+
+  zmq::context_t ctx(1);
+  zmq::socket_t sock(ctx, zmq::socket_type::dealer);
+  sock.set(zmq::sockopt::linger, 0);
+  sock.set(zmq::sockopt::maxmsgsize, std::int64_t(64) << 20);
+  if (keys) moa::net::curve_client(sock, *keys, server);
+  // Handshake failures are not errors of the socket: a monitor is how a client hears them.
+  const std::string monitor_address = "inproc://moa-submit-monitor";
+  if (zmq_socket_monitor(sock.handle(), monitor_address.c_str(),
+                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
+    throw moa::error("moa submit: cannot monitor the socket");
+  zmq::socket_t monitor(ctx, zmq::socket_type::pair);
+  monitor.set(zmq::sockopt::linger, 0);
+  monitor.connect(monitor_address);
+  try {
+    sock.connect(s.device);
+  } catch (const zmq::error_t& e) {
+    reject("--device", std::string("ZeroMQ refused the endpoint: ") + e.what());
+  }
+
+  std::vector<std::string> tags;
+  const auto send = [&](envelope e) {
+    (void)sock.send(zmq::buffer(moa::net::wire::encode(e)), zmq::send_flags::dontwait);
+  };
+  if (s.stats || s.stop) {
+    tags.push_back(s.stats ? "stats" : "stop");
+    send({.type = s.stats ? kind::stats : kind::stop});
+  } else {
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      envelope e;
+      e.type = kind::submit;
+      e.tag = "p" + std::to_string(i);
+      if (!s.system.empty()) e.messages.push_back({moa::role::system, s.system});
+      e.messages.push_back({moa::role::user, texts[i]});
+      tags.push_back(e.tag);
+      send(std::move(e));
+    }
+  }
+  detail::submit_wait w;
+  detail::wait_for(sock, monitor, tags, moa::clock::now() + duration_ms(s.timeout_ms), w);
+  (void)zmq_socket_monitor(sock.handle(), nullptr, 0);
+
+  const bool json = s.format == "json";
+  if (!w.refused_key.empty()) {
+    std::cerr << "moa submit: refused: " << w.refused_key << '\n';
+    if (json) std::cout << nlohmann::json{{"device", s.device}, {"refused", w.refused_key}} << '\n';
+    return exit_refused;
+  }
+  if (s.stats || s.stop) {
+    const auto it = w.results.find(tags[0]);
+    if (it == w.results.end()) {
+      std::cerr << "moa submit: " << s.device << " did not answer within " << s.timeout_ms
+                << " ms (unreachable" << (w.handshake.empty() ? "" : "; " + w.handshake) << ")\n";
+      return exit_unreachable;
+    }
+    if (!it->second.error.empty()) {
+      std::cerr << "moa submit: " << it->second.error << '\n';
+      return it->second.error.rfind("refused", 0) == 0 ? exit_refused : 1;
+    }
+    if (s.stats) {
+      const auto j = nlohmann::json::parse(it->second.text, nullptr, false);
+      std::cout << (j.is_discarded() ? it->second.text : j.dump(json ? -1 : 2)) << '\n';
+    } else {
+      std::cout << (json ? nlohmann::json{{"device", s.device}, {"stopping", true}}.dump()
+                         : s.device + ": stopping")
+                << '\n';
+    }
+    return 0;
+  }
+
+  int code = 0;
+  auto results = nlohmann::json::array();
+  for (std::size_t i = 0; i < tags.size(); ++i) {
+    const auto it = w.results.find(tags[i]);
+    nlohmann::json r = {{"prompt", i + 1}};
+    if (it == w.results.end()) {
+      r["status"] = "unreachable";
+      r["error"] = "no result within " + number_text(s.timeout_ms) + " ms" +
+                   (w.handshake.empty() ? "" : " (" + w.handshake + ")");
+      code = exit_unreachable;
+    } else {
+      const auto& e = it->second;
+      const bool refused = e.error.rfind("refused", 0) == 0;
+      r["status"] = refused                             ? "refused"
+                    : e.error.empty() && e.missing == 0 ? "ok"
+                    : e.text.empty()                    ? "failed"
+                                                        : "degraded";
+      r["text"] = e.text;
+      r["error"] = e.error;
+      r["missing"] = e.missing;
+      r["latency_ms"] = e.latency_ms;
+      r["trace"] = moa::net::wire::trace_json(e.trace);
+      if (refused && code != exit_unreachable) code = exit_refused;
+      if (!refused && e.text.empty() && code == 0) code = 1;
+    }
+    if (!json) {
+      const std::string status = r["status"];
+      if (tags.size() > 1) std::cout << "[" << i + 1 << "] ";
+      if (r.contains("text") && !r["text"].get<std::string>().empty())
+        std::cout << r["text"].get<std::string>() << '\n';
+      else if (tags.size() > 1)
+        std::cout << '(' << status << ")\n";
+      if (!r["error"].get<std::string>().empty())
+        std::cerr << "moa submit: prompt " << i + 1 << " " << status << ": "
+                  << r["error"].get<std::string>() << '\n';
+    }
+    results.push_back(std::move(r));
+  }
+  if (json)
+    std::cout << nlohmann::json{{"device", s.device}, {"results", std::move(results)}}.dump(2)
+              << '\n';
+  return code;
+}
+
+/// Adds `moa submit`.
+inline void add_submit_command(CLI::App& app, int& exit_code) {
+  auto s = std::make_shared<submit_settings>();
+  auto* cmd = app.add_subcommand(
+      "submit",
+      "Sends prompts to a device of a ZeroMQ network and prints the answers (or reads its stats, "
+      "or stops it). Exit: 0 answered, 1 a prompt failed, 2 bad input, 3 refused, 4 unreachable");
+  cmd->add_option("--device", s->device, "The device's endpoint, e.g. tcp://10.0.0.7:5550")
+      ->required()
+      ->check(zmq_endpoint());
+  cmd->add_option("-p,--prompt", s->prompts, "A prompt (repeat for more)");
+  cmd->add_option("--prompt-file", s->prompt_files, "A file holding one prompt (repeat; - stdin)");
+  cmd->add_option("--system", s->system, "A system message sent before each prompt");
+  cmd->add_flag("--stats", s->stats, "Print the device's counters (JSON) instead");
+  cmd->add_flag("--stop", s->stop, "Stop the device gracefully instead");
+  cmd->add_option("--timeout-ms", s->timeout_ms, "How long to wait for every result")
+      ->capture_default_str()
+      ->check(number_in(1, max_duration_ms));
+  cmd->add_option("--format", s->format, "text or json (each result with its trace)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"text", "json"}));
+  cmd->add_option("--key", s->key, "This client's secret key file (NAME.key from moa keygen)");
+  cmd->add_option("--server-key", s->server_key, "The device's public key file (NAME.pub)");
+  cmd->add_flag("--insecure-plaintext", s->insecure_plaintext,
+                "No keys: plain text to a device started so (loopback only)");
+  cmd->callback([s, &exit_code] { exit_code = submit_command(*s); });
+}
+
+}  // namespace moa::cli

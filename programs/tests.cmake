@@ -119,9 +119,22 @@ add_test(NAME cli.eval_no_gnuplot COMMAND ${CMAKE_COMMAND} -E env PATH=/nonexist
          $<TARGET_FILE:moa_cli> eval --roster ${_eval_data}/roster_synthetic.json
          --dataset ${_eval_data}/arithmetic.jsonl --score number --plot never.svg)
 set_tests_properties(cli.eval_no_gnuplot PROPERTIES
-  PASS_REGULAR_EXPRESSION "--plot needs gnuplot, which is not on PATH")
+  PASS_REGULAR_EXPRESSION "--plot: needs gnuplot, which is not on PATH")
 find_program(MOA_GNUPLOT gnuplot)
 if(MOA_GNUPLOT)
+  # The sweep's picture: an SVG holding every series of both panels and the limit; the data file
+  # marks the point past the limit as missing.
+  add_test(NAME cli.simulate_plot COMMAND bash -c
+    "set -e; f=${CMAKE_CURRENT_BINARY_DIR}/simulate_sweep.svg; rm -f $f $f.dat $f.gp
+     $<TARGET_FILE:moa_cli> simulate -n 4 -m 2 -k 2 --lambda 0.1 -r 2 --horizon 2000 --sweep 0.2:1.2:4 --plot $f >/dev/null
+     head -c 200 $f | grep -q '<svg'
+     for s in 'simulated mean' 'M/G/1 per device' 'simulated p50' 'simulated p95' 'simulated p99' 'analytic estimate' 'analytic lower bound' 'analytic upper bound' 'stability limit'; do grep -q \"$s\" $f || { echo \"missing series: $s\"; exit 1; }; done
+     test $(grep -vc '^#' $f.dat) = 4
+     tail -n 1 $f.dat | grep -q '? ? ? ? ? ? ? ? ? ? ?'
+     echo simulate_plot ok")
+  set_tests_properties(cli.simulate_plot PROPERTIES PASS_REGULAR_EXPRESSION "simulate_plot ok")
+  add_test(NAME cli.simulate_plot_needs_sweep COMMAND moa_cli simulate --plot never.svg)
+  set_tests_properties(cli.simulate_plot_needs_sweep PROPERTIES WILL_FAIL TRUE)
   add_test(NAME cli.eval_plot COMMAND moa_cli eval --roster ${_eval_data}/roster_synthetic.json
            --dataset ${_eval_data}/capitals.csv --format csv --score choice --bootstrap 200
            --plot ${CMAKE_CURRENT_BINARY_DIR}/eval_frontier.svg)

@@ -211,7 +211,10 @@ for p in "${bad_out[@]}"; do
   check unwritable_path 2 "${eval_base[@]}" --results "$p"
   check unwritable_path 2 "${eval_base[@]}" --json "$p"
   check unwritable_path 2 "${eval_base[@]}" --plot "$p"
+  check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --sweep 0.1:0.5:2 --plot "$p"
 done
+check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --sweep 0.1:0.5:2 --plot -
+check mismatch 2 "$moa" simulate -r 1 --horizon 200 --plot "$work/never.svg"
 bad_in=(/nonexistent/x "$work/folder" "$work/file/x" /dev/zero)
 for p in "${bad_in[@]}"; do
   check missing_path 2 "$moa" run --prompt-file "$p"

@@ -7,16 +7,9 @@
 //   moa eval --roster roster.json --dataset data.jsonl --score number --results out.jsonl
 //   moa eval --endpoint http://127.0.0.1:8080/v1 --endpoint http://127.0.0.1:8081/v1 ...
 
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <CLI/CLI.hpp>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -32,8 +25,7 @@
 #endif
 
 #include "cli/common.hpp"
-
-extern char** environ;  // NOLINT: POSIX
+#include "cli/gnuplot.hpp"
 
 namespace moa::cli {
 
@@ -60,33 +52,6 @@ struct eval_settings {
   std::string plot_path{};
 };
 
-/// Where gnuplot is on PATH, or empty.
-inline std::string find_program(const std::string& name) {
-  const char* path = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): read at start-up
-  std::string dirs = path ? path : "/usr/bin:/bin";
-  std::size_t pos = 0;
-  while (pos <= dirs.size()) {
-    const auto end = std::min(dirs.find(':', pos), dirs.size());
-    const auto candidate = std::filesystem::path(dirs.substr(pos, end - pos)) / name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
-    pos = end + 1;
-  }
-  return {};
-}
-
-/// Runs `program args...` without a shell; its exit status.
-inline int run_program(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  if (::posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) return 127;
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
 /// A roster of one model per --endpoint, named alpha, beta, ..., and a 2-layer MoA over all.
 inline moa::config::roster endpoints_roster(const eval_settings& s) {
   nlohmann::json models = nlohmann::json::object();
@@ -112,22 +77,12 @@ inline constexpr std::uintmax_t max_dataset_file_bytes = std::uintmax_t{256} << 
 inline void run_eval(const eval_settings& s, int& exit_code) {
   if (s.roster_path.empty() == s.endpoints.empty())
     throw CLI::ValidationError("--roster", "give a roster file or --endpoint URLs (one of them)");
-  std::string gnuplot;
-  if (!s.plot_path.empty()) {
-    gnuplot = find_program("gnuplot");
-    if (gnuplot.empty()) {
-      std::cerr << "moa eval: --plot needs gnuplot, which is not on PATH (Debian: apt-get install "
-                   "gnuplot-nox; scripts/setup.sh installs it)\n";
-      exit_code = 2;
-      return;
-    }
-  }
   // Inputs and outputs are checked before anything is loaded or run.
   if (!s.roster_path.empty()) check_input_file(s.roster_path, "--roster", max_roster_bytes);
   check_input_file(s.dataset_path, "--dataset", max_dataset_file_bytes);
   if (!s.results_path.empty()) check_appendable(s.results_path, "--results");
   output_file json_out(s.json_path, "--json");
-  output_file plot_out(s.plot_path, "--plot");
+  const gnuplot_output plot(s.plot_path, "--plot");
   moa::config::roster roster;
   try {
     roster = s.roster_path.empty() ? endpoints_roster(s) : moa::config::load_roster(s.roster_path);
@@ -173,16 +128,10 @@ inline void run_eval(const eval_settings& s, int& exit_code) {
     json_out.stream() << moa::eval::to_json(report).dump(2) << '\n';
     json_out.finish();
   }
-  if (!s.plot_path.empty()) {
-    const auto data_path = s.plot_path + ".dat", script_path = s.plot_path + ".gp";
-    std::ofstream(data_path) << moa::eval::plot_data(report);
-    std::ofstream(script_path) << moa::eval::plot_script(report, data_path, s.plot_path);
-    if (run_program({gnuplot, script_path}) != 0) {
-      std::cerr << "moa eval: gnuplot failed on " << script_path << '\n';
-      exit_code = 1;
-      return;
-    }
-    std::cout << "wrote " << s.plot_path << " (script " << script_path << ")\n";
+  if (plot) {
+    plot.draw(moa::eval::plot_data(report),
+              moa::eval::plot_script(report, plot.data_path(), plot.path()));
+    std::cout << "wrote " << plot.path() << " (script " << plot.script_path() << ")\n";
   }
   if (!report.complete) exit_code = 1;
 }

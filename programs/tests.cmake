@@ -151,6 +151,30 @@ if(MOA_HAS_OPENAI)
     PASS_REGULAR_EXPRESSION "12 items, scorer number \\(0 records resumed, 36 run\\).*alpha +12 .*beta +12 .*moa +12 +[0-9.]+ +\\[[0-9.]+, [0-9.]+\\] +[1-9][0-9]* +[1-9][0-9]* .* 5\\.00 .*\\(36 records resumed, 0 run\\)")
 endif()
 # `moa search --joint`: roles and weights alternated on tunable planted models (docs/SWARM.md).
+# Rosters in moa run and moa search: the layout's policy runs unless a flag given beats it; flags
+# that a roster replaces are refused.
+set(_q "A box holds 12 eggs. How many eggs are in 7 boxes?")
+add_test(NAME cli.run_roster COMMAND moa_cli run ${_q} --roster ${_eval_data}/roster_synthetic.json
+         --layout moa-vote --format json)
+set_tests_properties(cli.run_roster PROPERTIES PASS_REGULAR_EXPRESSION
+  "\"policy\": \"majority_vote\".*\"answer\": \"Working it through, the answer is 84\\.\".*\"status\": \"ok\"")
+add_test(NAME cli.run_roster_flag_wins COMMAND moa_cli run ${_q}
+         --roster ${_eval_data}/roster_synthetic.json --layout moa-vote --policy synthesis --format json)
+set_tests_properties(cli.run_roster_flag_wins PROPERTIES PASS_REGULAR_EXPRESSION
+  "\"aggregation\": null.*\"role\": \"aggregator\"")
+add_test(NAME cli.run_roster_conflict COMMAND moa_cli run hi
+         --roster ${_eval_data}/roster_synthetic.json --layers 3)
+set_tests_properties(cli.run_roster_conflict PROPERTIES WILL_FAIL TRUE)
+add_test(NAME cli.run_roster_unknown_layout COMMAND moa_cli run hi
+         --roster ${_eval_data}/roster_synthetic.json --layout nope)
+set_tests_properties(cli.run_roster_unknown_layout PROPERTIES
+  PASS_REGULAR_EXPRESSION "no layout or model named \"nope\"")
+if(MOA_HAS_OPENAI)
+  add_test(NAME cli.search_roster COMMAND moa_cli search --quiet --iterations 3 --particles 2
+           --roster ${_eval_data}/roster_synthetic.json --dataset ${_eval_data}/arithmetic.jsonl)
+  set_tests_properties(cli.search_roster PROPERTIES PASS_REGULAR_EXPRESSION
+    "\"name\": \"(alpha|beta|gamma)\"")
+endif()
 add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)
 set_tests_properties(cli.search_joint PROPERTIES PASS_REGULAR_EXPRESSION
   "round 1: role step [0-9.]+, weight step [0-9.]+, best sampled assignment [0-9.]+, all-time best.*\"parameters\".*\"rounds\": [1-3]")

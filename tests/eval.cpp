@@ -642,7 +642,7 @@ TEST_SUITE("Eval") {
   }
 }
 
-TEST_CASE("a sweep's plot data marks what does not exist as missing, and its script draws it") {
+TEST_CASE("Eval.sweep_plot_data_marks_what_does_not_exist_and_its_script_draws_it") {
   moa::eval::sweep_plot p;
   p.title = "n = 4";
   p.limit = 1.0 / 7;

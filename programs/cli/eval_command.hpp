@@ -31,9 +31,7 @@ namespace moa::cli {
 
 struct eval_settings {
   std::string roster_path{};
-  std::vector<std::string> endpoints{};
-  std::string model{};
-  int max_tokens = 256;
+  endpoint_flags endpoints{};
   std::vector<std::string> layouts{};
   std::string dataset_path{};
   std::string format = "jsonl";
@@ -53,17 +51,11 @@ struct eval_settings {
 };
 
 /// A roster of one model per --endpoint, named alpha, beta, ..., and a 2-layer MoA over all.
-inline moa::config::roster endpoints_roster(const eval_settings& s) {
-  nlohmann::json models = nlohmann::json::object();
+inline moa::config::roster endpoints_roster(const endpoint_flags& f) {
+  nlohmann::json j = {{"models", f.models(f.endpoints.size())}};
   nlohmann::json layer = nlohmann::json::array();
-  for (std::size_t i = 0; i < s.endpoints.size(); ++i) {
-    nlohmann::json m = {{"endpoint", s.endpoints[i]}, {"max_tokens", s.max_tokens}};
-    if (!s.model.empty()) m["model"] = s.model;
-    models[model_name(i)] = m;
-    layer.push_back(model_name(i));
-  }
-  nlohmann::json j = {{"models", models}};
-  if (s.endpoints.size() > 1)
+  for (std::size_t i = 0; i < f.endpoints.size(); ++i) layer.push_back(model_name(i));
+  if (f.endpoints.size() > 1)
     j["layouts"] = {
         {"moa",
          {{"layers", nlohmann::json::array({layer, layer})}, {"aggregator", model_name(0)}}}};
@@ -75,7 +67,7 @@ inline constexpr std::uintmax_t max_roster_bytes = std::uintmax_t{16} << 20;
 inline constexpr std::uintmax_t max_dataset_file_bytes = std::uintmax_t{256} << 20;
 
 inline void run_eval(const eval_settings& s, int& exit_code) {
-  if (s.roster_path.empty() == s.endpoints.empty())
+  if (s.roster_path.empty() == s.endpoints.endpoints.empty())
     throw CLI::ValidationError("--roster", "give a roster file or --endpoint URLs (one of them)");
   // Inputs and outputs are checked before anything is loaded or run.
   if (!s.roster_path.empty()) check_input_file(s.roster_path, "--roster", max_roster_bytes);
@@ -85,7 +77,8 @@ inline void run_eval(const eval_settings& s, int& exit_code) {
   const gnuplot_output plot(s.plot_path, "--plot");
   moa::config::roster roster;
   try {
-    roster = s.roster_path.empty() ? endpoints_roster(s) : moa::config::load_roster(s.roster_path);
+    roster = s.roster_path.empty() ? endpoints_roster(s.endpoints)
+                                   : moa::config::load_roster(s.roster_path);
   } catch (const nlohmann::json::exception& e) {
     reject("--roster", s.roster_path + ": " + e.what());
   }
@@ -146,11 +139,11 @@ inline void add_eval_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--roster", s->roster_path, "Roster file (JSON): models and layouts")
       ->check(CLI::ExistingFile);
 #if MOA_CLI_OPENAI
-  cmd->add_option("--endpoint", s->endpoints,
+  cmd->add_option("--endpoint", s->endpoints.endpoints,
                   "Instead of a roster: an OpenAI-compatible base URL (repeat); the models are "
                   "named alpha, beta, ... and a 2-layer MoA \"moa\" over all is added");
-  cmd->add_option("--model", s->model, "With --endpoint: the model name sent");
-  cmd->add_option("--max-tokens", s->max_tokens, "With --endpoint: tokens per answer")
+  cmd->add_option("--model", s->endpoints.model, "With --endpoint: the model name sent");
+  cmd->add_option("--max-tokens", s->endpoints.max_tokens, "With --endpoint: tokens per answer")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
 #endif

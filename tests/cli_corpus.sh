@@ -341,18 +341,19 @@ device_cases() {  # device_cases PROGRAM...
   # A device's model from a roster: --model must name one of its models; flags it replaces and
   # bad roster files are refused before the device binds.
   local roster_file="$data/roster_synthetic.json"
+  local -a dev=("$@" device --index 0 --peers "$peers" -k 1)
   for v in "" no-such-model; do
-    check device_roster 2 "$@" device --index 0 --peers "$peers" --roster "$roster_file" --model "$v"
+    check device_roster 2 "${dev[@]}" --roster "$roster_file" --model "$v"
   done
-  check device_roster 2 "$@" device --index 0 --peers "$peers" --roster "$roster_file"
-  check device_roster 2 "$@" device --index 0 --peers "$peers" --roster "$roster_file" --model alpha \
-    --alpha-ms 2
+  check device_roster 2 "${dev[@]}" --roster "$roster_file"
+  check device_roster 2 "${dev[@]}" --roster "$roster_file" --model alpha --alpha-ms 2
   for p in /nonexistent/x "$work/folder" /dev/zero; do
-    check device_roster 2 "$@" device --index 0 --peers "$peers" --roster "$p" --model alpha
+    check device_roster 2 "${dev[@]}" --roster "$p" --model alpha
   done
   printf '{"models": {"alpha": {"kind": "synthetic", "typo": 1}}}' >"$work/device_roster.json"
-  check device_roster 2 "$@" device --index 0 --peers "$peers" --roster "$work/device_roster.json" \
-    --model alpha
+  check device_roster 2 "${dev[@]}" --roster "$work/device_roster.json" --model alpha
+  # A good one serves its roster model until stopped.
+  check device_roster serve "${dev[@]}" --roster "$roster_file" --model beta
   # A port in use: a first device holds it while a second tries to bind it.
   "$@" device --index 0 --peers "$peers" >/dev/null 2>&1 &
   local holder=$!

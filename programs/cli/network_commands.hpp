@@ -337,11 +337,12 @@ inline int device_command(const device_settings& s) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     stop.request_stop();
   });
-  moa::net::log_line(
-      std::cerr, "info", s.index,
-      "serving at " + s.addresses.at(s.index) + " with " + std::to_string(s.addresses.size() - 1) +
-          " peers, model " +
-          (s.endpoint.empty() ? std::string("synthetic") : shown_endpoint(s.endpoint)));
+  const std::string shown_model = !s.roster.empty()    ? s.model + " of roster " + s.roster
+                                  : s.endpoint.empty() ? std::string("synthetic")
+                                                       : shown_endpoint(s.endpoint);
+  moa::net::log_line(std::cerr, "info", s.index,
+                     "serving at " + s.addresses.at(s.index) + " with " +
+                         std::to_string(s.addresses.size() - 1) + " peers, model " + shown_model);
   try {
     with_gossip(s.gossip, s.k, [&](auto g) {
       moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);

@@ -170,6 +170,12 @@ add_test(NAME cli.run_roster_unknown_layout COMMAND moa_cli run hi
 set_tests_properties(cli.run_roster_unknown_layout PROPERTIES
   PASS_REGULAR_EXPRESSION "no layout or model named \"nope\"")
 if(MOA_HAS_OPENAI)
+  # $OPENAI_BASE_URL is honoured as the OpenAI clients do: the run calls it (here: nothing listens)
+  # rather than answering from the synthetic models.
+  add_test(NAME cli.run_openai_base_url COMMAND ${CMAKE_COMMAND} -E env OPENAI_BASE_URL=http://127.0.0.1:9/v1
+           $<TARGET_FILE:moa_cli> run hi --layers 0 --proposers 1 --http-timeout-ms 5000)
+  set_tests_properties(cli.run_openai_base_url PROPERTIES PASS_REGULAR_EXPRESSION
+    "status: failed.*127\\.0\\.0\\.1:9")
   add_test(NAME cli.search_roster COMMAND moa_cli search --quiet --iterations 3 --particles 2
            --roster ${_eval_data}/roster_synthetic.json --dataset ${_eval_data}/arithmetic.jsonl)
   set_tests_properties(cli.search_roster PROPERTIES PASS_REGULAR_EXPRESSION

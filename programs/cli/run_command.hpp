@@ -58,7 +58,7 @@ struct run_settings {
 /// The layout `moa run` runs and the roster its models come from. From a roster file: the chosen
 /// layout, with the flags given on the command line beating the file (policy, tokens, timeout).
 /// From flags: M layers of proposers 0..P-1 and aggregator A, its models alpha, beta, ... at the
-/// --endpoint URLs, or synthetic when there are none.
+/// --endpoint URLs (else $OPENAI_BASE_URL), or synthetic when there are none.
 inline std::pair<moa::config::roster, moa::config::layout_spec> run_layout(const run_settings& s) {
   const auto given = [&](const char* option) { return cli::given(s.cmd, option); };
   if (!s.roster_path.empty()) {
@@ -125,9 +125,23 @@ inline std::pair<moa::config::roster, moa::config::layout_spec> run_layout(const
   l.top = s.policy.top;
   l.keep = s.policy.keep;
   l.moderate = s.policy.moderate;
+  // As the OpenAI clients do, $OPENAI_BASE_URL is the endpoint when none is given: a run never
+  // answers from the synthetic models while the user meant a server.
+  auto flags = s.endpoints;
+#if MOA_CLI_OPENAI
+  if (const auto base = moa::config::process_env("OPENAI_BASE_URL");
+      flags.endpoints.empty() && base && !base->empty()) {
+    for (const char* flag : {"--latency", "--latency-ms", "--sigma", "--error-rate"})
+      if (given(flag))
+        reject(flag,
+               "shapes the embedded synthetic models, but $OPENAI_BASE_URL is set, so the "
+               "models are called there; unset it or drop the option");
+    flags.endpoints = {*base};
+  }
+#endif
   moa::config::roster roster;
-  if (!s.endpoints.endpoints.empty())
-    roster = moa::config::parse_roster({{"models", s.endpoints.models(count)}});
+  if (!flags.endpoints.empty())
+    roster = moa::config::parse_roster({{"models", flags.models(count)}});
   return {std::move(roster), std::move(l)};
 }
 
@@ -183,7 +197,7 @@ inline int run_command(run_settings& s) {
     };
 
   auto request = moa::make_request(s.prompt);
-  if (!s.endpoints.endpoints.empty()) {
+  if (s.roster_path.empty() && !roster.models.empty()) {  // endpoints from flags
     request.sampling.max_tokens = s.endpoints.max_tokens;
     request.sampling.seed = s.seed;
   }

@@ -11,7 +11,7 @@
 #   http       moa/backends/openai.hpp, moa/backends/openai/*     libcurl, nlohmann-json
 #   net        moa/net/zmq_*.hpp                                  cppzmq (libzmq), nlohmann-json
 #   json       moa/queueing/json.hpp                              nlohmann-json (+ queueing)
-#   config     moa/config/roster.hpp                              nlohmann-json
+#   config     moa/config/roster.hpp, moa/core/result_json.hpp    nlohmann-json, Eigen (DAG layouts)
 #              (moa/config/roster_openai.hpp: + http)
 #   eval       moa/eval/*                                         Eigen, nlohmann-json (+ queueing)
 set(moa_components queueing swarm ranges http net json config eval)
@@ -21,7 +21,7 @@ set(moa_component_ranges range-v3::range-v3)
 set(moa_component_http CURL::libcurl nlohmann_json::nlohmann_json)
 set(moa_component_net cppzmq nlohmann_json::nlohmann_json)
 set(moa_component_json moa::queueing nlohmann_json::nlohmann_json)
-set(moa_component_config nlohmann_json::nlohmann_json)
+set(moa_component_config Eigen3::Eigen nlohmann_json::nlohmann_json)
 set(moa_component_eval moa::queueing Eigen3::Eigen nlohmann_json::nlohmann_json)
 
 # Finds the package that provides an imported target, at the versions moa is tested with

@@ -132,9 +132,22 @@ add_test(NAME cli.eval_no_gnuplot COMMAND ${CMAKE_COMMAND} -E env PATH=/nonexist
          $<TARGET_FILE:moa_cli> eval --roster ${_eval_data}/roster_synthetic.json
          --dataset ${_eval_data}/arithmetic.jsonl --score number --plot never.svg)
 set_tests_properties(cli.eval_no_gnuplot PROPERTIES
-  PASS_REGULAR_EXPRESSION "--plot needs gnuplot, which is not on PATH")
+  PASS_REGULAR_EXPRESSION "--plot: needs gnuplot, which is not on PATH")
 find_program(MOA_GNUPLOT gnuplot)
 if(MOA_GNUPLOT)
+  # The sweep's picture: an SVG holding every series of both panels and the limit; the data file
+  # marks the point past the limit as missing.
+  add_test(NAME cli.simulate_plot COMMAND bash -c
+    "set -e; f=${CMAKE_CURRENT_BINARY_DIR}/simulate_sweep.svg; rm -f $f $f.dat $f.gp
+     $<TARGET_FILE:moa_cli> simulate -n 4 -m 2 -k 2 --lambda 0.1 -r 2 --horizon 2000 --sweep 0.2:1.2:4 --plot $f >/dev/null
+     head -c 200 $f | grep -q '<svg'
+     for s in 'simulated mean' 'M/G/1 per device' 'simulated p50' 'simulated p95' 'simulated p99' 'analytic estimate' 'analytic lower bound' 'analytic upper bound' 'stability limit'; do grep -q \"$s\" $f || { echo \"missing series: $s\"; exit 1; }; done
+     test $(grep -vc '^#' $f.dat) = 4
+     tail -n 1 $f.dat | grep -q '? ? ? ? ? ? ? ? ? ? ?'
+     echo simulate_plot ok")
+  set_tests_properties(cli.simulate_plot PROPERTIES PASS_REGULAR_EXPRESSION "simulate_plot ok")
+  add_test(NAME cli.simulate_plot_needs_sweep COMMAND moa_cli simulate --plot never.svg)
+  set_tests_properties(cli.simulate_plot_needs_sweep PROPERTIES WILL_FAIL TRUE)
   add_test(NAME cli.eval_plot COMMAND moa_cli eval --roster ${_eval_data}/roster_synthetic.json
            --dataset ${_eval_data}/capitals.csv --format csv --score choice --bootstrap 200
            --plot ${CMAKE_CURRENT_BINARY_DIR}/eval_frontier.svg)
@@ -151,6 +164,36 @@ if(MOA_HAS_OPENAI)
     PASS_REGULAR_EXPRESSION "12 items, scorer number \\(0 records resumed, 36 run\\).*alpha +12 .*beta +12 .*moa +12 +[0-9.]+ +\\[[0-9.]+, [0-9.]+\\] +[1-9][0-9]* +[1-9][0-9]* .* 5\\.00 .*\\(36 records resumed, 0 run\\)")
 endif()
 # `moa search --joint`: roles and weights alternated on tunable planted models (docs/SWARM.md).
+# Rosters in moa run and moa search: the layout's policy runs unless a flag given beats it; flags
+# that a roster replaces are refused.
+set(_q "A box holds 12 eggs. How many eggs are in 7 boxes?")
+add_test(NAME cli.run_roster COMMAND moa_cli run ${_q} --roster ${_eval_data}/roster_synthetic.json
+         --layout moa-vote --format json)
+set_tests_properties(cli.run_roster PROPERTIES PASS_REGULAR_EXPRESSION
+  "\"policy\": \"majority_vote\".*\"answer\": \"Working it through, the answer is 84\\.\".*\"status\": \"ok\"")
+add_test(NAME cli.run_roster_flag_wins COMMAND moa_cli run ${_q}
+         --roster ${_eval_data}/roster_synthetic.json --layout moa-vote --policy synthesis --format json)
+set_tests_properties(cli.run_roster_flag_wins PROPERTIES PASS_REGULAR_EXPRESSION
+  "\"aggregation\": null.*\"role\": \"aggregator\"")
+add_test(NAME cli.run_roster_conflict COMMAND moa_cli run hi
+         --roster ${_eval_data}/roster_synthetic.json --layers 3)
+set_tests_properties(cli.run_roster_conflict PROPERTIES WILL_FAIL TRUE)
+add_test(NAME cli.run_roster_unknown_layout COMMAND moa_cli run hi
+         --roster ${_eval_data}/roster_synthetic.json --layout nope)
+set_tests_properties(cli.run_roster_unknown_layout PROPERTIES
+  PASS_REGULAR_EXPRESSION "no layout or model named \"nope\"")
+if(MOA_HAS_OPENAI)
+  # $OPENAI_BASE_URL is honoured as the OpenAI clients do: the run calls it (here: nothing listens)
+  # rather than answering from the synthetic models.
+  add_test(NAME cli.run_openai_base_url COMMAND ${CMAKE_COMMAND} -E env OPENAI_BASE_URL=http://127.0.0.1:9/v1
+           $<TARGET_FILE:moa_cli> run hi --layers 0 --proposers 1 --http-timeout-ms 5000)
+  set_tests_properties(cli.run_openai_base_url PROPERTIES PASS_REGULAR_EXPRESSION
+    "status: failed.*127\\.0\\.0\\.1:9")
+  add_test(NAME cli.search_roster COMMAND moa_cli search --quiet --iterations 3 --particles 2
+           --roster ${_eval_data}/roster_synthetic.json --dataset ${_eval_data}/arithmetic.jsonl)
+  set_tests_properties(cli.search_roster PROPERTIES PASS_REGULAR_EXPRESSION
+    "\"name\": \"(alpha|beta|gamma)\"")
+endif()
 add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)
 set_tests_properties(cli.search_joint PROPERTIES PASS_REGULAR_EXPRESSION
   "round 1: role step [0-9.]+, weight step [0-9.]+, best sampled assignment [0-9.]+, all-time best.*\"parameters\".*\"rounds\": [1-3]")

@@ -241,7 +241,10 @@ for p in "${bad_out[@]}"; do
   check unwritable_path 2 "${eval_base[@]}" --results "$p"
   check unwritable_path 2 "${eval_base[@]}" --json "$p"
   check unwritable_path 2 "${eval_base[@]}" --plot "$p"
+  check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --sweep 0.1:0.5:2 --plot "$p"
 done
+check unwritable_path 2 "$moa" simulate -r 1 --horizon 200 --sweep 0.1:0.5:2 --plot -
+check mismatch 2 "$moa" simulate -r 1 --horizon 200 --plot "$work/never.svg"
 bad_in=(/nonexistent/x "$work/folder" "$work/file/x" /dev/zero)
 for p in "${bad_in[@]}"; do
   check missing_path 2 "$moa" run --prompt-file "$p"
@@ -251,18 +254,44 @@ for p in "${bad_in[@]}"; do
   check missing_path 2 "$moa" eval --roster "$p" --dataset "$data/arithmetic.jsonl"
   check missing_path 2 "$moa" eval --roster "$data/roster_synthetic.json" --dataset "$p"
   check missing_path 2 "$moa" replay --times "$p"
+  check missing_path 2 "$moa" run hi --roster "$p"
+  check missing_path 2 "$moa" search --quiet --roster "$p" --dataset "$data/arithmetic.jsonl"
 done
 # Rosters, datasets and measured times that are wrong inside (each names the key or line).
 roster_case() {  # roster_case TEXT
   printf '%s' "$1" >"$work/roster.json"
   check roster 2 "$moa" eval --roster "$work/roster.json" --dataset "$data/arithmetic.jsonl"
+  check roster 2 "$moa" run hi --roster "$work/roster.json"
+  check roster 2 "$moa" search --quiet --roster "$work/roster.json" --dataset "$data/arithmetic.jsonl"
 }
 for text in '' '{' '[]' '{"models": 4}' '{"models": {"a": {"endpoint": "file:///etc/passwd"}}}' \
   '{"models": {"a": {"retries": 99}}}' '{"models": {"a": {"typo": 1}}}' '{"modles": {}}' \
   '{"models": {"a": {"timeout_ms": -1}}}' '{"models": {"a": {"timeout_ms": 1e400}}}' \
-  "$(printf '%*s' 100000 '' | tr ' ' '[')"; do
+  "$(printf '%*s' 100000 '' | tr ' ' '[')" \
+  '{"models": {"a": {}}, "layouts": {"l": {"aggregator": "a", "policy": {"name": "sparse", "moderate": 1}}}}' \
+  '{"models": {"a": {}}, "layouts": {"l": {"aggregator": "a", "policy": {"moderat": true}}}}'; do
   roster_case "$text"
 done
+# Roster flags of moa run and moa search: what a roster replaces is refused with it, a layout must
+# exist, and the flags that beat it are checked as always.
+roster_ok=("$data/roster_synthetic.json")
+for flag in "--layers 2" "--proposers 2" "--aggregator 1" "--judge 1" "--latency-ms 1" \
+  "--error-rate 0.5" "--endpoint http://127.0.0.1:1/v1" "--model m" "--api-key-env K"; do
+  # shellcheck disable=SC2086
+  check roster_flags 2 "$moa" run hi --roster "${roster_ok[@]}" $flag
+done
+for v in no-such-layout "" "moa vote"; do
+  check roster_flags 2 "$moa" run hi --roster "${roster_ok[@]}" --layout "$v"
+done
+check roster_flags 2 "$moa" run hi --layout moa-vote
+numeric_cases "$moa" run hi --roster "${roster_ok[@]}" -- --top --keep --max-tokens
+enum_cases "$moa" run hi --roster "${roster_ok[@]}" -- --policy --extract
+for flag in "--endpoint http://127.0.0.1:1/v1" "--model m" "--models 3" "--joint"; do
+  # shellcheck disable=SC2086
+  check roster_flags 2 "$moa" search --quiet --roster "${roster_ok[@]}" \
+    --dataset "$data/arithmetic.jsonl" $flag
+done
+check roster_flags 2 "$moa" search --quiet --roster "${roster_ok[@]}"
 for text in '' '{' '{"prompt": 4}' '{"prompt": "x", "reference": [[[[1]]]]}' 'not json' \
   $'{"prompt": "\xff\xfe", "reference": "1"}'; do
   printf '%s\n' "$text" >"$work/data.jsonl"
@@ -336,8 +365,25 @@ device_cases() {  # device_cases PROGRAM...
     check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$v"
   done
   check device_peers 2 "${base[@]:0:3}" --index 2 --peers "$peers"
-  check device_peers 2 "${base[@]}" -k 2
-  check device_peers 2 "${base[@]}" --bind "udp://*:1"
+  check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$peers" -k 2
+  check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$peers" --bind "udp://*:1"
+  check device_peers 2 "${base[@]:0:3}" --index 0 --peers "tcp://no.such.host.invalid:1,$peers"
+  # A device's model from a roster: --model must name one of its models; flags it replaces and
+  # bad roster files are refused before the device binds.
+  local roster_file="$data/roster_synthetic.json"
+  local -a dev=("$@" device --insecure-plaintext --index 0 --peers "$peers" -k 1)
+  for v in "" no-such-model; do
+    check device_roster 2 "${dev[@]}" --roster "$roster_file" --model "$v"
+  done
+  check device_roster 2 "${dev[@]}" --roster "$roster_file"
+  check device_roster 2 "${dev[@]}" --roster "$roster_file" --model alpha --alpha-ms 2
+  for p in /nonexistent/x "$work/folder" /dev/zero; do
+    check device_roster 2 "${dev[@]}" --roster "$p" --model alpha
+  done
+  printf '{"models": {"alpha": {"kind": "synthetic", "typo": 1}}}' >"$work/device_roster.json"
+  check device_roster 2 "${dev[@]}" --roster "$work/device_roster.json" --model alpha
+  # A good one serves its roster model until stopped.
+  check device_roster serve "${dev[@]}" --roster "$roster_file" --model beta
   # A port in use: a first device holds it while a second tries to bind it.
   "${base[@]}" >/dev/null 2>&1 &
   local holder=$!

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
@@ -20,6 +21,7 @@
 #include <moa/core/random.hpp>
 #include <moa/eval/dataset.hpp>
 #include <moa/eval/harness.hpp>
+#include <moa/eval/plot.hpp>
 #include <moa/eval/replay.hpp>
 #include <moa/eval/scorers.hpp>
 #include <moa/eval/stats.hpp>
@@ -638,4 +640,33 @@ TEST_SUITE("Eval") {
       CHECK(rows[i].average_queue_size > rows[i - 1].average_queue_size);
     }
   }
+}
+
+TEST_CASE("Eval.sweep_plot_data_marks_what_does_not_exist_and_its_script_draws_it") {
+  moa::eval::sweep_plot p;
+  p.title = "n = 4";
+  p.limit = 1.0 / 7;
+  moa::eval::sweep_point a;
+  a.lambda = 0.05;
+  a.queue = 0.5;
+  a.latency_approx = 6.5;
+  moa::eval::sweep_point past = a;
+  past.lambda = 0.2;
+  past.queue = std::numeric_limits<double>::quiet_NaN();
+  past.latency_approx = std::numeric_limits<double>::infinity();
+  p.points = {a, past};
+  const auto data = moa::eval::sweep_plot_data(p);
+  CHECK(data.find("\n0.05 0.5 0 0 0 0 0 0 0 0 6.5 0 \n") != std::string::npos);
+  CHECK(data.find("\n0.2 ? 0 0 0 0 0 0 0 0 ? 0 \n") != std::string::npos);
+  const auto script = moa::eval::sweep_plot_script(p, "it's.dat", "out.svg");
+  CHECK(script.find("set output 'out.svg'") != std::string::npos);
+  CHECK(script.find("plot 'it''s.dat' u 1:2:3 w yerrorbars") != std::string::npos);
+  CHECK(script.find("set datafile missing '?'") != std::string::npos);
+  CHECK(script.find("set arrow from 0.1428571429, graph 0") != std::string::npos);
+  CHECK(script.find("set xrange [0:0.21]") != std::string::npos);  // the last point, plus 5%
+  // Without a limit (no load) the line and its key entry are left out, not drawn at "?".
+  p.limit = std::numeric_limits<double>::infinity();
+  const auto no_limit = moa::eval::sweep_plot_script(p, "d", "o.svg");
+  CHECK(no_limit.find("set arrow") == std::string::npos);
+  CHECK(no_limit.find("stability limit") == std::string::npos);
 }

@@ -22,6 +22,7 @@
 
 #include <moa/config/roster.hpp>
 #include <moa/serve/openai_server.hpp>
+#include <moa/topology/dag.hpp>
 #include <nlohmann/json.hpp>
 
 extern char** environ;  // NOLINT: POSIX
@@ -267,6 +268,73 @@ TEST_CASE("Serve.models_lists_every_layout_and_model") {
   CHECK(http("GET", s.base + "/health").status == 200);
 }
 
+TEST_CASE("Serve.dag_layouts_from_the_roster") {
+  // A diamond: alpha's answer goes to beta and gamma, both to a second alpha node, the sink.
+  const auto roster = moa::config::parse_roster(json::parse(R"({
+    "models": {"alpha": {"kind": "synthetic"}, "beta": {"kind": "synthetic"},
+               "gamma": {"kind": "synthetic"}},
+    "layouts": {"diamond": {"nodes": ["alpha", "beta", "gamma", "alpha"],
+                            "edges": [[0, 1], [0, 2], [1, 3], [2, 3]]}}
+  })"));
+  served s(roster, moa::serve::synthetic_backends);
+  const auto models = json::parse(http("GET", s.base + "/v1/models").body);
+  REQUIRE(models["data"][0]["id"] == "diamond");
+  CHECK(models["data"][0]["description"] == "DAG of 4 nodes, sink alpha");
+
+  auto body = chat_body("diamond");
+  body["moa"] = {{"trace", true}};
+  const auto r = http("POST", s.base + "/v1/chat/completions", body.dump());
+  REQUIRE(r.status == 200);
+  const auto j = json::parse(r.body);
+  const auto& trace = j["moa"]["trace"];
+  REQUIRE(trace.size() == 4);
+  CHECK(trace[0]["model"] == "alpha");
+  CHECK(trace[0]["references"].empty());
+  CHECK(trace[1]["references"] == json::array({0}));
+  CHECK(trace[2]["references"] == json::array({0}));
+  CHECK(trace[3]["model"] == "alpha");
+  CHECK(trace[3]["references"] == json::array({1, 2}));
+  CHECK_FALSE(j["moa"].contains("answer"));  // the answer is in choices, once
+
+  // The same DAG built by hand and run in-process answers the same.
+  Eigen::MatrixXd adjacency = Eigen::MatrixXd::Zero(4, 4);
+  adjacency(0, 1) = adjacency(0, 2) = adjacency(1, 3) = adjacency(2, 3) = 1;
+  const auto plan = moa::dag_topology(adjacency, {0, 1, 2, 0}).make_plan();
+  const auto* layout = s.server.layouts().find("diamond");
+  REQUIRE(layout != nullptr);
+  moa::async_executor ex(1);
+  const auto local =
+      ex.execute(plan, layout->refs, moa::make_request("Why is the sky blue?"), moa::run_options{});
+  REQUIRE(local.ok());
+  CHECK(j["choices"][0]["message"]["content"] == local.answer);
+}
+
+TEST_CASE("Serve.dag_layouts_are_checked_when_the_roster_is_read") {
+  const auto fails = [](const std::string& layout, const std::string& names) {
+    const auto text = R"({"models": {"a": {"kind": "synthetic"}, "b": {"kind": "synthetic"}},
+                          "layouts": {"d": )" +
+                      layout + "}}";
+    try {
+      (void)moa::config::parse_roster(json::parse(text));
+    } catch (const moa::config::config_error& e) {
+      CHECK_MESSAGE(std::string(e.what()).find(names) != std::string::npos, e.what());
+      return true;
+    }
+    return false;
+  };
+  CHECK(fails(R"({"nodes": ["a", "b"], "edges": [[0, 1], [1, 0]]})", "layouts.d.edges"));  // cycle
+  CHECK(fails(R"({"nodes": ["a", "b"]})", "layouts.d.edges"));  // two sinks
+  CHECK(fails(R"({"nodes": ["a", "b"], "edges": [[0, 2]]})", "layouts.d.edges[0]"));
+  CHECK(fails(R"({"nodes": ["a", "b"], "edges": [[0, 0]]})", "layouts.d.edges[0]"));
+  CHECK(fails(R"({"nodes": ["a", "b"], "edges": [[0, -1]]})", "layouts.d.edges[0]"));
+  CHECK(fails(R"({"nodes": ["a", "c"], "edges": [[0, 1]]})", "names model \"c\""));
+  CHECK(fails(R"({"nodes": ["a", "b"], "edges": [[0, 1]], "aggregator": "a"})", "layouts.d.nodes"));
+  CHECK(fails(R"({"nodes": ["a", "b"], "edges": [[0, 1]], "policy": "vote"})", "layouts.d.policy"));
+  CHECK(fails(R"({"edges": [[0, 1]], "aggregator": "a"})", "layouts.d.edges"));
+  CHECK(fails(R"({"nodes": [], "edges": []})", "layouts.d.nodes"));
+  CHECK_FALSE(fails(R"({"nodes": ["a", "b", "a"], "edges": [[0, 2], [1, 2]]})", ""));
+}
+
 TEST_CASE("Serve.streaming_sends_openai_chunks_and_ends_in_done") {
   served s(synthetic_moa(), moa::serve::synthetic_backends);
   const auto plain =
@@ -315,6 +383,7 @@ TEST_CASE("Serve.trace_on_request") {
   CHECK(j["moa"]["status"] == "ok");
   REQUIRE(j["moa"]["trace"].size() == 7);
   CHECK(j["moa"]["trace"][6]["role"] == "aggregator");
+  CHECK(j["moa"]["trace"][6]["model"] == "alpha");
   CHECK(j["moa"]["trace"][6]["references"].size() == 3);
   std::uint64_t tokens = 0;
   for (const auto& c : j["moa"]["trace"])

@@ -52,7 +52,7 @@ inline int bench_command(const bench_settings& s) {
   opt.warmup = std::max<std::size_t>(10, s.runs / 10);
   opt.threads = s.threads;
   opt.in_flight = s.in_flight;
-  opt.aggregation = s.policy.make();
+  opt.aggregation = moa::config::make_policy(s.policy);
   if (s.policy.name == "judge")
     opt.answer = "[1]";  // every zero-cost backend, the judge included, names answer 1
   std::vector<moa::bench::path> paths;

@@ -37,6 +37,7 @@
 
 #include <moa/aggregator.hpp>
 #include <moa/backends/synthetic.hpp>
+#include <moa/config/roster.hpp>
 #include <moa/core/error.hpp>
 
 namespace moa::cli {
@@ -371,35 +372,53 @@ struct latency_options {
   }
 };
 
-/// The aggregation policy of the subcommands that run MoA (moa/aggregate/policies.hpp).
-struct policy_options {
-  std::string name = "synthesis";  ///< synthesis, vote, judge, rank-fuse or sparse
-  std::string extract = "whole";   ///< what vote and the moderator compare: whole, number, letter
-  std::optional<std::uint32_t> judge;  ///< judges or ranks; default: the plan's sink backend
-  std::size_t top = 2;                 ///< rank-fuse: answers fused
-  std::size_t keep = 2;                ///< sparse: answers passed on per layer
-  bool moderate = false;               ///< sparse: stop early when every answer agrees
+/// Whether `option` of `cmd` was given on the command line (flags beat config files); false for an
+/// option this build does not have.
+inline bool given(const CLI::App* cmd, const std::string& option) {
+  const CLI::Option* o = cmd ? cmd->get_option_no_throw(option) : nullptr;
+  return o != nullptr && o->count() > 0;
+}
 
-  [[nodiscard]] moa::answer_extractor extractor() const {
-    if (extract == "number") return moa::last_number{};
-    if (extract == "letter") return moa::option_letter{};
-    return moa::whole_answer{};
-  }
+/// OpenAI-compatible endpoints given by flags (`--endpoint`, `--model`, ...): turned into roster
+/// models, so flags and roster files reach a backend by one path (moa::config::make_backend).
+struct endpoint_flags {
+  std::vector<std::string> endpoints{};
+  std::string model{};        ///< the model name sent; empty: omitted
+  std::string api_key_env{};  ///< empty: OPENAI_API_KEY
+  int max_tokens = 256;
+  double http_timeout_ms = default_http_timeout_ms;  ///< 0: the backend's default
 
-  /// The policy; empty for synthesis (the topology's aggregator).
-  [[nodiscard]] moa::any_aggregator make() const {
-    if (name == "vote") return moa::any_aggregator(moa::vote_policy{.extract = extractor()});
-    if (name == "judge")
-      return moa::any_aggregator(moa::judge_policy{.judge = judge, .extract = extractor()});
-    if (name == "rank-fuse")
-      return moa::any_aggregator(moa::rank_fuse_policy{.judge = judge, .top = top});
-    if (name == "sparse") {
-      moa::sparse_policy p{.judge = judge, .keep = keep};
-      if (moderate) p.moderator = moa::agreement{.extract = extractor()};
-      return moa::any_aggregator(std::move(p));
+  /// `count` models named alpha, beta, ...: model i at endpoint i modulo the number of endpoints
+  /// (one endpoint can play every model), as the `models` object of a roster.
+  [[nodiscard]] nlohmann::json models(std::size_t count) const {
+    nlohmann::json out = nlohmann::json::object();
+    for (std::size_t i = 0; i < count && !endpoints.empty(); ++i) {
+      nlohmann::json m = {
+          {"endpoint", endpoints[i % endpoints.size()]},
+          {"max_tokens", max_tokens},
+          // A roster bounds a call to a day; a longer flag means as much.
+          {"timeout_ms", static_cast<std::int64_t>(std::min(http_timeout_ms, 24.0 * 3600 * 1000))}};
+      if (!model.empty()) m["model"] = model;
+      if (!api_key_env.empty()) m["api_key_env"] = api_key_env;
+      out[model_name(i)] = m;
     }
-    return {};
+    return out;
   }
 };
+
+/// Reads a roster file for `option`: a regular file of bounded size; every error names the key
+/// (exit 2).
+inline moa::config::roster read_roster(const std::string& path, const std::string& option) {
+  check_input_file(path, option, std::uintmax_t{16} << 20);
+  try {
+    return moa::config::load_roster(path);
+  } catch (const nlohmann::json::exception& e) {
+    reject(option, path + ": " + e.what());
+  }
+}
+
+/// The aggregation policy of the subcommands that run MoA: the rosters' own (one builder,
+/// moa::config::make_policy).
+using policy_options = moa::config::policy_spec;
 
 }  // namespace moa::cli

@@ -7,16 +7,9 @@
 //   moa eval --roster roster.json --dataset data.jsonl --score number --results out.jsonl
 //   moa eval --endpoint http://127.0.0.1:8080/v1 --endpoint http://127.0.0.1:8081/v1 ...
 
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <CLI/CLI.hpp>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -32,17 +25,13 @@
 #endif
 
 #include "cli/common.hpp"
-#include "cli/spawn.hpp"
-
-extern char** environ;  // NOLINT: POSIX
+#include "cli/gnuplot.hpp"
 
 namespace moa::cli {
 
 struct eval_settings {
   std::string roster_path{};
-  std::vector<std::string> endpoints{};
-  std::string model{};
-  int max_tokens = 256;
+  endpoint_flags endpoints{};
   std::vector<std::string> layouts{};
   std::string dataset_path{};
   std::string format = "jsonl";
@@ -62,17 +51,11 @@ struct eval_settings {
 };
 
 /// A roster of one model per --endpoint, named alpha, beta, ..., and a 2-layer MoA over all.
-inline moa::config::roster endpoints_roster(const eval_settings& s) {
-  nlohmann::json models = nlohmann::json::object();
+inline moa::config::roster endpoints_roster(const endpoint_flags& f) {
+  nlohmann::json j = {{"models", f.models(f.endpoints.size())}};
   nlohmann::json layer = nlohmann::json::array();
-  for (std::size_t i = 0; i < s.endpoints.size(); ++i) {
-    nlohmann::json m = {{"endpoint", s.endpoints[i]}, {"max_tokens", s.max_tokens}};
-    if (!s.model.empty()) m["model"] = s.model;
-    models[model_name(i)] = m;
-    layer.push_back(model_name(i));
-  }
-  nlohmann::json j = {{"models", models}};
-  if (s.endpoints.size() > 1)
+  for (std::size_t i = 0; i < f.endpoints.size(); ++i) layer.push_back(model_name(i));
+  if (f.endpoints.size() > 1)
     j["layouts"] = {
         {"moa",
          {{"layers", nlohmann::json::array({layer, layer})}, {"aggregator", model_name(0)}}}};
@@ -84,27 +67,18 @@ inline constexpr std::uintmax_t max_roster_bytes = std::uintmax_t{16} << 20;
 inline constexpr std::uintmax_t max_dataset_file_bytes = std::uintmax_t{256} << 20;
 
 inline void run_eval(const eval_settings& s, int& exit_code) {
-  if (s.roster_path.empty() == s.endpoints.empty())
+  if (s.roster_path.empty() == s.endpoints.endpoints.empty())
     throw CLI::ValidationError("--roster", "give a roster file or --endpoint URLs (one of them)");
-  std::string gnuplot;
-  if (!s.plot_path.empty()) {
-    gnuplot = find_program("gnuplot");
-    if (gnuplot.empty()) {
-      std::cerr << "moa eval: --plot needs gnuplot, which is not on PATH (Debian: apt-get install "
-                   "gnuplot-nox; scripts/setup.sh installs it)\n";
-      exit_code = 2;
-      return;
-    }
-  }
   // Inputs and outputs are checked before anything is loaded or run.
   if (!s.roster_path.empty()) check_input_file(s.roster_path, "--roster", max_roster_bytes);
   check_input_file(s.dataset_path, "--dataset", max_dataset_file_bytes);
   if (!s.results_path.empty()) check_appendable(s.results_path, "--results");
   output_file json_out(s.json_path, "--json");
-  output_file plot_out(s.plot_path, "--plot");
+  const gnuplot_output plot(s.plot_path, "--plot");
   moa::config::roster roster;
   try {
-    roster = s.roster_path.empty() ? endpoints_roster(s) : moa::config::load_roster(s.roster_path);
+    roster = s.roster_path.empty() ? endpoints_roster(s.endpoints)
+                                   : moa::config::load_roster(s.roster_path);
   } catch (const nlohmann::json::exception& e) {
     reject("--roster", s.roster_path + ": " + e.what());
   }
@@ -147,16 +121,10 @@ inline void run_eval(const eval_settings& s, int& exit_code) {
     json_out.stream() << moa::eval::to_json(report).dump(2) << '\n';
     json_out.finish();
   }
-  if (!s.plot_path.empty()) {
-    const auto data_path = s.plot_path + ".dat", script_path = s.plot_path + ".gp";
-    std::ofstream(data_path) << moa::eval::plot_data(report);
-    std::ofstream(script_path) << moa::eval::plot_script(report, data_path, s.plot_path);
-    if (run_program({gnuplot, script_path}) != 0) {
-      std::cerr << "moa eval: gnuplot failed on " << script_path << '\n';
-      exit_code = 1;
-      return;
-    }
-    std::cout << "wrote " << s.plot_path << " (script " << script_path << ")\n";
+  if (plot) {
+    plot.draw(moa::eval::plot_data(report),
+              moa::eval::plot_script(report, plot.data_path(), plot.path()));
+    std::cout << "wrote " << plot.path() << " (script " << plot.script_path() << ")\n";
   }
   if (!report.complete) exit_code = 1;
 }
@@ -171,11 +139,11 @@ inline void add_eval_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--roster", s->roster_path, "Roster file (JSON): models and layouts")
       ->check(CLI::ExistingFile);
 #if MOA_CLI_OPENAI
-  cmd->add_option("--endpoint", s->endpoints,
+  cmd->add_option("--endpoint", s->endpoints.endpoints,
                   "Instead of a roster: an OpenAI-compatible base URL (repeat); the models are "
                   "named alpha, beta, ... and a 2-layer MoA \"moa\" over all is added");
-  cmd->add_option("--model", s->model, "With --endpoint: the model name sent");
-  cmd->add_option("--max-tokens", s->max_tokens, "With --endpoint: tokens per answer")
+  cmd->add_option("--model", s->endpoints.model, "With --endpoint: the model name sent");
+  cmd->add_option("--max-tokens", s->endpoints.max_tokens, "With --endpoint: tokens per answer")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
 #endif

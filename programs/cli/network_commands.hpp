@@ -39,6 +39,7 @@
 
 #if MOA_CLI_ZMQ && MOA_CLI_OPENAI
 #include <moa/backends/openai.hpp>
+#include <moa/config/roster_openai.hpp>
 #endif
 #if MOA_CLI_ZMQ && MOA_CLI_SERVE
 #include <optional>
@@ -259,6 +260,8 @@ struct device_settings {
   std::string api_key_env = "OPENAI_API_KEY";
   int max_tokens = 256;
   double http_timeout_ms = default_http_timeout_ms;
+  std::string roster;       // a roster file; --model then names this device's model in it
+  CLI::App* cmd = nullptr;  // which options the command line gave (they beat the roster)
   double drain_timeout_ms = 3000;
   std::size_t max_message_mib = 16;
   std::size_t max_prompts = 1024;
@@ -286,21 +289,46 @@ inline std::atomic<bool>& device_signalled() {
   return flag;
 }
 
+/// The device's model: the roster's model named by --model, one made of --endpoint flags (the
+/// same path: a roster model and make_backend), or the synthetic model.
 inline moa::any_backend device_model(const device_settings& s) {
-#if MOA_CLI_OPENAI
-  if (!s.endpoint.empty()) {
-    moa::openai_options o;
-    o.base_url = s.endpoint;
-    o.model = s.model;
-    o.api_key_env = s.api_key_env;
-    o.name = "d" + std::to_string(s.index);
-    o.extra["max_tokens"] = s.max_tokens;
-    o.timeout =
-        std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.http_timeout_ms));
-    return moa::any_backend(moa::openai_backend(std::move(o)));
+  const auto given = [&](const char* option) { return cli::given(s.cmd, option); };
+  moa::config::roster roster;
+  if (!s.roster.empty()) {
+    for (const char* flag : {"--endpoint", "--api-key-env", "--alpha-ms", "--latency"})
+      if (given(flag))
+        reject(flag, "is not used with --roster: the roster's model says where and how it runs");
+    roster = read_roster(s.roster, "--roster");
+    if (s.model.empty()) reject("--model", "with --roster, name this device's model in it");
+    if (!roster.find_model(s.model))
+      reject("--model", "\"" + s.model + "\" is not a model of " + s.roster);
+    auto m = roster.model(s.model);
+    if (given("--max-tokens")) m.max_tokens = s.max_tokens;
+    if (given("--http-timeout-ms"))
+      m.timeout =
+          std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.http_timeout_ms));
+    roster.models = {m};
+  } else if (!s.endpoint.empty()) {
+    const auto m = endpoint_flags{.endpoints = {s.endpoint},
+                                  .model = s.model,
+                                  .api_key_env = s.api_key_env,
+                                  .max_tokens = s.max_tokens,
+                                  .http_timeout_ms = s.http_timeout_ms}
+                       .models(1);
+    roster = moa::config::parse_roster(
+        {{"models", {{"d" + std::to_string(s.index), m[model_name(0)]}}}});
+  } else {
+    return synthetic_device(s.index, s.alpha_ms, s.latency == "exponential", s.seed);
   }
+#if MOA_CLI_OPENAI
+  return moa::config::make_backend(roster.models.front());
+#else
+  if (roster.models.front().kind != "synthetic")
+    reject("--roster", "model \"" + s.model +
+                           "\" is an endpoint; this program was built without "
+                           "libcurl");
+  return moa::any_backend(moa::config::make_synthetic(roster.models.front()));
 #endif
-  return synthetic_device(s.index, s.alpha_ms, s.latency == "exponential", s.seed);
 }
 
 /// A ZeroMQ endpoint as the device accepts it: tcp://, ipc:// or inproc://, not empty.
@@ -422,11 +450,12 @@ inline int device_command(const device_settings& s) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     stop.request_stop();
   });
-  moa::net::log_line(
-      std::cerr, "info", s.index,
-      "serving at " + s.addresses.at(s.index) + " with " + std::to_string(s.addresses.size() - 1) +
-          " peers, model " +
-          (s.endpoint.empty() ? std::string("synthetic") : shown_endpoint(s.endpoint)));
+  const std::string shown_model = !s.roster.empty()    ? s.model + " of roster " + s.roster
+                                  : s.endpoint.empty() ? std::string("synthetic")
+                                                       : shown_endpoint(s.endpoint);
+  moa::net::log_line(std::cerr, "info", s.index,
+                     "serving at " + s.addresses.at(s.index) + " with " +
+                         std::to_string(s.addresses.size() - 1) + " peers, model " + shown_model);
   try {
     with_gossip(s.gossip, s.k, [&](auto g) {
       moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
@@ -527,9 +556,10 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
          "OpenAI-compatible endpoint of this device's model, e.g. http://127.0.0.1:8080/v1 "
          "(default: a synthetic model)")
       ->check(http_url());
-  cmd->add_option("--model", s->model, "Model name sent to the endpoint");
+  cmd->add_option("--model", s->model,
+                  "Model name sent to the endpoint; with --roster: this device's model in it");
   cmd->add_option("--http-timeout-ms", s->http_timeout_ms,
-                  "Deadline of each HTTP call when the network sets none earlier")
+                  "Deadline of each HTTP call when the network sets none earlier (0: 5 minutes)")
       ->capture_default_str()
       ->transform(timeout_ms());
   cmd->add_option("--api-key-env", s->api_key_env, "Environment variable holding the API key")
@@ -550,6 +580,10 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
           },
           "[HOST:]PORT", "metrics address"));
 #endif
+  cmd->add_option("--roster", s->roster,
+                  "Roster file (JSON, docs/EVAL.md): this device's model is the one --model names "
+                  "(--max-tokens and --http-timeout-ms given here beat it)");
+  s->cmd = cmd;
   cmd->callback([s, &exit_code] { exit_code = device_command(*s); });
 }
 #endif

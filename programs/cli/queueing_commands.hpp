@@ -7,6 +7,7 @@
 //   moa stability --devices 4 --layers 2 --fanout 2 --lambda 0.1 --alpha 1
 //   moa simulate  --devices 4 --layers 2 --fanout 2 --lambda 0.1 --replications 8 --json out.json
 //   moa simulate  ... --sweep 0.1:0.95:10 --csv sweep.csv   (lambda as fractions of the limit)
+//   moa simulate  ... --sweep 0.1:0.95:10 --plot sweep.svg  (queue and latency against lambda)
 //
 // A network can also come from a JSON file (--config), with the keys of the long options:
 //   {"devices": 4, "layers": 2, "fanout": 2, "lambda": [0.1, 0.1, 0.2, 0.1], "alpha": 1.0,
@@ -22,6 +23,7 @@
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -30,6 +32,7 @@
 #include <vector>
 
 #include <moa/core/error.hpp>
+#include <moa/eval/plot.hpp>
 #include <moa/gossip/random_k.hpp>
 #include <moa/queueing/gossip_matrix.hpp>
 #include <moa/queueing/json.hpp>
@@ -38,6 +41,7 @@
 
 #include "cli/adaptive_command.hpp"
 #include "cli/common.hpp"
+#include "cli/gnuplot.hpp"
 
 namespace moa::cli {
 
@@ -253,6 +257,7 @@ struct simulate_options {
   std::uint64_t seed = 1;
   std::string sweep;  // "from:to:steps", fractions of the analytic limit
   std::string csv, json;
+  std::string plot;  // an SVG of the sweep, drawn by gnuplot
   double sample_period = 0;
 };
 
@@ -285,6 +290,42 @@ inline std::vector<double> sweep_fractions(const std::string& sweep) {
   return out;
 }
 
+/// The analytic side of a sweep point at `scale` times the configured rates: the M/G/1 queue per
+/// device (averaged over devices) and the latency bounds of a prompt, weighted by where prompts
+/// are born. Past the limit every value is infinite (left out of the picture).
+inline moa::eval::sweep_point analytic_point(const network_options& o, const analysed_network& net,
+                                             double scale) {
+  namespace q = moa::queueing;
+  const Eigen::VectorXd lambda = net.lambda * scale;
+  const double scv = o.model(1.0).scv();
+  std::optional<q::uniform_latency> uniform;
+  q::stability_report r;
+  if (o.adjacency.empty()) {
+    uniform.emplace(o.devices, o.layers, o.fanout, analysed_network::span(lambda),
+                    analysed_network::span(net.alpha), o.model(1.0));
+    r = uniform->report();
+  } else {
+    r = q::analyse(lambda, net.alpha, q::gossip_visits(o.layers, net.inclusion));
+  }
+  moa::eval::sweep_point x;
+  x.lambda = lambda.mean();
+  double weight = 0;
+  for (Eigen::Index d = 0; d < lambda.size(); ++d) {
+    if (r.arrival(d) > 0)
+      x.queue_model += q::mg1(r.arrival(d), net.alpha(d), scv).number_in_system / double(o.devices);
+    if (lambda(d) <= 0) continue;
+    const auto lat = uniform
+                         ? (*uniform)(std::uint32_t(d))
+                         : q::latency(r, o.layers, net.inclusion, net.alpha, std::uint32_t(d), scv);
+    x.latency_lower += lambda(d) * lat.lower;
+    x.latency_approx += lambda(d) * lat.approx;
+    x.latency_upper += lambda(d) * lat.upper;
+    weight += lambda(d);
+  }
+  for (double* v : {&x.latency_lower, &x.latency_approx, &x.latency_upper}) *v /= weight;
+  return x;
+}
+
 inline void simulate_command(network_options& o, const simulate_options& s) {
   namespace q = moa::queueing;
   // Every check before the analysis, the simulation and the first line of output.
@@ -300,6 +341,9 @@ inline void simulate_command(network_options& o, const simulate_options& s) {
                            number_text(s.horizon / max_samples));
   output_file csv(s.csv, "--csv");
   output_file json_file(s.json, "--json");
+  if (!s.plot.empty() && s.sweep.empty())
+    reject("--plot", "draws a sweep: give --sweep FROM:TO:STEPS as well");
+  const gnuplot_output plot(s.plot, "--plot");
   const analysed_network net(o);
   const auto& lambda = net.lambda;  // not a structured binding: see stability_command
   const auto& alpha = net.alpha;
@@ -318,6 +362,12 @@ inline void simulate_command(network_options& o, const simulate_options& s) {
   nlohmann::json points = nlohmann::json::array();
   std::ostringstream table, csv_text;
   char line[512];
+  moa::eval::sweep_plot picture;
+  char title[160];
+  std::snprintf(title, sizeof title, "n = %zu devices, M = %zu layers, k = %zu peers (%s gossip)",
+                o.devices, o.layers, o.fanout, o.adjacency.empty() ? "uniform" : "graph");
+  picture.title = title;
+  picture.limit = lambda.mean() * base.max_scale;
   csv_text << "scale,max_rho,stable,mean_queue,mean_queue_ci,mean_latency,mean_latency_ci,p50,p95,"
               "p99,throughput,growth_rate\n";
   std::snprintf(line, sizeof line, "%8s %8s %9s %16s %18s %9s %9s %9s\n", "scale", "max rho",
@@ -373,6 +423,20 @@ inline void simulate_command(network_options& o, const simulate_options& s) {
              << ',' << csv_cell(rep.p50.mean) << ',' << csv_cell(rep.p95.mean) << ','
              << csv_cell(rep.p99.mean) << ',' << csv_cell(rep.throughput.mean) << ','
              << csv_cell(rep.growth_rate.mean) << '\n';
+    if (plot) {
+      // An UNSTABLE point has no steady state: its means only say how long the run was.
+      const bool drawn = rep.stable || rep.unstable_runs * 2 <= rep.runs.size();
+      const double none = std::numeric_limits<double>::quiet_NaN();
+      auto x = analytic_point(o, net, scales[i]);
+      x.queue = drawn ? queue : none;
+      x.queue_ci = drawn ? queue_ci : none;
+      x.latency = drawn ? rep.mean_latency.mean : none;
+      x.latency_ci = drawn ? rep.mean_latency.half_width : none;
+      x.p50 = drawn ? rep.p50.mean : none;
+      x.p95 = drawn ? rep.p95.mean : none;
+      x.p99 = drawn ? rep.p99.mean : none;
+      picture.points.push_back(x);
+    }
     if (json_file) {
       nlohmann::json point = {{"scale", scales[i]}, {"max_rho", rho}, {"stable", rep.stable}};
       nlohmann::json runs = nlohmann::json::array();
@@ -389,6 +453,11 @@ inline void simulate_command(network_options& o, const simulate_options& s) {
   if (json_file) {
     json_file.stream() << points.dump(2) << '\n';
     json_file.finish();
+  }
+  if (plot) {
+    plot.draw(moa::eval::sweep_plot_data(picture),
+              moa::eval::sweep_plot_script(picture, plot.data_path(), plot.path()));
+    std::cerr << "wrote " << plot.path() << " (script " << plot.script_path() << ")\n";
   }
 }
 
@@ -444,11 +513,15 @@ inline void add_simulate_command(CLI::App& app) {
                   "Write the summary of each point to this CSV file (-: stdout)");
   cmd->add_option("--json", sim->json,
                   "Write every run (and series) to this JSON file (-: stdout)");
+  cmd->add_option("--plot", sim->plot,
+                  "With --sweep: draw queue length and latency against lambda, simulated and "
+                  "analytic, the stability limit marked; with --adaptive: load, depth, queue and "
+                  "latency over time (SVG, with gnuplot)");
   adaptive->add_to(cmd);
   cmd->callback([network, sim, adaptive, cmd] {
     if (!adaptive->enabled) {
       for (const char* opt : {"--layouts", "--target", "--hysteresis", "--rate-window",
-                              "--latency-objective", "--ramp", "--phase", "--plot"})
+                              "--latency-objective", "--ramp", "--phase"})
         if (cmd->count(opt) > 0) reject(opt, "applies to --adaptive runs only; add --adaptive");
       simulate_command(*network, *sim);
       return;
@@ -463,6 +536,7 @@ inline void add_simulate_command(CLI::App& app) {
       reject("--config", "adjacency: --adaptive models uniform gossip only");
     if (network->service != "exponential")
       reject("--service", "--adaptive draws exponential service times only");
+    adaptive->plot = sim->plot;
     adaptive_command(network->devices, network->layers, network->fanout, network->alpha, sim->seed,
                      *adaptive, sim->csv);
   });

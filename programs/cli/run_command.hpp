@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -14,11 +15,14 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <moa/config/roster.hpp>
+#include <moa/core/result_json.hpp>
 #include <moa/moa.hpp>
 #if MOA_CLI_OPENAI
-#include <moa/backends/openai.hpp>
+#include <moa/config/roster_openai.hpp>
 #endif
 
 #include "cli/common.hpp"
@@ -43,53 +47,102 @@ struct run_settings {
   bool strict = false;
   std::string dot_file;
   // Real endpoints (OpenAI-compatible); empty: the embedded synthetic models.
-  std::vector<std::string> endpoints;
-  std::string model;
-  std::string api_key_env = "OPENAI_API_KEY";
-  int max_tokens = 256;
-  double http_timeout_ms = default_http_timeout_ms;
+  endpoint_flags endpoints{.api_key_env = "OPENAI_API_KEY"};
+  // A roster file and the layout of it to run (default: its first layout, else its one model).
+  std::string roster_path;
+  std::string layout;
   policy_options policy;
+  CLI::App* cmd = nullptr;  // which options the command line gave (they beat the roster)
 };
 
-inline nlohmann::json to_json(const moa::aggregation_report& a) {
-  nlohmann::json calls = nlohmann::json::array();
-  for (const auto& c : a.calls)
-    calls.push_back({{"call", c.call},
-                     {"backend", c.backend_name},
-                     {"status", std::string(moa::to_string(c.status))},
-                     {"text", c.text},
-                     {"error", c.error}});
-  return {{"policy", a.policy},           {"notes", a.notes},
-          {"chosen", a.chosen},           {"calls", calls},
-          {"calls_saved", a.calls_saved}, {"references_dropped", a.references_dropped},
-          {"fallback", a.fallback}};
-}
-
-inline nlohmann::json to_json(const moa::result& r) {
-  nlohmann::json calls = nlohmann::json::array();
-  for (const auto& c : r.trace) {
-    calls.push_back({{"call", c.call},
-                     {"backend", c.backend_name},
-                     {"layer", c.layer},
-                     {"role", std::string(moa::to_string(c.role))},
-                     {"status", std::string(moa::to_string(c.status))},
-                     {"start_ms", std::chrono::duration<double, std::milli>(c.start).count()},
-                     {"end_ms", std::chrono::duration<double, std::milli>(c.end).count()},
-                     {"prompt_tokens", c.usage.prompt_tokens},
-                     {"completion_tokens", c.usage.completion_tokens},
-                     {"references", c.references.to_vector()},
-                     {"text", c.text},
-                     {"error", c.error}});
+/// The layout `moa run` runs and the roster its models come from. From a roster file: the chosen
+/// layout, with the flags given on the command line beating the file (policy, tokens, timeout).
+/// From flags: M layers of proposers 0..P-1 and aggregator A, its models alpha, beta, ... at the
+/// --endpoint URLs (else $OPENAI_BASE_URL), or synthetic when there are none.
+inline std::pair<moa::config::roster, moa::config::layout_spec> run_layout(const run_settings& s) {
+  const auto given = [&](const char* option) { return cli::given(s.cmd, option); };
+  if (!s.roster_path.empty()) {
+    for (const char* flag :
+         {"--layers", "--proposers", "--aggregator", "--endpoint", "--model", "--api-key-env",
+          "--judge", "--latency", "--latency-ms", "--sigma", "--error-rate"})
+      if (given(flag))
+        reject(flag, std::string("is not used with --roster: the roster names the models and ") +
+                         "layouts (pick one with --layout; a policy's judge is a roster model)");
+    auto roster = read_roster(s.roster_path, "--roster");
+    std::string name = s.layout;
+    if (given("--layout") && name.empty())
+      reject("--layout", "is empty: name a layout or model of the roster");
+    if (name.empty()) {
+      if (!roster.layouts.empty())
+        name = roster.layouts.front().name;
+      else if (roster.models.size() == 1)
+        name = roster.models.front().name;
+      else
+        reject("--layout", "the roster has no layouts and " + std::to_string(roster.models.size()) +
+                               " models: name the one to run");
+    }
+    moa::config::layout_spec l;
+    try {
+      l = roster.layout(name);
+    } catch (const moa::config::config_error& e) {
+      reject("--layout", e.what());
+    }
+    if (given("--policy")) l.policy = s.policy.name;
+    if (given("--extract")) l.extract = s.policy.extract;
+    if (given("--top")) l.top = s.policy.top;
+    if (given("--keep")) l.keep = s.policy.keep;
+    if (given("--moderate")) l.moderate = s.policy.moderate;
+    for (auto& m : roster.models) {
+      if (given("--max-tokens")) m.max_tokens = s.endpoints.max_tokens;
+      if (given("--http-timeout-ms"))
+        m.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+            duration_ms(s.endpoints.http_timeout_ms));
+    }
+    return {std::move(roster), std::move(l)};
   }
-  return {{"status", std::string(moa::to_string(r.status))},
-          {"answer", r.answer},
-          {"error", r.error},
-          {"elapsed_ms", std::chrono::duration<double, std::milli>(r.elapsed).count()},
-          {"usage",
-           {{"prompt_tokens", r.usage.prompt_tokens},
-            {"completion_tokens", r.usage.completion_tokens}}},
-          {"trace", calls},
-          {"aggregation", r.aggregation ? to_json(*r.aggregation) : nlohmann::json(nullptr)}};
+  if (given("--layout")) reject("--layout", "names a layout of a roster: give --roster FILE");
+  // Checked against the proposer count the user asked for, so an aggregator outside it is
+  // reported rather than silently given a model of its own.
+  moa::layered_topology check;
+  check.layers.assign(s.layers, {});
+  for (auto& layer : check.layers)
+    for (std::size_t i = 0; i < s.proposers; ++i) layer.push_back(std::uint32_t(i));
+  check.aggregator = static_cast<std::uint32_t>(s.aggregator);
+  check.validate(std::max<std::size_t>(s.proposers, 1));
+  const std::size_t count = std::max(s.proposers, s.aggregator + 1);
+  if (s.policy.judge && *s.policy.judge >= count)
+    MOA_THROW(moa::invalid_argument("--judge " + std::to_string(*s.policy.judge) +
+                                    " names no backend: " + std::to_string(count) +
+                                    " are given (0.." + std::to_string(count - 1) +
+                                    "); raise --proposers or lower --judge"));
+  moa::config::layout_spec l{.name = "run", .aggregator = model_name(s.aggregator)};
+  std::vector<std::string> proposers;
+  for (std::size_t i = 0; i < s.proposers; ++i) proposers.push_back(model_name(i));
+  l.layers.assign(s.layers, proposers);
+  l.policy = s.policy.name;
+  l.extract = s.policy.extract;
+  if (s.policy.judge) l.judge = model_name(*s.policy.judge);
+  l.top = s.policy.top;
+  l.keep = s.policy.keep;
+  l.moderate = s.policy.moderate;
+  // As the OpenAI clients do, $OPENAI_BASE_URL is the endpoint when none is given: a run never
+  // answers from the synthetic models while the user meant a server.
+  auto flags = s.endpoints;
+#if MOA_CLI_OPENAI
+  if (const auto base = moa::config::process_env("OPENAI_BASE_URL");
+      flags.endpoints.empty() && base && !base->empty()) {
+    for (const char* flag : {"--latency", "--latency-ms", "--sigma", "--error-rate"})
+      if (given(flag))
+        reject(flag,
+               "shapes the embedded synthetic models, but $OPENAI_BASE_URL is set, so the "
+               "models are called there; unset it or drop the option");
+    flags.endpoints = {*base};
+  }
+#endif
+  moa::config::roster roster;
+  if (!flags.endpoints.empty())
+    roster = moa::config::parse_roster({{"models", flags.models(count)}});
+  return {std::move(roster), std::move(l)};
 }
 
 inline int run_command(run_settings& s) {
@@ -99,44 +152,39 @@ inline int run_command(run_settings& s) {
   else if (s.prompt.size() > max_prompt_bytes)
     reject("prompt", "longer than " + std::to_string(max_prompt_bytes) + " bytes");
   output_file dot(s.dot_file, "--dot");
+  const auto [roster, layout] = run_layout(s);
+  // The layout's models in its own order: roster models by make_backend, the others synthetic,
+  // each seeded by its place among alpha, beta, ... so a run is the same whatever the layout.
+  const auto names = layout.models();
   std::vector<moa::any_backend> backends;
-  const std::size_t count = std::max(s.proposers, s.aggregator + 1);
+  for (const auto& name : names) {
+    if (const auto* m = roster.find_model(name)) {
 #if MOA_CLI_OPENAI
-  // Model i is endpoint i modulo the number of endpoints: one endpoint can play every model.
-  for (std::size_t i = 0; i < count && !s.endpoints.empty(); ++i) {
-    moa::openai_options o;
-    o.base_url = s.endpoints[i % s.endpoints.size()];
-    o.model = s.model;
-    o.api_key_env = s.api_key_env;
-    o.name = model_name(i);
-    o.timeout =
-        std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.http_timeout_ms));
-    backends.emplace_back(moa::openai_backend(std::move(o)));
-  }
+      backends.push_back(moa::config::make_backend(*m));
+#else
+      if (m->kind != "synthetic")
+        reject("--roster", "model \"" + name +
+                               "\" is an endpoint; this moa was built without "
+                               "libcurl");
+      backends.emplace_back(moa::config::make_synthetic(*m));
 #endif
-  for (std::size_t i = backends.size(); i < count; ++i)
-    backends.emplace_back(moa::synthetic_backend({.name = model_name(i),
+      continue;
+    }
+    std::size_t i = 0;
+    while (model_name(i) != name) ++i;
+    backends.emplace_back(moa::synthetic_backend({.name = name,
                                                   .latency = s.latency.model(),
                                                   .error_rate = s.error_rate,
                                                   .seed = s.seed + i}));
-  moa::layered_topology topology;
-  std::vector<std::uint32_t> all;
-  for (std::size_t i = 0; i < s.proposers; ++i) all.push_back(static_cast<std::uint32_t>(i));
-  topology.layers.assign(s.layers, all);
-  topology.aggregator = static_cast<std::uint32_t>(s.aggregator);
-  // Validate against the proposer count the user asked for, so an aggregator outside it is
-  // reported rather than silently given a backend of its own.
-  topology.validate(std::max<std::size_t>(s.proposers, 1));
-  if (s.policy.judge && *s.policy.judge >= count)
-    MOA_THROW(moa::invalid_argument("--judge " + std::to_string(*s.policy.judge) +
-                                    " names no backend: " + std::to_string(count) +
-                                    " are given (0.." + std::to_string(count - 1) +
-                                    "); raise --proposers or lower --judge"));
-  moa::runtime_pipeline pipeline(std::move(backends), topology);
+  }
+  const auto index = [&](const std::string& n) {
+    return static_cast<std::uint32_t>(std::find(names.begin(), names.end(), n) - names.begin());
+  };
+  moa::runtime_pipeline pipeline(std::move(backends), moa::config::make_plan(layout));
 
   moa::run_options opt;
   opt.quorum = s.quorum;
-  opt.aggregation = s.policy.make();
+  opt.aggregation = moa::config::make_policy(layout, index);
   if (s.strict) opt.on_aggregator_failure = moa::aggregator_fallback::fail;
   if (s.timeout_ms > 0) opt.timeout = duration_ms(s.timeout_ms);
   if (s.call_timeout_ms > 0) opt.call_timeout = duration_ms(s.call_timeout_ms);
@@ -149,8 +197,8 @@ inline int run_command(run_settings& s) {
     };
 
   auto request = moa::make_request(s.prompt);
-  if (!s.endpoints.empty()) {
-    request.sampling.max_tokens = s.max_tokens;
+  if (s.roster_path.empty() && !roster.models.empty()) {  // endpoints from flags
+    request.sampling.max_tokens = s.endpoints.max_tokens;
     request.sampling.seed = s.seed;
   }
   moa::result r;
@@ -165,7 +213,7 @@ inline int run_command(run_settings& s) {
   std::ostringstream out;
   if (s.format == "json") {
     // Answers from servers may hold invalid UTF-8: replaced, never thrown on.
-    out << to_json(r).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+    out << moa::to_json(r).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
   } else {
     out << "status: " << moa::to_string(r.status) << '\n';
     if (r.has_answer()) out << "answer: " << r.answer << '\n';
@@ -266,24 +314,32 @@ inline void add_run_command(CLI::App& app, int& exit_code) {
                 "sparse: stop early when every answer agrees (by --extract)");
   cmd->add_option("--dot", settings->dot_file,
                   "Write the run as Graphviz DOT to this file (-: stdout)");
+  cmd->add_option("--roster", settings->roster_path,
+                  "Roster file (JSON, docs/EVAL.md): the models and layouts; the options given "
+                  "here beat it (--policy, --extract, --top, --keep, --moderate, --max-tokens, "
+                  "--http-timeout-ms)");
+  cmd->add_option("--layout", settings->layout,
+                  "With --roster: the layout or model to run (default: its first layout by name)");
 #if MOA_CLI_OPENAI
-  cmd->add_option("--endpoint", settings->endpoints,
+  cmd->add_option("--endpoint", settings->endpoints.endpoints,
                   "OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (repeatable; model i "
                   "uses endpoint i mod count; replaces the synthetic models)")
       ->allow_extra_args(false)
       ->check(http_url());
-  cmd->add_option("--model", settings->model, "Model name sent to the endpoints");
-  cmd->add_option("--http-timeout-ms", settings->http_timeout_ms,
-                  "Deadline of each HTTP call when the run sets none earlier")
+  cmd->add_option("--model", settings->endpoints.model, "Model name sent to the endpoints");
+  cmd->add_option("--http-timeout-ms", settings->endpoints.http_timeout_ms,
+                  "Deadline of each HTTP call when the run sets none earlier (0: 5 minutes)")
       ->capture_default_str()
       ->transform(timeout_ms());
-  cmd->add_option("--api-key-env", settings->api_key_env,
+  cmd->add_option("--api-key-env", settings->endpoints.api_key_env,
                   "Environment variable holding the API key")
       ->capture_default_str();
-  cmd->add_option("--max-tokens", settings->max_tokens, "Tokens per answer (with --endpoint)")
+  cmd->add_option("--max-tokens", settings->endpoints.max_tokens,
+                  "Tokens per answer (with --endpoint or --roster)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
+      ->transform(count_in(1, 1 << 20));
 #endif
+  settings->cmd = cmd;
   cmd->callback([settings, prompt, &exit_code] {
     if (settings->prompt_file.empty() && prompt->count() == 0)
       reject("prompt", "give the prompt as an argument or with --prompt-file FILE (-: stdin)");

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include <moa/config/roster.hpp>
 #include <moa/exec/executor.hpp>
 #include <moa/swarm/evaluate.hpp>
 #include <moa/swarm/execute.hpp>
@@ -25,7 +26,7 @@
 #include <moa/topology/dag.hpp>
 #include <nlohmann/json.hpp>
 #if MOA_CLI_OPENAI
-#include <moa/backends/openai.hpp>
+#include <moa/config/roster_openai.hpp>
 #endif
 
 #include <moa/swarm/planted.hpp>
@@ -47,13 +48,12 @@ struct search_settings {
   std::string json_path = "-";
   std::string dot_path{};
   bool quiet = false;
-  // Real endpoints: one model per endpoint, scored on a dataset of (prompt, reference) pairs.
-  std::vector<std::string> endpoints{};
-  std::string model{};
-  std::string api_key_env = "OPENAI_API_KEY";
-  int max_tokens = 64;
-  double http_timeout_ms = default_http_timeout_ms;
+  // Real models, scored on a dataset of (prompt, reference) pairs: one per endpoint, or every
+  // model of a roster file.
+  endpoint_flags endpoints{.api_key_env = "OPENAI_API_KEY", .max_tokens = 64};
+  std::string roster_path{};
   std::string dataset_path{};
+  CLI::App* cmd = nullptr;  // which options the command line gave (they beat the roster)
   std::string score = "exact";
   // --joint: Heterogeneous Swarms' joint loop (roles and weights) on tunable synthetic models.
   bool joint = false;
@@ -119,10 +119,6 @@ inline void write_search_outputs(output_file& json, output_file& dot, const nloh
 /// is uncached: a model's answers change with its weights.
 inline void run_joint_search(const search_settings& s, moa::swarm::planted_swarm& bed,
                              output_file& json_out, output_file& dot_out) {
-  if (!s.endpoints.empty())
-    throw CLI::ValidationError("--joint",
-                               "the joint search tunes model weights, which "
-                               "--endpoint models do not expose; use it without --endpoint");
   moa::inline_executor ex;
   moa::swarm::executor_answerer answer(ex, bed.refs);
   auto utility = [&](const moa::dag_topology& dag) {
@@ -167,6 +163,10 @@ inline void run_joint_search(const search_settings& s, moa::swarm::planted_swarm
 }
 
 inline void run_search(const search_settings& s) {
+  if (s.joint && (!s.endpoints.endpoints.empty() || !s.roster_path.empty()))
+    reject("--joint",
+           "the joint search tunes model weights, which --endpoint and roster models do not "
+           "expose; use it without them");
   output_file json(s.json_path.empty() ? std::string("-") : s.json_path, "--json");
   output_file dot(s.dot_path, "--dot");
   std::vector<std::string> names;
@@ -176,25 +176,38 @@ inline void run_search(const search_settings& s) {
   std::vector<moa::any_backend> remote;
   std::vector<moa::backend_ref> remote_refs;
   std::size_t models = s.models;
-  if (!s.endpoints.empty()) {
+  if (!s.endpoints.endpoints.empty() || !s.roster_path.empty()) {
 #if MOA_CLI_OPENAI
+    const auto given = [&](const char* option) { return cli::given(s.cmd, option); };
     if (s.dataset_path.empty())
       throw CLI::ValidationError("--dataset",
-                                 "a search over --endpoint models needs a dataset to "
+                                 "a search over --endpoint or roster models needs a dataset to "
                                  "score topologies on (JSON lines with prompt and "
                                  "reference)");
-    models = s.endpoints.size();
-    for (std::size_t i = 0; i < models; ++i) {
-      moa::openai_options o;
-      o.base_url = s.endpoints[i];
-      o.model = s.model;
-      o.api_key_env = s.api_key_env;
-      o.name = model_name(i);
-      o.extra = {{"max_tokens", s.max_tokens}};
-      o.timeout =
-          std::chrono::duration_cast<std::chrono::milliseconds>(duration_ms(s.http_timeout_ms));
-      names.push_back(o.name);
-      remote.emplace_back(moa::openai_backend(std::move(o)));
+    // Flags are a roster too: one path from either to the backends.
+    moa::config::roster roster;
+    if (!s.roster_path.empty()) {
+      for (const char* flag : {"--endpoint", "--model", "--api-key-env", "--models"})
+        if (given(flag))
+          reject(flag, "is not used with --roster: the roster names the models (each one a node)");
+      roster = read_roster(s.roster_path, "--roster");
+      if (roster.models.size() > 16)
+        reject("--roster", "a search takes at most 16 models; the roster has " +
+                               std::to_string(roster.models.size()));
+      for (auto& m : roster.models) {
+        if (given("--max-tokens")) m.max_tokens = s.endpoints.max_tokens;
+        if (given("--http-timeout-ms"))
+          m.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+              duration_ms(s.endpoints.http_timeout_ms));
+      }
+    } else {
+      roster =
+          moa::config::parse_roster({{"models", s.endpoints.models(s.endpoints.endpoints.size())}});
+    }
+    models = roster.models.size();
+    for (const auto& m : roster.models) {
+      names.push_back(m.name);
+      remote.push_back(moa::config::make_backend(m));
     }
     for (std::size_t i = 0; i < models; ++i) remote_refs.emplace_back(remote[i], names[i]);
     moa::swarm::dataset_utility accuracy(
@@ -203,7 +216,8 @@ inline void run_search(const search_settings& s) {
                             : moa::swarm::score_fn(moa::swarm::exact_match));
     utility = std::move(accuracy);
 #else
-    throw CLI::ValidationError("--endpoint", "this moa was built without libcurl");
+    throw CLI::ValidationError(s.roster_path.empty() ? "--endpoint" : "--roster",
+                               "this moa was built without libcurl");
 #endif
   } else {
     if (s.models < 1 || s.models > 16)
@@ -286,19 +300,23 @@ inline void add_search_command(CLI::App& app) {
   cmd->add_option("--rounds", settings->rounds, "--joint: role + weight rounds")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
+  cmd->add_option("--roster", settings->roster_path,
+                  "Roster file (JSON, docs/EVAL.md): every model of it is a node (needs "
+                  "--dataset; --max-tokens and --http-timeout-ms given here beat it)");
 #if MOA_CLI_OPENAI
-  cmd->add_option("--endpoint", settings->endpoints,
+  cmd->add_option("--endpoint", settings->endpoints.endpoints,
                   "OpenAI-compatible base URL of a model (repeat: one model per endpoint; "
                   "replaces the synthetic models, needs --dataset)")
       ->check(http_url());
-  cmd->add_option("--model", settings->model, "Model name sent to the endpoints");
-  cmd->add_option("--api-key-env", settings->api_key_env,
+  cmd->add_option("--model", settings->endpoints.model, "Model name sent to the endpoints");
+  cmd->add_option("--api-key-env", settings->endpoints.api_key_env,
                   "Environment variable holding the API key")
       ->capture_default_str();
-  cmd->add_option("--max-tokens", settings->max_tokens, "Tokens per answer")
-      ->check(CLI::Range(1, 1 << 20))
+  cmd->add_option("--max-tokens", settings->endpoints.max_tokens, "Tokens per answer")
+      ->transform(count_in(1, 1 << 20))
       ->capture_default_str();
-  cmd->add_option("--http-timeout-ms", settings->http_timeout_ms, "Deadline of each HTTP call")
+  cmd->add_option("--http-timeout-ms", settings->endpoints.http_timeout_ms,
+                  "Deadline of each HTTP call (0: 5 minutes)")
       ->capture_default_str()
       ->transform(timeout_ms());
   cmd->add_option("--dataset", settings->dataset_path,
@@ -310,6 +328,7 @@ inline void add_search_command(CLI::App& app) {
       ->check(CLI::IsMember({"exact", "choice"}))
       ->capture_default_str();
 #endif
+  settings->cmd = cmd;
   cmd->callback([settings] { run_search(*settings); });
 }
 

@@ -119,11 +119,8 @@ inline void run_serve(serve_settings s, int& exit_code) {
   if (!s.roster_path.empty()) {
     roster = moa::config::load_roster(s.roster_path);
   } else if (!s.endpoints.empty()) {
-    eval_settings e;
-    e.endpoints = s.endpoints;
-    e.model = s.model;
-    e.max_tokens = s.max_tokens;
-    roster = endpoints_roster(e);
+    roster = endpoints_roster(
+        endpoint_flags{.endpoints = s.endpoints, .model = s.model, .max_tokens = s.max_tokens});
   } else {
     roster = synthetic_roster(s.latency_ms);
   }

@@ -15,10 +15,17 @@
 ///   },
 ///   "layouts": {
 ///     "moa2": {"layers": [["qwen", "llama"], ["qwen", "llama"]], "aggregator": "qwen"},
-///     "vote": {"layers": [["qwen", "llama"]], "aggregator": "qwen", "policy": "vote"}
+///     "vote": {"layers": [["qwen", "llama"]], "aggregator": "qwen", "policy": "vote"},
+///     "dag":  {"nodes": ["qwen", "llama", "qwen"], "edges": [[0, 1], [0, 2], [1, 2]]}
 ///   }
 /// }
 /// @endcode
+///
+/// A layout is layered (`layers` of proposer names and an `aggregator`), a single model
+/// (`model`), or a DAG: `nodes` (a model name per node; a model may run several nodes) and
+/// `edges` ([from, to] node indices: from's answer is a reference of to). The DAG must be acyclic
+/// with one sink (the node that feeds nothing gives the answer) that every node reaches; it is
+/// checked when the roster is read. A DAG layout synthesises at its sink (no other policy).
 ///
 /// Every model is also a single-model layout of its own name (the baseline), unless a layout of
 /// that name exists. Why JSON rather than TOML: nlohmann-json is already the dependency of the HTTP
@@ -55,6 +62,7 @@
 #include "moa/backends/synthetic.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
+#include "moa/topology/dag.hpp"
 #include "moa/topology/layered.hpp"
 
 namespace moa::config {
@@ -73,7 +81,7 @@ struct model_spec {
   std::string model{};          ///< the `model` field sent; empty: omitted
   std::string api_key{};        ///< literal key (prefer api_key_env)
   std::string api_key_env{};    ///< variable holding the key; empty: OPENAI_API_KEY
-  std::chrono::milliseconds timeout{0};  ///< per call; 0: none
+  std::chrono::milliseconds timeout{0};  ///< per call; 0: the backend's default (HTTP: 5 min)
   int retries = 2;                       ///< retries after the first attempt
   std::size_t context_tokens = 0;        ///< context window; 0: unknown (references not trimmed)
   int max_tokens = 512;
@@ -93,6 +101,18 @@ struct model_spec {
   }
 };
 
+/// @brief An aggregation policy by name (moa/aggregate/policies.hpp), as rosters and the
+/// command line give it; make_policy builds it.
+struct policy_spec {
+  std::string name = "synthesis";  ///< synthesis, vote, judge, rank-fuse or sparse
+  std::string extract = "whole";   ///< what vote and the sparse moderator compare: whole, number,
+                                   ///< letter
+  std::optional<std::uint32_t> judge{};  ///< judges or ranks (a backend index); default: the sink
+  std::size_t top = 2;                   ///< rank-fuse: answers fused
+  std::size_t keep = 2;                  ///< sparse: answers passed on per layer
+  bool moderate = false;                 ///< sparse: stop early when every answer agrees
+};
+
 /// @brief One layout: a layered MoA over model names, or a single model (no layers).
 struct layout_spec {
   std::string name{};
@@ -103,6 +123,11 @@ struct layout_spec {
   std::string judge{};               ///< judge/rank-fuse/sparse: the judging model; empty: sink
   std::size_t top = 2;               ///< rank-fuse: answers fused
   std::size_t keep = 2;              ///< sparse: answers passed on per layer
+  bool moderate = false;             ///< sparse: stop early when every answer agrees
+  /// A DAG layout: the model of each node, and [from, to] edges between node indices (empty:
+  /// layered). `aggregator` is then the sink's model.
+  std::vector<std::string> nodes{};
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges{};
 
   /// Every model the layout calls, in first-use order (the aggregator last if new).
   [[nodiscard]] std::vector<std::string> models() const {
@@ -110,6 +135,7 @@ struct layout_spec {
     auto add = [&](const std::string& m) {
       if (!m.empty() && std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
     };
+    for (const auto& m : nodes) add(m);
     for (const auto& l : layers)
       for (const auto& m : l) add(m);
     add(aggregator);
@@ -209,6 +235,12 @@ class object_reader {
         fail(key_path(key), os.str());
       }
       out = x;
+    }
+  }
+  void boolean(std::string_view key, bool& out) {
+    if (const auto* v = get(key)) {
+      if (!v->is_boolean()) fail(key_path(key), "must be true or false");
+      out = v->get<bool>();
     }
   }
   void one_of(std::string_view key, std::string& out,
@@ -315,8 +347,46 @@ inline layout_spec read_layout(const std::string& name, const nlohmann::json& j)
       pr.string("judge", l.judge);
       pr.integer("top", l.top, 1, 64);
       pr.integer("keep", l.keep, 1, 64);
+      pr.boolean("moderate", l.moderate);
       pr.done();
     }
+  }
+  if (const auto* nodes = r.get("nodes")) {
+    l.nodes = read_names(*nodes, r.key_path("nodes"));
+    if (l.nodes.size() > 64) object_reader::fail(r.key_path("nodes"), "holds more than 64 nodes");
+    if (!l.layers.empty() || !l.aggregator.empty() || !single.empty())
+      object_reader::fail(r.key_path("nodes"),
+                          "names a DAG layout: give no layers, aggregator or model with it");
+    if (l.policy != "synthesis")
+      object_reader::fail(r.key_path("policy"),
+                          "must be synthesis for a DAG layout (its sink synthesises)");
+    const auto* edges = r.get("edges");
+    if (edges && !edges->is_array())
+      object_reader::fail(r.key_path("edges"), "must be a list of [from, to] node indices");
+    const auto n = l.nodes.size();
+    Eigen::MatrixXd adjacency = Eigen::MatrixXd::Zero(Eigen::Index(n), Eigen::Index(n));
+    for (std::size_t i = 0; edges && i < edges->size(); ++i) {
+      const auto& e = (*edges)[i];
+      const auto path = r.key_path("edges") + "[" + std::to_string(i) + "]";
+      if (!e.is_array() || e.size() != 2 || !e[0].is_number_unsigned() ||
+          !e[1].is_number_unsigned() || e[0].get<std::uint64_t>() >= n ||
+          e[1].get<std::uint64_t>() >= n || e[0] == e[1])
+        object_reader::fail(
+            path, "must be [from, to]: two different node indices below " + std::to_string(n));
+      const auto from = e[0].get<std::uint32_t>(), to = e[1].get<std::uint32_t>();
+      l.edges.emplace_back(from, to);
+      adjacency(from, to) = 1;
+    }
+    std::vector<std::uint32_t> backends(n);
+    for (std::uint32_t i = 0; i < n; ++i) backends[i] = i;
+    const dag_topology dag(std::move(adjacency), std::move(backends));
+    try {
+      l.aggregator = l.nodes[dag.sink()];
+    } catch (const topology_error& e) {
+      object_reader::fail(r.key_path("edges"), std::string("do not make a valid DAG: ") + e.what());
+    }
+  } else if (r.get("edges")) {
+    object_reader::fail(r.key_path("edges"), "needs nodes: give the model of each node");
   }
   if (!single.empty()) {
     if (!l.layers.empty() || !l.aggregator.empty())
@@ -419,21 +489,31 @@ inline synthetic_backend make_synthetic(const model_spec& m) {
   return synthetic_backend(std::move(o));
 }
 
+/// @brief The aggregation policy named by `p`; empty for synthesis (the topology's aggregator).
+inline any_aggregator make_policy(const policy_spec& p) {
+  answer_extractor extract = whole_answer{};
+  if (p.extract == "number") extract = last_number{};
+  if (p.extract == "letter") extract = option_letter{};
+  if (p.name == "vote") return any_aggregator(vote_policy{.extract = extract});
+  if (p.name == "judge") return any_aggregator(judge_policy{.judge = p.judge, .extract = extract});
+  if (p.name == "rank-fuse")
+    return any_aggregator(rank_fuse_policy{.judge = p.judge, .top = p.top});
+  if (p.name == "sparse") {
+    sparse_policy s{.judge = p.judge, .keep = p.keep};
+    if (p.moderate) s.moderator = agreement{.extract = extract};
+    return any_aggregator(std::move(s));
+  }
+  return {};
+}
+
 /// @brief The aggregation policy of a layout (empty for synthesis); `index` maps a model name to
 /// its backend index in the layout's pipeline.
 inline any_aggregator make_policy(const layout_spec& l,
                                   const std::function<std::uint32_t(const std::string&)>& index) {
-  answer_extractor extract = whole_answer{};
-  if (l.extract == "number") extract = last_number{};
-  if (l.extract == "letter") extract = option_letter{};
-  std::optional<std::uint32_t> judge;
-  if (!l.judge.empty()) judge = index(l.judge);
-  if (l.policy == "vote") return any_aggregator(vote_policy{.extract = extract});
-  if (l.policy == "judge") return any_aggregator(judge_policy{.judge = judge, .extract = extract});
-  if (l.policy == "rank-fuse")
-    return any_aggregator(rank_fuse_policy{.judge = judge, .top = l.top});
-  if (l.policy == "sparse") return any_aggregator(sparse_policy{.judge = judge, .keep = l.keep});
-  return {};
+  policy_spec p{
+      .name = l.policy, .extract = l.extract, .top = l.top, .keep = l.keep, .moderate = l.moderate};
+  if (!l.judge.empty()) p.judge = index(l.judge);
+  return make_policy(p);
 }
 
 /// @brief A layout's topology over its own backend list (`l.models()` order).
@@ -449,6 +529,21 @@ inline layered_topology make_topology(const layout_spec& l) {
   }
   t.aggregator = index(l.aggregator);
   return t;
+}
+
+/// @brief A layout's plan over its own backend list (`l.models()` order): layered, a single
+/// model, or a DAG.
+inline plan make_plan(const layout_spec& l) {
+  if (l.nodes.empty()) return make_topology(l).make_plan();
+  const auto names = l.models();
+  const auto n = static_cast<Eigen::Index>(l.nodes.size());
+  Eigen::MatrixXd adjacency = Eigen::MatrixXd::Zero(n, n);
+  for (const auto& [from, to] : l.edges) adjacency(from, to) = 1;
+  std::vector<std::uint32_t> backends;
+  for (const auto& m : l.nodes)
+    backends.push_back(
+        static_cast<std::uint32_t>(std::find(names.begin(), names.end(), m) - names.begin()));
+  return dag_topology(std::move(adjacency), std::move(backends)).make_plan();
 }
 
 }  // namespace moa::config

@@ -21,6 +21,7 @@ inline openai_options to_openai_options(const model_spec& m, const env_lookup& e
   o.api_key = m.api_key;
   o.api_key_env = resolved_key_env(m);
   o.name = m.name;
+  if (m.timeout.count() > 0) o.timeout = m.timeout;  // 0: the backend's default
   o.retry.max_attempts = m.retries + 1;
   o.extra = {{"max_tokens", m.max_tokens}, {"temperature", m.temperature}};
   return o;

@@ -185,7 +185,7 @@ class layout_runner {
       return static_cast<std::uint32_t>(std::find(names.begin(), names.end(), n) - names.begin());
     };
     auto policy = config::make_policy(spec, index);
-    pipeline_ = std::make_unique<runtime_pipeline>(std::move(refs), config::make_topology(spec),
+    pipeline_ = std::make_unique<runtime_pipeline>(std::move(refs), config::make_plan(spec),
                                                    std::move(policy));
   }
 

@@ -59,6 +59,7 @@
 
 #include "moa/config/roster.hpp"
 #include "moa/core/error.hpp"
+#include "moa/core/result_json.hpp"
 #include "moa/exec/async.hpp"
 #include "moa/exec/thread_pool.hpp"
 #include "moa/serve/status_endpoint.hpp"
@@ -314,38 +315,12 @@ inline chat_request parse_chat_request(std::string_view body) {
   return out;
 }
 
-/// @brief The trace of a run as JSON: every call (plan calls, then the policy's).
+/// @brief The trace extension of an answer: the run as moa::to_json shows it, less what the
+/// OpenAI fields of the answer already carry (the text in `choices`, the tokens in `usage`).
 inline nlohmann::json trace_json(const result& r) {
-  using ms = std::chrono::duration<double, std::milli>;
-  auto call = [](const call_record& c) {
-    nlohmann::json refs = nlohmann::json::array();
-    for (auto id : c.references) refs.push_back(id);
-    return nlohmann::json{{"call", c.call},
-                          {"layer", c.layer},
-                          {"role", to_string(c.role)},
-                          {"model", c.backend_name},
-                          {"status", to_string(c.status)},
-                          {"start_ms", ms(c.start).count()},
-                          {"end_ms", ms(c.end).count()},
-                          {"prompt_tokens", c.usage.prompt_tokens},
-                          {"completion_tokens", c.usage.completion_tokens},
-                          {"references", refs},
-                          {"text", c.text},
-                          {"error", c.error}};
-  };
-  nlohmann::json calls = nlohmann::json::array();
-  for (const auto& c : r.trace) calls.push_back(call(c));
-  nlohmann::json out = {{"status", to_string(r.status)},
-                        {"elapsed_ms", ms(r.elapsed).count()},
-                        {"trace", calls},
-                        {"aggregation", nullptr}};
-  if (r.aggregation) {
-    nlohmann::json policy_calls = nlohmann::json::array();
-    for (const auto& c : r.aggregation->calls) policy_calls.push_back(call(c));
-    out["aggregation"] = {{"policy", r.aggregation->policy},
-                          {"notes", r.aggregation->notes},
-                          {"calls", policy_calls}};
-  }
+  auto out = moa::to_json(r);
+  out.erase("answer");
+  out.erase("usage");
   return out;
 }
 
@@ -390,11 +365,13 @@ class layout_set {
                                           models.begin());
       };
       s.policy = config::make_policy(spec, index);
-      s.plan = config::make_topology(spec).make_plan();
-      s.description = spec.layers.empty()
-                          ? "model " + spec.aggregator
-                          : std::to_string(spec.layers.size()) + "-layer MoA, aggregator " +
-                                spec.aggregator + ", policy " + spec.policy;
+      s.plan = config::make_plan(spec);
+      s.description =
+          !spec.nodes.empty()
+              ? "DAG of " + std::to_string(spec.nodes.size()) + " nodes, sink " + spec.aggregator
+          : spec.layers.empty() ? "model " + spec.aggregator
+                                : std::to_string(spec.layers.size()) + "-layer MoA, aggregator " +
+                                      spec.aggregator + ", policy " + spec.policy;
       layouts_.push_back(std::move(s));
     }
   }

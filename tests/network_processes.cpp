@@ -965,6 +965,7 @@ TEST_CASE("Network.moa_device_serves_metrics_and_health" * doctest::timeout(90))
 TEST_CASE("Network.zmq_device_checks_reported_loads") {
   moa::net::zmq_device_options opt;
   opt.addresses = ipc_addresses(3);
+  opt.security.insecure_plaintext = true;  // ipc:// endpoints; "d2" names device 2
   opt.log = nullptr;
   opt.trust.max_load = 1000;
   moa::net::zmq_device<moa::least_loaded_gossip> dev(moa::synthetic_backend({.name = "d0"}),

@@ -35,12 +35,13 @@ total=0
 
 # check CLASS EXPECT CMD...: EXPECT is "2" (certainly bad input) or "any" (0, 1 or 2).
 # Device commands that are valid serve until stopped: for them, "serve" also accepts a clean
-# exit after SIGTERM at the time bound.
+# exit after SIGTERM at the time bound, and "serving" accepts only that (a valid device must not
+# exit on its own).
 check() {
   local class=$1 expect=$2
   shift 2
   local timeout_s=$time_limit
-  [ "$expect" = serve ] && timeout_s=3
+  [ "$expect" = serve ] || [ "$expect" = serving ] && timeout_s=3
   count[$class]=$((${count[$class]:-0} + 1))
   total=$((total + 1))
   local out="$work/out" err="$work/err" rss="$work/rss"
@@ -52,8 +53,10 @@ check() {
   local why=""
   local peak
   peak=$(tail -n 1 "$rss" 2>/dev/null | tr -dc 0-9)
-  if [ "$expect" = serve ] && [ "$rc" = 124 ]; then
+  if { [ "$expect" = serve ] || [ "$expect" = serving ]; } && [ "$rc" = 124 ]; then
     :  # a valid device, stopped cleanly by SIGTERM
+  elif [ "$expect" = serving ]; then
+    why="exit $rc where a valid device must serve until stopped"
   elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     why="ran over ${timeout_s} s"
   elif [ "$rc" -gt 2 ]; then
@@ -356,16 +359,19 @@ total=$((total + 1))
 # --- devices -----------------------------------------------------------------------------------
 device_cases() {  # device_cases PROGRAM...
   local p1=$((20000 + RANDOM % 20000))
-  local peers="tcp://127.0.0.1:$p1,tcp://127.0.0.1:$((p1 + 1))"
+  # Three devices, so that the default k = 2 is valid and each case reaches the option it is about.
+  local peers="tcp://127.0.0.1:$p1,tcp://127.0.0.1:$((p1 + 1)),tcp://127.0.0.1:$((p1 + 2))"
   local -a base=("$@" device --insecure-plaintext --index 0 --peers "$peers")
   ZERO_EXPECT=serve numeric_cases "${base[@]}" -- --index --layers --fanout --alpha-ms \
     --capacity --peer-timeout-ms --dead-after-ms --seed
   enum_cases "${base[@]}" -- --gossip --latency
-  for v in "" bogus "tcp://" "http://127.0.0.1:1" "tcp://127.0.0.1:$p1" "$peers,"; do
+  for v in "" bogus "tcp://" "http://127.0.0.1:1" "tcp://127.0.0.1:$p1"; do
     check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$v"
   done
-  check device_peers 2 "${base[@]:0:3}" --index 2 --peers "$peers"
-  check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$peers" -k 2
+  # CLI11 drops the empty element a trailing comma makes: the device serves the peers listed.
+  check device_peers serving "${base[@]:0:3}" --index 0 --peers "$peers,"
+  check device_peers 2 "${base[@]:0:3}" --index 3 --peers "$peers"
+  check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$peers" -k 3
   check device_peers 2 "${base[@]:0:3}" --index 0 --peers "$peers" --bind "udp://*:1"
   check device_peers 2 "${base[@]:0:3}" --index 0 --peers "tcp://no.such.host.invalid:1,$peers"
   # A device's model from a roster: --model must name one of its models; flags it replaces and
@@ -383,7 +389,7 @@ device_cases() {  # device_cases PROGRAM...
   printf '{"models": {"alpha": {"kind": "synthetic", "typo": 1}}}' >"$work/device_roster.json"
   check device_roster 2 "${dev[@]}" --roster "$work/device_roster.json" --model alpha
   # A good one serves its roster model until stopped.
-  check device_roster serve "${dev[@]}" --roster "$roster_file" --model beta
+  check device_roster serving "${dev[@]}" --roster "$roster_file" --model beta
   # A port in use: a first device holds it while a second tries to bind it.
   "${base[@]}" >/dev/null 2>&1 &
   local holder=$!
@@ -398,7 +404,7 @@ device_cases() {  # device_cases PROGRAM...
       "1.2.3.4.5:80" "[::1]:x" "127.0.0.1:9100:1" "$(printf 'a%.0s' {1..5000}):1"; do
       check device_metrics 2 "${base[@]}" --metrics "$v"
     done
-    local m=$((p1 + 2))
+    local m=$((p1 + 3))
     "${base[@]}" --metrics "127.0.0.1:$m" >/dev/null 2>&1 &
     holder=$!
     sleep 0.5
@@ -407,7 +413,7 @@ device_cases() {  # device_cases PROGRAM...
     kill -TERM "$holder" 2>/dev/null
     wait "$holder" 2>/dev/null
   fi
-  key_cases "$peers" "$@"
+  key_cases "tcp://127.0.0.1:$p1,tcp://127.0.0.1:$((p1 + 1))" "$@"
 }
 
 # Keys (docs/NETWORK.md, key management): keygen's paths; a device's key files (missing, not a
@@ -429,7 +435,7 @@ key_cases() {  # key_cases PEERS PROGRAM...
   printf '%s\n' "$(sed -n 2p "$keys/d0.key")" "$(sed -n 2p "$keys/d0.key")" >"$keys/two.key"
   chmod 600 "$keys/two.key"
   head -c 2000000 /dev/zero >"$keys/big.pub"
-  local -a dev=("$@" device --index 0 --peers "$peers")
+  local -a dev=("$@" device --index 0 --peers "$peers" -k 1)
   local pk="$keys/d0.pub,$keys/d1.pub"
   check device_keys 2 "${dev[@]}"  # neither keys nor --insecure-plaintext
   for k in "$keys/missing.key" "$keys/open.key" "$keys/junk.key" "$keys/two.key" "$keys" \
@@ -449,7 +455,7 @@ key_cases() {  # key_cases PEERS PROGRAM...
   check device_peers 2 "$@" device --index 0 --peers "tcp://no.such.host.invalid:1,$peers" \
     --key "$keys/d0.key" --peers-keys "$pk,$keys/c.pub"
   mkdir -p "$keys/clients" && cp "$keys/c.pub" "$keys/clients/"
-  check device_keys serve "${dev[@]}" --key "$keys/d0.key" --peers-keys "$pk" --clients-keys "$keys/clients"
+  check device_keys serving "${dev[@]}" --key "$keys/d0.key" --peers-keys "$pk" --clients-keys "$keys/clients"
 }
 
 # moa submit: bad input only (a valid submit to nobody exits 4, which is not bad input).

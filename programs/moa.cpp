@@ -25,6 +25,7 @@
 #include "cli/search_command.hpp"
 #if MOA_CLI_ZMQ
 #include "cli/submit_command.hpp"
+#include "cli/zmq_tsan.hpp"  // TSan: libzmq is not instrumented
 #endif
 #if MOA_CLI_SERVE
 #include "cli/serve_command.hpp"

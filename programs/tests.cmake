@@ -207,7 +207,8 @@ set_tests_properties(cli.replay_bad_config PROPERTIES
   PASS_REGULAR_EXPRESSION "M = 3 layers, but 2 were measured")
 
 # Bad input never crashes, never lies: every subcommand over a generated corpus of bad arguments
-# and config files (tests/cli_corpus.sh prints the cases per class). In every stage, ASan's too.
+# and config files (tests/cli_corpus.sh prints the cases per class). In the plain and ASan stages
+# (TSan skips it: its runs are single-threaded argument and file checks).
 if(TARGET moa_device)
   add_test(NAME cli.bad_input_corpus
            COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>
@@ -216,7 +217,7 @@ else()
   add_test(NAME cli.bad_input_corpus
            COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>)
 endif()
-set_tests_properties(cli.bad_input_corpus PROPERTIES TIMEOUT 1800
+set_tests_properties(cli.bad_input_corpus PROPERTIES TIMEOUT 1800 LABELS corpus
   PASS_REGULAR_EXPRESSION "cli_corpus: all [0-9]+ cases ended in a documented exit code")
 
 # The async path's critical path counts a call from when it starts running: on one thread, four

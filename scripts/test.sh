@@ -4,14 +4,17 @@
 #   1. format check (clang-format, the committed .clang-format);
 #   2. plain build with -Werror: unit tests, compile-fail tests, header and packaging tests,
 #      examples;
-#   3. AddressSanitizer + UndefinedBehaviorSanitizer build: unit tests and examples;
+#   3. AddressSanitizer + UndefinedBehaviorSanitizer build: unit tests and examples; with the
+#      llama stage selected, also the tests labelled `llama` (below), on this same build.
 #   4. ThreadSanitizer build with clang 14 (the other stages use g++ 12, so both compilers
-#      build every test): unit tests and examples.
+#      build every test): unit tests and examples; not the bad-input corpus (ASan runs it: it
+#      checks memory and exit codes of one-thread runs) and not the llama tests (ASan runs them).
 #   5. llama: builds a real llama.cpp server and a tiny model (scripts/llama-server.sh; cached,
-#      ~1 min the first time), then runs the tests labelled `llama` against it, with ASan+UBSan.
+#      ~1 min the first time) before the ASan stage, whose build runs the tests labelled `llama`
+#      against it with the server required; alone, this stage builds and runs just those tests.
 #   6. fuzz: libFuzzer (clang 14) on the HTTP backend's parsers for MOA_FUZZ_SECONDS (60).
 #   7. fuzz-net: libFuzzer (clang 14) on the ZeroMQ network's message decoder and handler for
-#      MOA_FUZZ_SECONDS (60).
+#      MOA_FUZZ_SECONDS (60); both fuzz stages share one build.
 # MOA_TEST_STAGES selects stages (default: "format plain asan tsan llama fuzz fuzz-net").
 set -euo pipefail
 MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +25,7 @@ stages="${MOA_TEST_STAGES:-format plain asan tsan llama fuzz fuzz-net}"
 jobs="$(nproc)"
 started=$SECONDS
 
+has_stage() { [[ " $stages " == *" $1 "* ]]; }
 stage() { printf '\n=== %s (%ds elapsed) ===\n' "$1" $((SECONDS - started)); }
 
 # Totals over every ctest run, printed at the end as "N passed, N failed".
@@ -55,60 +59,69 @@ for s in $stages; do
       ;;
     plain)
       stage "plain build (-Werror), all tests"
-      build_and_test plain "" -DCMAKE_BUILD_TYPE=Debug
+      # With the llama stage selected, the llama tests run once, in the ASan build.
+      build_and_test plain "$(has_stage llama && echo llama)" -DCMAKE_BUILD_TYPE=Debug
       ;;
-    asan)
-      stage "AddressSanitizer + UBSan"
+    asan | llama)
+      # One ASan build serves both stages: with llama selected the asan stage configures it with
+      # the server and runs the llama tests too (required: a missing server fails them); the
+      # llama stage then only runs what the asan stage did not.
       export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
       export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-      build_and_test asan "compile_fail|packaging" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DMOA_DEV_SANITIZE=address -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF
+      asan_options=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOA_DEV_SANITIZE=address
+                    -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF)
+      if has_stage llama; then
+        if [ -z "${llama_dir:-}" ]; then
+          stage "llama.cpp server: build (cached)"
+          bash scripts/llama-server.sh build
+          llama_dir="$(bash scripts/llama-server.sh dir)"
+        fi
+        export MOA_LLAMA_REQUIRED=1
+        asan_options+=(-DMOA_LLAMA_DIR="$llama_dir")
+      fi
+      if [ "$s" = asan ]; then
+        stage "AddressSanitizer + UBSan$(has_stage llama && echo ', with the llama tests')"
+        build_and_test asan "compile_fail|packaging" "${asan_options[@]}"
+      elif ! has_stage asan; then
+        stage "llama tests (ASan+UBSan)"
+        cmake -S . -B build/asan -G Ninja "${asan_options[@]}" >/dev/null
+        cmake --build build/asan -j "$jobs" --target moa_openai_llama_tests openai_moa moa_cli \
+          moa_network_process_tests moa_device
+        run_ctest build/asan -L llama
+      else
+        echo "moa: the llama tests ran in the ASan stage"
+      fi
       ;;
     tsan)
       stage "ThreadSanitizer (clang 14)"
       export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
-      build_and_test tsan "compile_fail|packaging" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      build_and_test tsan "compile_fail|packaging|llama|corpus" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCMAKE_CXX_COMPILER=clang++-14 \
         -DMOA_DEV_SANITIZE=thread -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF
       ;;
-    llama)
-      stage "llama.cpp server: build (cached), integration tests (ASan+UBSan)"
-      bash scripts/llama-server.sh build
-      export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-      export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-      export MOA_LLAMA_REQUIRED=1  # here a missing server fails the tests instead of skipping them
-      cmake -S . -B build/llama -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DMOA_DEV_SANITIZE=address -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF \
-        -DMOA_LLAMA_DIR="$(bash scripts/llama-server.sh dir)" >/dev/null
-      cmake --build build/llama -j "$jobs" --target moa_openai_llama_tests openai_moa moa_cli \
-        moa_network_process_tests moa_device
-      run_ctest build/llama -L llama
-      ;;
-    fuzz)
-      stage "libFuzzer on the HTTP backend's parsers (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
+    fuzz | fuzz-net)
+      if [ "$s" = fuzz ]; then
+        target=moa_fuzz_openai binary=tests/moa_fuzz_openai corpus=build/fuzz/corpus-openai
+        stage "libFuzzer on the HTTP backend's parsers (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
+      else
+        target=moa_fuzz_net binary=programs/moa_fuzz_net corpus=build/fuzz/corpus-net
+        stage "libFuzzer on the network's message decoder (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
+      fi
       cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCMAKE_CXX_COMPILER=clang++-14 -DMOA_DEV_FUZZ=ON -DMOA_BUILD_EXAMPLES=OFF \
-        -DMOA_BUILD_PROGRAMS=OFF -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF >/dev/null
-      cmake --build build/fuzz -j "$jobs" --target moa_fuzz_openai
-      corpus=build/fuzz/corpus
-      mkdir -p "$corpus"
-      for f in tests/fixtures/openai/*.body; do  # first byte: the stream's piece size
-        { printf '\0'; cat "$f"; } >"$corpus/$(basename "$f").whole"
-        { printf '\7'; cat "$f"; } >"$corpus/$(basename "$f").pieces"
-      done
-      build/fuzz/tests/moa_fuzz_openai -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
-        -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -15  # pipefail: its status
-      ;;
-    fuzz-net)
-      stage "libFuzzer on the network's message decoder (clang 14, ${MOA_FUZZ_SECONDS:-60} s)"
-      cmake -S . -B build/fuzz-net -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DCMAKE_CXX_COMPILER=clang++-14 -DMOA_DEV_FUZZ=ON -DMOA_BUILD_TESTS=OFF -DMOA_BUILD_EXAMPLES=OFF \
         -DMOA_DEV_HEADER_TESTS=OFF -DMOA_INSTALL=OFF >/dev/null
-      cmake --build build/fuzz-net -j "$jobs" --target moa_fuzz_net
-      corpus=build/fuzz-net/corpus
+      cmake --build build/fuzz -j "$jobs" --target "$target"
+      rm -rf "$corpus"
       mkdir -p "$corpus"
-      cp tests/fixtures/net/*.json "$corpus"/
-      build/fuzz-net/programs/moa_fuzz_net -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
+      if [ "$s" = fuzz ]; then
+        for f in tests/fixtures/openai/*.body; do  # first byte: the stream's piece size
+          { printf '\0'; cat "$f"; } >"$corpus/$(basename "$f").whole"
+          { printf '\7'; cat "$f"; } >"$corpus/$(basename "$f").pieces"
+        done
+      else
+        cp tests/fixtures/net/*.json "$corpus"/
+      fi
+      "build/fuzz/$binary" -max_total_time="${MOA_FUZZ_SECONDS:-60}" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -15  # pipefail: its status
       ;;
     *) echo "moa: unknown test stage '$s'" >&2; exit 2 ;;

@@ -78,7 +78,7 @@ endif()
 if(TARGET moa_device)
   find_package(doctest 2.4 REQUIRED CONFIG)
   add_executable(moa_network_process_tests ${PROJECT_SOURCE_DIR}/tests/network_processes.cpp)
-  target_link_libraries(moa_network_process_tests PRIVATE moa::moa moa_doctest_main cppzmq
+  target_link_libraries(moa_network_process_tests PRIVATE moa::moa moa::queueing moa_doctest_main cppzmq
                         nlohmann_json::nlohmann_json)
   target_include_directories(moa_network_process_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_definitions(moa_network_process_tests PRIVATE
@@ -104,17 +104,19 @@ if(TARGET moa_device)
                          SKIP_RETURN_CODE 77 TIMEOUT 180
                          FAIL_REGULAR_EXPRESSION "test cases: +0 [|]")  # the filter must match
   endif()
-  # moa/net/zmq*.hpp compile on their own (the generic header test excludes them).
+  # moa/net/zmq*.hpp and the roster's device backend compile on their own (the generic header
+  # test excludes them).
   set(_zmq_header_tus)
-  foreach(_h moa/net/zmq_wire.hpp moa/net/zmq_security.hpp moa/net/zmq_device.hpp)
+  foreach(_h moa/net/zmq_wire.hpp moa/net/zmq_security.hpp moa/net/zmq_device.hpp
+             moa/net/zmq_client.hpp moa/config/roster_device.hpp)
     string(MAKE_C_IDENTIFIER ${_h} _id)
     set(_tu ${CMAKE_CURRENT_BINARY_DIR}/headers/${_id}.cpp)
     file(CONFIGURE OUTPUT ${_tu} CONTENT "#include <${_h}>\n#include <${_h}>\n")
     list(APPEND _zmq_header_tus ${_tu})
   endforeach()
   add_library(moa_zmq_header_test OBJECT ${_zmq_header_tus})
-  target_link_libraries(moa_zmq_header_test PRIVATE moa::moa moa_dev_settings cppzmq
-                        nlohmann_json::nlohmann_json)
+  target_link_libraries(moa_zmq_header_test PRIVATE moa::moa moa::queueing moa_dev_settings
+                        cppzmq nlohmann_json::nlohmann_json)
 endif()
 
 # `moa eval` (docs/EVAL.md): layouts of the synthetic roster on the example arithmetic set, where
@@ -245,6 +247,15 @@ add_test(NAME cli.stability_large_graph_refused COMMAND bash -c
          "printf '{\"adjacency\": [[0]]}' > ${CMAKE_CURRENT_BINARY_DIR}/big_graph.json; $<TARGET_FILE:moa_cli> stability -n 2000 --config ${CMAKE_CURRENT_BINARY_DIR}/big_graph.json")
 set_tests_properties(cli.stability_large_graph_refused PROPERTIES
   PASS_REGULAR_EXPRESSION "a graph is analysed as an n x n matrix, for at most 1024 devices")
+
+# A device network as a roster model (kind "device"): `moa run` and `moa serve` through a keyed
+# device, a stranger's key refused (tests/serve_device.sh).
+if(MOA_HAS_SERVE AND TARGET moa_device)
+  add_test(NAME cli.serve_device_network
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/serve_device.sh $<TARGET_FILE:moa_cli>)
+  set_tests_properties(cli.serve_device_network PROPERTIES TIMEOUT 120 LABELS network
+    PASS_REGULAR_EXPRESSION "serve_device: all passed")
+endif()
 
 # `moa serve` in front of two real llama-servers, driven with curl (docs/SERVE.md).
 if(MOA_HAS_OPENAI AND MOA_HAS_SERVE)

@@ -272,7 +272,16 @@ for text in '' '{' '[]' '{"models": 4}' '{"models": {"a": {"endpoint": "file:///
   '{"models": {"a": {"timeout_ms": -1}}}' '{"models": {"a": {"timeout_ms": 1e400}}}' \
   "$(printf '%*s' 100000 '' | tr ' ' '[')" \
   '{"models": {"a": {}}, "layouts": {"l": {"aggregator": "a", "policy": {"name": "sparse", "moderate": 1}}}}' \
-  '{"models": {"a": {}}, "layouts": {"l": {"aggregator": "a", "policy": {"moderat": true}}}}'; do
+  '{"models": {"a": {}}, "layouts": {"l": {"aggregator": "a", "policy": {"moderat": true}}}}' \
+  '{"models": {"d": {"kind": "device"}}}' \
+  '{"models": {"d": {"kind": "device", "endpoint": "http://127.0.0.1:1/v1", "insecure_plaintext": true}}}' \
+  '{"models": {"d": {"kind": "device", "endpoint": "tcp://127.0.0.1:1"}}}' \
+  '{"models": {"d": {"kind": "device", "endpoint": "tcp://127.0.0.1:1", "insecure_plaintext": 1}}}' \
+  '{"models": {"d": {"kind": "device", "endpoint": "tcp://127.0.0.1:1", "key_file": "k.key"}}}' \
+  '{"models": {"d": {"kind": "device", "endpoint": "tcp://10.0.0.1:1", "insecure_plaintext": true}}}' \
+  '{"models": {"d": {"kind": "device", "endpoint": "tcp://127.0.0.1:1", "insecure_plaintext": true, "model": "m"}}}' \
+  '{"models": {"d": {"kind": "device", "endpoint": "tcp://127.0.0.1:1", "key_file": "/nonexistent.key", "server_key_file": "/nonexistent.pub"}}}' \
+  '{"models": {"a": {"insecure_plaintext": true}}}'; do
   roster_case "$text"
 done
 # Roster flags of moa run and moa search: what a roster replaces is refused with it, a layout must

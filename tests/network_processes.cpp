@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,8 +37,10 @@
 #include "cli/zmq_tsan.hpp"  // TSan: libzmq is not instrumented
 #include "moa/aggregate/policies.hpp"
 #include "moa/backends/synthetic.hpp"
+#include "moa/config/roster_device.hpp"
 #include "moa/gossip/strategies.hpp"
 #include "moa/net/device_metrics.hpp"
+#include "moa/net/zmq_client.hpp"
 #include "moa/net/zmq_device.hpp"
 #include "moa/net/zmq_security.hpp"
 #include "moa/net/zmq_wire.hpp"
@@ -1323,3 +1326,107 @@ TEST_CASE("Network.keyed_processes_answer_moa_submit" * doctest::timeout(180)) {
   CHECK(out.find("loopback only") != std::string::npos);
 }
 #endif
+
+// A device network as one backend (moa/net/zmq_client.hpp): sync and concurrent calls answer
+// with the origin's aggregate; a deadline, a stop token and a device nobody serves each end a
+// call with its typed error, never an answer and never a hang.
+TEST_CASE("Network.a_device_network_is_a_backend" * doctest::timeout(60)) {
+  const std::vector<std::string> addresses = ipc_addresses(2);
+  std::vector<moa::any_backend> models;
+  models.push_back(slow("d0", 0));
+  models.push_back(slow("d1", 300));  // d0's proposer call to d1 takes 300 ms
+  zmq_cluster cluster(addresses, std::move(models), moa::any_aggregator{});
+  moa::net::device_backend network({.device = addresses[0], .insecure_plaintext = true}, 20s,
+                                   "edge");
+  CHECK(network.name() == "edge");
+  const auto ask = [](std::string text) {
+    return moa::request{.messages = {{moa::role::user, std::move(text)}}};
+  };
+  CHECK(moa::generate(network, ask("hi")).text == "final of d0");
+
+  std::vector<std::string> answers(8);
+  {
+    std::vector<std::jthread> callers;
+    for (std::size_t i = 0; i < answers.size(); ++i)
+      callers.emplace_back(
+          [&, i] { answers[i] = moa::generate(network, ask("q" + std::to_string(i))).text; });
+  }
+  for (const auto& a : answers) CHECK(a == "final of d0");
+
+  auto late = ask("late");
+  late.deadline = moa::clock::now() + 50ms;  // before d1's 300 ms proposer call ends
+  CHECK_THROWS_AS(moa::generate(network, late), moa::timeout_error);
+
+  std::stop_source stop;
+  auto cancelled = ask("cancelled");
+  cancelled.stop = stop.get_token();
+  std::jthread canceller([&] {
+    std::this_thread::sleep_for(50ms);
+    stop.request_stop();
+  });
+  CHECK_THROWS_AS(moa::generate(network, cancelled), moa::cancelled_error);
+
+  moa::net::device_backend nobody({.device = ipc_addresses(1)[0], .insecure_plaintext = true},
+                                  200ms);
+  CHECK(nobody.name().rfind("device ipc://", 0) == 0);
+  try {
+    (void)moa::generate(nobody, ask("anyone?"));
+    FAIL("a device nobody serves answered");
+  } catch (const moa::timeout_error& e) {
+    CHECK(std::string(e.what()).find("unreachable") != std::string::npos);
+  }
+
+  CHECK_THROWS_AS(
+      moa::net::zmq_client({.device = "tcp://10.1.2.3:5550", .insecure_plaintext = true}),
+      moa::invalid_argument);  // plain text beyond loopback
+  CHECK_THROWS_AS(moa::net::zmq_client({.device = "http://127.0.0.1:1"}), moa::invalid_argument);
+  CHECK_THROWS_AS(moa::net::zmq_client({.device = addresses[0]}), moa::invalid_argument);  // keys?
+}
+
+// A roster's device model: its keys read beside the roster, checked when the backend is made.
+TEST_CASE("Network.roster_device_models") {
+  namespace fs = std::filesystem;
+  const fs::path dir =
+      fs::temp_directory_path() / ("moa-roster-device-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  (void)moa::net::save_key_pair(dir / "client", moa::net::generate_key_pair());
+  (void)moa::net::save_key_pair(dir / "d0", moa::net::generate_key_pair());
+  {
+    std::ofstream(dir / "roster.json")
+        << R"({"models": {"edge": {"kind": "device", "endpoint": "tcp://127.0.0.1:1",
+               "key_file": "client.key", "server_key_file": "d0.pub", "timeout_ms": 1000}}})";
+  }
+  const auto roster = moa::config::load_roster((dir / "roster.json").string());
+  const auto& m = roster.model("edge");
+  CHECK(m.kind == "device");
+  CHECK(m.key_file == (dir / "client.key").string());  // beside the roster, not the cwd
+  const auto options = moa::config::to_client_options(m);
+  CHECK(options.keys->public_key == moa::net::load_public_keys(dir / "client.pub")[0]);
+  CHECK(options.server_key == moa::net::load_public_keys(dir / "d0.pub")[0]);
+  CHECK(moa::config::make_device_backend(m).name() == "edge");
+
+  auto missing = m;
+  missing.key_file = (dir / "nobody.key").string();
+  try {
+    (void)moa::config::make_device_backend(missing);
+    FAIL("a missing key file was accepted");
+  } catch (const moa::config::config_error& e) {
+    CHECK(std::string(e.what()).find("models.edge.key_file") != std::string::npos);
+  }
+  fs::permissions(dir / "client.key", fs::perms::group_read, fs::perm_options::add);
+  CHECK_THROWS_AS(moa::config::make_device_backend(m), moa::config::config_error);
+
+  const auto bad = [](const char* text) {
+    CHECK_THROWS_AS(moa::config::parse_roster(nlohmann::json::parse(text)),
+                    moa::config::config_error);
+  };
+  bad(R"({"models": {"d": {"kind": "device"}}})");                                   // no endpoint
+  bad(R"({"models": {"d": {"kind": "device", "endpoint": "tcp://127.0.0.1:1"}}})");  // no keys
+  bad(R"({"models": {"d": {"kind": "device", "endpoint": "tcp://h:1", "insecure_plaintext": true,
+          "key_file": "k"}}})");                   // keys and plain text
+  bad(R"({"models": {"d": {"kind": "device", "endpoint": "tcp://h:1", "insecure_plaintext": true,
+          "temperature": 0.1}}})");                // an OpenAI setting
+  bad(R"({"models": {"o": {"key_file": "k"}}})");  // a device setting on an OpenAI model
+  fs::remove_all(dir);
+}

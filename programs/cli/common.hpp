@@ -380,7 +380,7 @@ inline bool given(const CLI::App* cmd, const std::string& option) {
 }
 
 /// OpenAI-compatible endpoints given by flags (`--endpoint`, `--model`, ...): turned into roster
-/// models, so flags and roster files reach a backend by one path (moa::config::make_backend).
+/// models, so flags and roster files reach a backend by one path (cli::model_backend).
 struct endpoint_flags {
   std::vector<std::string> endpoints{};
   std::string model{};        ///< the model name sent; empty: omitted

@@ -20,10 +20,8 @@
 #include <moa/eval/harness.hpp>
 #include <moa/eval/plot.hpp>
 #include <nlohmann/json.hpp>
-#if MOA_CLI_OPENAI
-#include <moa/config/roster_openai.hpp>
-#endif
 
+#include "cli/backends.hpp"
 #include "cli/common.hpp"
 #include "cli/gnuplot.hpp"
 
@@ -110,11 +108,9 @@ inline void run_eval(const eval_settings& s, int& exit_code) {
       if (done == total) std::fputc('\n', stderr);
       std::fflush(stderr);
     };
-#if MOA_CLI_OPENAI
-  const moa::eval::backend_factory make = moa::config::make_backend;
-#else
-  const moa::eval::backend_factory make = moa::eval::synthetic_only;
-#endif
+  const moa::eval::backend_factory make = [](const moa::config::model_spec& m) {
+    return model_backend(m);
+  };
   const auto report = moa::eval::evaluate(roster, data, layouts, opt, make);
   std::cout << report;
   if (json_out) {

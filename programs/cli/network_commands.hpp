@@ -32,14 +32,14 @@
 #include <moa/net/zmq_device.hpp>
 #endif
 #include "cli/adaptive_command.hpp"
+#include "cli/backends.hpp"
 #include "cli/common.hpp"
 #if MOA_CLI_ZMQ
 #include "cli/key_commands.hpp"
 #endif
 
 #if MOA_CLI_ZMQ && MOA_CLI_OPENAI
-#include <moa/backends/openai.hpp>
-#include <moa/config/roster_openai.hpp>
+#include <moa/backends/openai.hpp>  // redact_url
 #endif
 #if MOA_CLI_ZMQ && MOA_CLI_SERVE
 #include <optional>
@@ -290,7 +290,7 @@ inline std::atomic<bool>& device_signalled() {
 }
 
 /// The device's model: the roster's model named by --model, one made of --endpoint flags (the
-/// same path: a roster model and make_backend), or the synthetic model.
+/// same path: a roster model and model_backend), or the synthetic model.
 inline moa::any_backend device_model(const device_settings& s) {
   const auto given = [&](const char* option) { return cli::given(s.cmd, option); };
   moa::config::roster roster;
@@ -320,15 +320,7 @@ inline moa::any_backend device_model(const device_settings& s) {
   } else {
     return synthetic_device(s.index, s.alpha_ms, s.latency == "exponential", s.seed);
   }
-#if MOA_CLI_OPENAI
-  return moa::config::make_backend(roster.models.front());
-#else
-  if (roster.models.front().kind != "synthetic")
-    reject("--roster", "model \"" + s.model +
-                           "\" is an endpoint; this program was built without "
-                           "libcurl");
-  return moa::any_backend(moa::config::make_synthetic(roster.models.front()));
-#endif
+  return model_backend(roster.models.front());
 }
 
 /// A ZeroMQ endpoint as the device accepts it: tcp://, ipc:// or inproc://, not empty.

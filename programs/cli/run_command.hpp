@@ -21,10 +21,8 @@
 #include <moa/config/roster.hpp>
 #include <moa/core/result_json.hpp>
 #include <moa/moa.hpp>
-#if MOA_CLI_OPENAI
-#include <moa/config/roster_openai.hpp>
-#endif
 
+#include "cli/backends.hpp"
 #include "cli/common.hpp"
 
 namespace moa::cli {
@@ -153,21 +151,13 @@ inline int run_command(run_settings& s) {
     reject("prompt", "longer than " + std::to_string(max_prompt_bytes) + " bytes");
   output_file dot(s.dot_file, "--dot");
   const auto [roster, layout] = run_layout(s);
-  // The layout's models in its own order: roster models by make_backend, the others synthetic,
+  // The layout's models in its own order: roster models by model_backend, the others synthetic,
   // each seeded by its place among alpha, beta, ... so a run is the same whatever the layout.
   const auto names = layout.models();
   std::vector<moa::any_backend> backends;
   for (const auto& name : names) {
     if (const auto* m = roster.find_model(name)) {
-#if MOA_CLI_OPENAI
-      backends.push_back(moa::config::make_backend(*m));
-#else
-      if (m->kind != "synthetic")
-        reject("--roster", "model \"" + name +
-                               "\" is an endpoint; this moa was built without "
-                               "libcurl");
-      backends.emplace_back(moa::config::make_synthetic(*m));
-#endif
+      backends.push_back(model_backend(*m));
       continue;
     }
     std::size_t i = 0;

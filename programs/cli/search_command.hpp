@@ -25,12 +25,10 @@
 #include <moa/swarm/search.hpp>
 #include <moa/topology/dag.hpp>
 #include <nlohmann/json.hpp>
-#if MOA_CLI_OPENAI
-#include <moa/config/roster_openai.hpp>
-#endif
 
 #include <moa/swarm/planted.hpp>
 
+#include "cli/backends.hpp"
 #include "cli/common.hpp"
 
 namespace moa::cli {
@@ -207,7 +205,7 @@ inline void run_search(const search_settings& s) {
     models = roster.models.size();
     for (const auto& m : roster.models) {
       names.push_back(m.name);
-      remote.push_back(moa::config::make_backend(m));
+      remote.push_back(model_backend(m));
     }
     for (std::size_t i = 0; i < models; ++i) remote_refs.emplace_back(remote[i], names[i]);
     moa::swarm::dataset_utility accuracy(

@@ -28,10 +28,25 @@
 #include <moa/serve/roster_backends.hpp>
 #endif
 
+#include "cli/backends.hpp"
 #include "cli/common.hpp"
 #include "cli/eval_command.hpp"
 
 namespace moa::cli {
+
+// The server's backends, by model_backend's rules, held for the async executor: OpenAI endpoints
+// and devices through their asynchronous paths, so a run waiting on them holds no thread.
+inline moa::serve::model_handle serve_backend(const moa::config::model_spec& m) {
+  require_backend_of(m);
+#if MOA_CLI_ZMQ
+  if (m.kind == "device") return moa::serve::hold(moa::config::make_device_backend(m), m.name);
+#endif
+#if MOA_CLI_OPENAI
+  return moa::serve::roster_backends(m);
+#else
+  return moa::serve::synthetic_backends(m);
+#endif
+}
 
 struct serve_settings {
   std::string roster_path{};
@@ -128,11 +143,7 @@ inline void run_serve(serve_settings s, int& exit_code) {
   s.server.api_keys = load_api_keys(s);
   s.server.run_timeout =
       std::chrono::milliseconds(static_cast<std::int64_t>(s.run_timeout_s * 1000));
-#if MOA_CLI_OPENAI
-  const moa::serve::backend_factory make = moa::serve::roster_backends;
-#else
-  const moa::serve::backend_factory make = moa::serve::synthetic_backends;
-#endif
+  const moa::serve::backend_factory make = serve_backend;
   // The signals are taken by a thread of their own (sigwait), never by a handler: the first
   // drains, the second exits at once. Blocked before any server thread starts, so all inherit it.
   sigset_t signals;

@@ -13,20 +13,19 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <zmq.hpp>
-
 #include <chrono>
 #include <cstdint>
-#include <cstring>
+#include <exception>
+#include <future>
 #include <iomanip>
 #include <iostream>
-#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include <moa/net/zmq_client.hpp>
 #include <moa/net/zmq_security.hpp>
 #include <moa/net/zmq_wire.hpp>
 
@@ -48,54 +47,6 @@ struct submit_settings {
   std::string key, server_key;
   bool insecure_plaintext = false, stats = false, stop = false;
 };
-
-namespace detail {
-
-// What the client waits for, and what came back.
-struct submit_wait {
-  std::map<std::string, moa::net::wire::envelope> results;  // by tag
-  std::string refused_key;  // the device refused the key at the handshake
-  std::string handshake;    // the last handshake failure that may be transient
-};
-
-// Waits until every tag in `tags` has its result, the device refuses the key, or `until`.
-inline void wait_for(zmq::socket_t& sock, zmq::socket_t& monitor,
-                     const std::vector<std::string>& tags, moa::clock::time_point until,
-                     submit_wait& w) {
-  auto missing = [&] {
-    for (const auto& t : tags)
-      if (!w.results.count(t)) return true;
-    return false;
-  };
-  while (missing() && w.refused_key.empty() && moa::clock::now() < until) {
-    zmq::pollitem_t items[] = {{sock.handle(), 0, ZMQ_POLLIN, 0},
-                               {monitor.handle(), 0, ZMQ_POLLIN, 0}};
-    zmq::poll(items, 2, std::chrono::milliseconds(20));
-    zmq::message_t m;
-    while (sock.recv(m, zmq::recv_flags::dontwait)) {
-      auto d = moa::net::wire::decode(m.to_string_view());
-      if (d.message && d.message->type == moa::net::wire::kind::result)
-        w.results[d.message->tag] = std::move(*d.message);
-    }
-    while (monitor.recv(m, zmq::recv_flags::dontwait)) {
-      zmq::message_t address;
-      if (m.more()) (void)monitor.recv(address, zmq::recv_flags::dontwait);
-      if (m.size() < 6) continue;
-      std::uint16_t event = 0;
-      std::uint32_t value = 0;
-      std::memcpy(&event, m.data(), 2);
-      std::memcpy(&value, static_cast<const char*>(m.data()) + 2, 4);
-      if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
-        w.refused_key = "the device refused this client's key (ZAP status " +
-                        std::to_string(value) + "): it is not in the device's --clients-keys";
-      else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
-               event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-        w.handshake = "the handshake failed (a plain-text device, or keys that do not match)";
-    }
-  }
-}
-
-}  // namespace detail
 
 inline int submit_command(const submit_settings& s) {
   using moa::net::wire::envelope;
@@ -138,68 +89,79 @@ inline int submit_command(const submit_settings& s) {
     });
   }
 
-  zmq::context_t ctx(1);
-  zmq::socket_t sock(ctx, zmq::socket_type::dealer);
-  sock.set(zmq::sockopt::linger, 0);
-  sock.set(zmq::sockopt::maxmsgsize, std::int64_t(64) << 20);
-  if (keys) moa::net::curve_client(sock, *keys, server);
-  // Handshake failures are not errors of the socket: a monitor is how a client hears them.
-  const std::string monitor_address = "inproc://moa-submit-monitor";
-  if (zmq_socket_monitor(sock.handle(), monitor_address.c_str(),
-                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                             ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
-    throw moa::error("moa submit: cannot monitor the socket");
-  zmq::socket_t monitor(ctx, zmq::socket_type::pair);
-  monitor.set(zmq::sockopt::linger, 0);
-  monitor.connect(monitor_address);
-  try {
-    sock.connect(s.device);
-  } catch (const zmq::error_t& e) {
-    reject("--device", std::string("ZeroMQ refused the endpoint: ") + e.what());
-  }
+  std::optional<moa::net::zmq_client> client;
+  with_option("--device", [&] {
+    client.emplace(moa::net::zmq_client_options{.device = s.device,
+                                                .keys = keys,
+                                                .server_key = server,
+                                                .insecure_plaintext = s.insecure_plaintext});
+    return 0;
+  });
 
-  std::vector<std::string> tags;
-  const auto send = [&](envelope e) {
-    (void)sock.send(zmq::buffer(moa::net::wire::encode(e)), zmq::send_flags::dontwait);
+  // Every message in flight at once; each ends in its result or the error that ended its wait.
+  struct outcome {
+    std::optional<envelope> result;
+    std::string error;  // why there is none
+    bool refused_key = false;
   };
+  std::vector<envelope> messages;
   if (s.stats || s.stop) {
-    tags.push_back(s.stats ? "stats" : "stop");
-    send({.type = s.stats ? kind::stats : kind::stop});
+    messages.push_back({.type = s.stats ? kind::stats : kind::stop});
   } else {
-    for (std::size_t i = 0; i < texts.size(); ++i) {
+    for (const auto& text : texts) {
       envelope e;
       e.type = kind::submit;
-      e.tag = "p" + std::to_string(i);
       if (!s.system.empty()) e.messages.push_back({moa::role::system, s.system});
-      e.messages.push_back({moa::role::user, texts[i]});
-      tags.push_back(e.tag);
-      send(std::move(e));
+      e.messages.push_back({moa::role::user, text});
+      messages.push_back(std::move(e));
     }
   }
-  detail::submit_wait w;
-  detail::wait_for(sock, monitor, tags, moa::clock::now() + duration_ms(s.timeout_ms), w);
-  (void)zmq_socket_monitor(sock.handle(), nullptr, 0);
+  std::vector<std::future<outcome>> waits;
+  const auto until = moa::clock::now() + duration_ms(s.timeout_ms);
+  for (auto& m : messages) {
+    auto p = std::make_shared<std::promise<outcome>>();
+    waits.push_back(p->get_future());
+    client->send(std::move(m), until, {}, [p](envelope* reply, std::exception_ptr e) {
+      outcome o;
+      if (reply != nullptr) {
+        o.result = std::move(*reply);
+      } else {
+        try {
+          std::rethrow_exception(e);
+        } catch (const moa::net::refused_error& r) {
+          o.error = r.what();
+          o.refused_key = true;
+        } catch (const std::exception& x) {
+          o.error = x.what();
+        }
+      }
+      p->set_value(std::move(o));
+    });
+  }
+  std::vector<outcome> outcomes;
+  for (auto& w : waits) outcomes.push_back(w.get());
+  client.reset();
 
   const bool json = s.format == "json";
-  if (!w.refused_key.empty()) {
-    std::cerr << "moa submit: refused: " << w.refused_key << '\n';
-    if (json) std::cout << nlohmann::json{{"device", s.device}, {"refused", w.refused_key}} << '\n';
-    return exit_refused;
-  }
+  for (const auto& o : outcomes)
+    if (o.refused_key) {
+      std::cerr << "moa submit: refused: " << o.error << '\n';
+      if (json) std::cout << nlohmann::json{{"device", s.device}, {"refused", o.error}} << '\n';
+      return exit_refused;
+    }
   if (s.stats || s.stop) {
-    const auto it = w.results.find(tags[0]);
-    if (it == w.results.end()) {
-      std::cerr << "moa submit: " << s.device << " did not answer within " << s.timeout_ms
-                << " ms (unreachable" << (w.handshake.empty() ? "" : "; " + w.handshake) << ")\n";
+    if (!outcomes[0].result) {
+      std::cerr << "moa submit: " << outcomes[0].error << '\n';
       return exit_unreachable;
     }
-    if (!it->second.error.empty()) {
-      std::cerr << "moa submit: " << it->second.error << '\n';
-      return it->second.error.rfind("refused", 0) == 0 ? exit_refused : 1;
+    const envelope& reply = *outcomes[0].result;
+    if (!reply.error.empty()) {
+      std::cerr << "moa submit: " << reply.error << '\n';
+      return reply.error.rfind("refused", 0) == 0 ? exit_refused : 1;
     }
     if (s.stats) {
-      const auto j = nlohmann::json::parse(it->second.text, nullptr, false);
-      std::cout << (j.is_discarded() ? it->second.text : j.dump(json ? -1 : 2)) << '\n';
+      const auto j = nlohmann::json::parse(reply.text, nullptr, false);
+      std::cout << (j.is_discarded() ? reply.text : j.dump(json ? -1 : 2)) << '\n';
     } else {
       std::cout << (json ? nlohmann::json{{"device", s.device}, {"stopping", true}}.dump()
                          : s.device + ": stopping")
@@ -210,21 +172,16 @@ inline int submit_command(const submit_settings& s) {
 
   int code = 0;
   auto results = nlohmann::json::array();
-  for (std::size_t i = 0; i < tags.size(); ++i) {
-    const auto it = w.results.find(tags[i]);
+  for (std::size_t i = 0; i < outcomes.size(); ++i) {
     nlohmann::json r = {{"prompt", i + 1}};
-    if (it == w.results.end()) {
+    if (!outcomes[i].result) {
       r["status"] = "unreachable";
-      r["error"] = "no result within " + number_text(s.timeout_ms) + " ms" +
-                   (w.handshake.empty() ? "" : " (" + w.handshake + ")");
+      r["error"] = outcomes[i].error;
       code = exit_unreachable;
     } else {
-      const auto& e = it->second;
+      const auto& e = *outcomes[i].result;
       const bool refused = e.error.rfind("refused", 0) == 0;
-      r["status"] = refused                             ? "refused"
-                    : e.error.empty() && e.missing == 0 ? "ok"
-                    : e.text.empty()                    ? "failed"
-                                                        : "degraded";
+      r["status"] = refused ? "refused" : moa::net::wire::result_status(e);
       r["text"] = e.text;
       r["error"] = e.error;
       r["missing"] = e.missing;
@@ -235,10 +192,10 @@ inline int submit_command(const submit_settings& s) {
     }
     if (!json) {
       const std::string status = r["status"];
-      if (tags.size() > 1) std::cout << "[" << i + 1 << "] ";
+      if (outcomes.size() > 1) std::cout << "[" << i + 1 << "] ";
       if (r.contains("text") && !r["text"].get<std::string>().empty())
         std::cout << r["text"].get<std::string>() << '\n';
-      else if (tags.size() > 1)
+      else if (outcomes.size() > 1)
         std::cout << '(' << status << ")\n";
       if (!r["error"].get<std::string>().empty())
         std::cerr << "moa submit: prompt " << i + 1 << " " << status << ": "

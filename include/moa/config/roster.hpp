@@ -44,6 +44,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -76,11 +77,15 @@ class config_error : public invalid_argument {
 /// @brief One model of a roster.
 struct model_spec {
   std::string name{};
-  std::string kind = "openai";  ///< "openai" (any OpenAI-compatible endpoint) or "synthetic"
-  std::string endpoint{};       ///< empty: $OPENAI_BASE_URL, else the OpenAI API
-  std::string model{};          ///< the `model` field sent; empty: omitted
-  std::string api_key{};        ///< literal key (prefer api_key_env)
-  std::string api_key_env{};    ///< variable holding the key; empty: OPENAI_API_KEY
+  /// "openai" (any OpenAI-compatible endpoint), "synthetic", or "device": a ZeroMQ device
+  /// network (docs/NETWORK.md) reached through one of its devices, which runs the gossip MoA
+  /// for each prompt (moa/config/roster_device.hpp builds its backend)
+  std::string kind = "openai";
+  std::string endpoint{};     ///< openai: empty is $OPENAI_BASE_URL, else the OpenAI API; device:
+                              ///< tcp://HOST:PORT or ipc://PATH, required
+  std::string model{};        ///< the `model` field sent; empty: omitted
+  std::string api_key{};      ///< literal key (prefer api_key_env)
+  std::string api_key_env{};  ///< variable holding the key; empty: OPENAI_API_KEY
   std::chrono::milliseconds timeout{0};  ///< per call; 0: the backend's default (HTTP: 5 min)
   int retries = 2;                       ///< retries after the first attempt
   std::size_t context_tokens = 0;        ///< context window; 0: unknown (references not trimmed)
@@ -92,6 +97,11 @@ struct model_spec {
   // kind "synthetic" only: planted answers (prompt -> answer) and a mean latency.
   std::map<std::string, std::string> answers{};
   double latency_ms = 0.0;
+  // kind "device" only: this client's secret key file (moa keygen) and the device's public key
+  // file, or plain text (loopback endpoints only, asked for explicitly).
+  std::string key_file{};
+  std::string server_key_file{};
+  bool insecure_plaintext = false;
 
   /// The cost of `u` at this model's prices.
   [[nodiscard]] double cost(const usage& u) const noexcept {
@@ -276,7 +286,7 @@ inline model_spec read_model(const std::string& name, const nlohmann::json& j) {
   object_reader r(j, "models." + name);
   model_spec m;
   m.name = name;
-  r.one_of("kind", m.kind, {"openai", "synthetic"});
+  r.one_of("kind", m.kind, {"openai", "synthetic", "device"});
   r.string("endpoint", m.endpoint);
   r.string("model", m.model);
   r.string("api_key", m.api_key);
@@ -305,6 +315,34 @@ inline model_spec read_model(const std::string& name, const nlohmann::json& j) {
   if (m.kind != "synthetic" && (!m.answers.empty() || m.latency_ms > 0))
     object_reader::fail(r.key_path("answers"),
                         "and latency_ms are for kind \"synthetic\" models only");
+  r.string("key_file", m.key_file);
+  r.string("server_key_file", m.server_key_file);
+  r.boolean("insecure_plaintext", m.insecure_plaintext);
+  if (m.kind == "device") {
+    // A device runs its own models: what an OpenAI request would carry means nothing to it.
+    for (const char* k : {"model", "api_key", "api_key_env", "retries", "context_tokens",
+                          "max_tokens", "temperature"})
+      if (j.contains(k))
+        object_reader::fail(r.key_path(k),
+                            "is not a setting of a kind \"device\" model (its "
+                            "device runs its own models)");
+    const bool scheme = m.endpoint.rfind("tcp://", 0) == 0 || m.endpoint.rfind("ipc://", 0) == 0;
+    if (!scheme || m.endpoint.size() <= 6 || m.endpoint.size() > 1024)
+      object_reader::fail(r.key_path("endpoint"),
+                          "must be a device's ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)");
+    if (m.insecure_plaintext != (m.key_file.empty() && m.server_key_file.empty()))
+      object_reader::fail(r.key_path("key_file"),
+                          "and server_key_file (both), or insecure_plaintext: true (loopback "
+                          "only), say how to reach the device; give one of them");
+    if (!m.insecure_plaintext && (m.key_file.empty() || m.server_key_file.empty()))
+      object_reader::fail(r.key_path(m.key_file.empty() ? "key_file" : "server_key_file"),
+                          "is missing: a device is reached with this client's secret key file "
+                          "and the device's public key file (moa keygen)");
+  } else if (!m.key_file.empty() || !m.server_key_file.empty() || m.insecure_plaintext) {
+    object_reader::fail(r.key_path("key_file"),
+                        "server_key_file and insecure_plaintext are for kind \"device\" models "
+                        "only");
+  }
   if (m.context_tokens > 0 && std::size_t(m.max_tokens) >= m.context_tokens)
     object_reader::fail(r.key_path("max_tokens"),
                         "must be below context_tokens (" + std::to_string(m.context_tokens) + ")");
@@ -446,11 +484,18 @@ inline roster load_roster(const std::string& path) {
     MOA_THROW(config_error(path + ":" + std::to_string(line) + ":" + std::to_string(col) +
                            ": not valid JSON (" + e.what() + ")"));
   }
+  roster out;
   try {
-    return parse_roster(j);
+    out = parse_roster(j);
   } catch (const config_error& e) {
     MOA_THROW(config_error(path + ": " + e.what()));
   }
+  // Key files are found beside the roster (as a deployment ships them), wherever it is run from.
+  const auto folder = std::filesystem::path(path).parent_path();
+  for (auto& m : out.models)
+    for (auto* f : {&m.key_file, &m.server_key_file})
+      if (!f->empty() && std::filesystem::path(*f).is_relative()) *f = (folder / *f).string();
+  return out;
 }
 
 /// @brief Reads an environment variable; tests pass their own.

@@ -28,8 +28,13 @@ inline openai_options to_openai_options(const model_spec& m, const env_lookup& e
 }
 
 /// @brief The backend of a roster model, whatever its kind.
+/// A kind "device" model needs ZeroMQ: moa/config/roster_device.hpp's make_device_backend.
 inline any_backend make_backend(const model_spec& m) {
   if (m.kind == "synthetic") return any_backend(make_synthetic(m));
+  if (m.kind == "device")
+    MOA_THROW(config_error("model \"" + m.name +
+                           "\" is a device network: its backend needs ZeroMQ "
+                           "(moa/config/roster_device.hpp, make_device_backend)"));
   return any_backend(openai_backend(to_openai_options(m)));
 }
 

@@ -98,6 +98,12 @@ inline nlohmann::json trace_json(const std::vector<call_record>& trace) {
   return out;
 }
 
+/// A result's status as the wire and the client name it: ok, degraded (an answer, some calls
+/// missing) or failed (no answer).
+inline std::string_view result_status(const envelope& e) noexcept {
+  return e.error.empty() && e.missing == 0 ? "ok" : e.text.empty() ? "failed" : "degraded";
+}
+
 inline std::string encode(const envelope& e) {
   nlohmann::json j = {{"type", to_string(e.type)}, {"from", e.from}, {"load", e.load}};
   switch (e.type) {
@@ -129,9 +135,7 @@ inline std::string encode(const envelope& e) {
       break;
     case kind::result:
       j["tag"] = e.tag;
-      j["status"] = e.error.empty() && e.missing == 0 ? "ok"
-                    : e.text.empty()                  ? "failed"
-                                                      : "degraded";
+      j["status"] = result_status(e);
       j["text"] = e.text;
       j["error"] = e.error;
       j["missing"] = e.missing;

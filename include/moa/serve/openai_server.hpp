@@ -88,9 +88,9 @@ using backend_factory = std::function<model_handle(const config::model_spec&)>;
 /// @brief The factory that needs no libcurl: `kind: "synthetic"` models only.
 inline model_handle synthetic_backends(const config::model_spec& m) {
   if (m.kind != "synthetic")
-    MOA_THROW(config::config_error("model \"" + m.name +
-                                   "\" is an OpenAI endpoint: this server was built without the "
-                                   "HTTP backend (libcurl)"));
+    MOA_THROW(config::config_error("model \"" + m.name + "\" is of kind \"" + m.kind +
+                                   "\": this server was built without its backend (libcurl for "
+                                   "\"openai\", ZeroMQ for \"device\")"));
   return hold(config::make_synthetic(m), m.name);
 }
 

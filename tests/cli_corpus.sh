@@ -392,6 +392,7 @@ device_cases() {  # device_cases PROGRAM...
   done
   check device_roster 2 "${dev[@]}" --roster "$roster_file"
   check device_roster 2 "${dev[@]}" --roster "$roster_file" --model alpha --alpha-ms 2
+  check device_roster 2 "${dev[@]}" --model alpha  # a model of nothing: not silently ignored
   for p in /nonexistent/x "$work/folder" /dev/zero; do
     check device_roster 2 "${dev[@]}" --roster "$p" --model alpha
   done

@@ -318,6 +318,10 @@ inline moa::any_backend device_model(const device_settings& s) {
     roster = moa::config::parse_roster(
         {{"models", {{"d" + std::to_string(s.index), m[model_name(0)]}}}});
   } else {
+    if (given("--model"))
+      reject("--model",
+             "names this device's model in --roster, or the model sent to --endpoint; "
+             "give one of them (without either the device runs a synthetic model)");
     return synthetic_device(s.index, s.alpha_ms, s.latency == "exponential", s.seed);
   }
   return model_backend(roster.models.front());
@@ -542,14 +546,16 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
       ->delimiter(',');
   cmd->add_flag("--insecure-plaintext", s->insecure_plaintext,
                 "No keys: plain text, no authentication (loopback endpoints only; tests)");
+  // With --roster in every build (a roster may hold synthetic models); with --endpoint, in
+  // builds with the HTTP backend.
+  cmd->add_option("--model", s->model,
+                  "With --roster: this device's model in it; with --endpoint: the model name sent");
 #if MOA_CLI_OPENAI
   cmd->add_option(
          "--endpoint", s->endpoint,
          "OpenAI-compatible endpoint of this device's model, e.g. http://127.0.0.1:8080/v1 "
          "(default: a synthetic model)")
       ->check(http_url());
-  cmd->add_option("--model", s->model,
-                  "Model name sent to the endpoint; with --roster: this device's model in it");
   cmd->add_option("--http-timeout-ms", s->http_timeout_ms,
                   "Deadline of each HTTP call when the network sets none earlier (0: 5 minutes)")
       ->capture_default_str()

@@ -40,9 +40,9 @@ void report_events(benchmark::State& state, std::uint64_t events) {
   state.counters["events/s"] = benchmark::Counter(double(events), benchmark::Counter::kIsRate);
 }
 
-void simulate_shaped(benchmark::State& state) {
-  const auto cfg = edge_config(2e5);
-  q::gossip_source source(4, 2, moa::uniform_gossip{2});
+// The measured loop of the simulator benchmarks: one whole simulation per iteration.
+template <class Source>
+void simulate_each_iteration(benchmark::State& state, const q::sim_config& cfg, Source& source) {
   std::uint64_t events = 0;
   for (auto _ : state) {
     auto r = q::simulate(cfg, source);
@@ -50,6 +50,12 @@ void simulate_shaped(benchmark::State& state) {
     benchmark::DoNotOptimize(r.mean_latency);
   }
   report_events(state, events);
+}
+
+void simulate_shaped(benchmark::State& state) {
+  const auto cfg = edge_config(2e5);
+  q::gossip_source source(4, 2, moa::uniform_gossip{2});
+  simulate_each_iteration(state, cfg, source);
 }
 BENCHMARK(simulate_shaped)->Unit(benchmark::kMillisecond);
 
@@ -65,13 +71,7 @@ void simulate_scaling(benchmark::State& state) {
   cfg.horizon = 8e6 / (double(n) * 8 * lambda);  // 8 events per prompt
   cfg.warmup = cfg.horizon / 10;
   q::gossip_source source(n, 2, moa::uniform_gossip{2});
-  std::uint64_t events = 0;
-  for (auto _ : state) {
-    auto r = q::simulate(cfg, source);
-    events += r.events;
-    benchmark::DoNotOptimize(r.mean_latency);
-  }
-  report_events(state, events);
+  simulate_each_iteration(state, cfg, source);
 }
 BENCHMARK(simulate_scaling)->Arg(4)->Arg(64)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond);
 
@@ -83,13 +83,7 @@ void simulate_full_plans(benchmark::State& state) {
     moa::make_gossip_plan(origin, 4, 2, moa::uniform_gossip{2}, r, scratch);
     return scratch;
   };
-  std::uint64_t events = 0;
-  for (auto _ : state) {
-    auto r = q::simulate(cfg, source);
-    events += r.events;
-    benchmark::DoNotOptimize(r.mean_latency);
-  }
-  report_events(state, events);
+  simulate_each_iteration(state, cfg, source);
 }
 BENCHMARK(simulate_full_plans)->Unit(benchmark::kMillisecond);
 

@@ -162,16 +162,18 @@ inline CLI::Validator http_url() {
 class output_file {
  public:
   output_file() = default;
-  output_file(const std::string& path, const std::string& option) : path_(path), option_(option) {
+  /// `to_stdout`: whether the option takes - for stdout (its messages offer it only then).
+  output_file(const std::string& path, const std::string& option, bool to_stdout = true)
+      : path_(path), option_(option) {
     if (path.empty() || path == "-") return;
+    const std::string or_stdout = to_stdout ? " (or - for stdout)" : "";
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec))
-      reject(option, "'" + path + "' is a folder; give a file name (or - for stdout)");
+      reject(option, "'" + path + "' is a folder; give a file name" + or_stdout);
     file_ = std::make_unique<std::ofstream>(path, std::ios::binary | std::ios::trunc);
     if (!*file_)
       reject(option, "cannot write '" + path +
-                         "' (missing folder or no permission); give a "
-                         "writable path or - for stdout");
+                         "' (missing folder or no permission); give a writable path" + or_stdout);
   }
 
   [[nodiscard]] explicit operator bool() const noexcept { return !path_.empty(); }

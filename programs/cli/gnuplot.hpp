@@ -65,7 +65,7 @@ class gnuplot_output {
              "needs gnuplot, which is not on PATH (Debian: apt-get install gnuplot-nox; "
              "scripts/setup.sh installs it)");
     if (path == "-") reject(option, "gnuplot writes a file: give a file name, not -");
-    for (const auto& p : {path, data_path(), script_path()}) output_file(p, option).finish();
+    for (const auto& p : {path, data_path(), script_path()}) output_file(p, option, false).finish();
   }
 
   [[nodiscard]] explicit operator bool() const noexcept { return !path_.empty(); }

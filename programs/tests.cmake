@@ -13,6 +13,11 @@ set_tests_properties(cli.bad_aggregator PROPERTIES
   PASS_REGULAR_EXPRESSION "the aggregator is backend 5, but only 2 backends are given")
 add_test(NAME cli.search COMMAND moa_cli search --quiet)
 set_tests_properties(cli.search PROPERTIES PASS_REGULAR_EXPRESSION "\"stop\": \"target\"")
+# The LLM-judge utility on the synthetic bed: its planted judge rates each answer through the rubric
+# request and parser, and the search still reaches the planted DAG (utility 1: target).
+add_test(NAME cli.search_judge COMMAND moa_cli search --quiet --utility judge)
+set_tests_properties(cli.search_judge PROPERTIES PASS_REGULAR_EXPRESSION
+  "\"judge\": {[^}]*\"failed\": 0,[^}]*\"model\": \"planted\",[^}]*\"unrated\": 0[^}]*}.*\"stop\": \"target\",[^}]*\"utility\": 1\\.0")
 add_test(NAME cli.stability COMMAND moa_cli stability)
 set_tests_properties(cli.stability PROPERTIES PASS_REGULAR_EXPRESSION "verdict: STABLE")
 add_test(NAME cli.stability_bad_fanout COMMAND moa_cli stability -k 4)
@@ -193,6 +198,14 @@ if(MOA_HAS_OPENAI)
            --roster ${_eval_data}/roster_synthetic.json --dataset ${_eval_data}/arithmetic.jsonl)
   set_tests_properties(cli.search_roster PROPERTIES PASS_REGULAR_EXPRESSION
     "\"name\": \"(alpha|beta|gamma)\"")
+  # --utility judge over a roster: the judge (gamma) is not a node. A synthetic model is no judge
+  # (its replies hold no rating): the judge's failures are reported and the run exits 1, not 0.
+  add_test(NAME cli.search_judge_roster COMMAND moa_cli search --quiet --iterations 2 --particles 2
+           --roster ${_eval_data}/roster_synthetic.json --dataset ${_eval_data}/arithmetic.jsonl
+           --utility judge --judge gamma)
+  set_tests_properties(cli.search_judge_roster PROPERTIES
+    PASS_REGULAR_EXPRESSION "\"model\": \"gamma\".*\"nodes\".*\"name\": \"beta\".*the judge rated none of its [0-9]+ answers"
+    FAIL_REGULAR_EXPRESSION "\"name\": \"gamma\"")
 endif()
 add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)
 set_tests_properties(cli.search_joint PROPERTIES PASS_REGULAR_EXPRESSION

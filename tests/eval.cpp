@@ -11,9 +11,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -607,6 +609,7 @@ TEST_SUITE("Eval") {
     CHECK_FALSE(first.complete);
     CHECK(first.ran == 12);
     CHECK(calls.load() == 12);
+    CHECK(first.torn_bytes == 0);
 
     // The process died inside a write: a torn last line.
     { std::ofstream(out.path, std::ios::app) << R"({"kind":"answer","layout":"bad","it)"; }
@@ -614,6 +617,7 @@ TEST_SUITE("Eval") {
     opt.progress = {};
     auto second = moa::eval::evaluate(roster, data, {"good", "bad"}, opt, make);
     CHECK(second.complete);
+    CHECK(second.torn_bytes == std::string_view(R"({"kind":"answer","layout":"bad","it)").size());
     CHECK(second.resumed == 12);
     CHECK(second.ran == 48);
     CHECK(calls.load() == 60);  // every item answered exactly once over both runs
@@ -635,6 +639,53 @@ TEST_SUITE("Eval") {
     auto third = moa::eval::evaluate(roster, data, {"good", "bad"}, opt, make);
     CHECK(third.ran == 0);
     CHECK(calls.load() == 120);  // the "fresh" run's 60
+  }
+
+  TEST_CASE("Eval.a_torn_last_line_is_cut_even_when_it_parses_and_its_item_redone") {
+    // A write stopped just before its newline leaves a line that parses: it is still torn (only
+    // a whole line is a record), cut off, reported, and its item run again, once.
+    const auto roster = two_models();
+    const auto data = arithmetic(4);
+    temp_file out("torn.jsonl");
+    std::atomic<int> calls{0};
+    auto make = [&](const auto& m) {
+      return moa::any_backend(planted_model{m.name, 1.0, 3, "", &calls});
+    };
+    moa::eval::eval_options opt;
+    opt.scorer = moa::eval::scorer_kind::number;
+    opt.results_path = out.path;
+    const auto whole = moa::eval::evaluate(roster, data, {"good"}, opt, make);
+    REQUIRE(whole.complete);
+    std::string text;
+    {
+      std::ifstream in(out.path);
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    REQUIRE(text.ends_with("\n"));
+    const auto last = text.rfind('\n', text.size() - 2) + 1;
+    const auto torn = text.substr(last, text.size() - last - 1);  // the last record, no newline
+    REQUIRE(json::parse(torn).is_object());
+    std::ofstream(out.path, std::ios::trunc) << text.substr(0, text.size() - 1);
+    const auto again = moa::eval::evaluate(roster, data, {"good"}, opt, make);
+    CHECK(again.complete);
+    CHECK(again.torn_bytes == torn.size());
+    CHECK(again.resumed == 3);
+    CHECK(again.ran == 1);
+    CHECK(calls.load() == 5);
+    CHECK(again.layouts[0].items == 4);
+    CHECK(again.layouts[0].score.value == whole.layouts[0].score.value);
+    std::ostringstream table;
+    table << again;
+    CHECK(table.str().find("a torn last line dropped and its item redone") != std::string::npos);
+    CHECK(moa::eval::to_json(again)["torn_bytes"] == torn.size());
+    // The file holds every record once, each on a whole line.
+    std::ifstream in(out.path);
+    std::size_t lines = 0;
+    for (std::string l; std::getline(in, l);) {
+      ++lines;
+      CHECK(json::parse(l).is_object());
+    }
+    CHECK(lines == 5);
   }
 
   TEST_CASE("Eval.a_results_file_of_other_settings_or_with_a") {

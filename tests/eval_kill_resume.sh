@@ -85,6 +85,10 @@ for attempt in 1 2 3 4; do
   status=0
   wait "$pid" 2>/dev/null || status=$?  # no "Killed" job notice
   pid=""
+  case "$status" in
+    0 | 137) ;;  # finished, or killed by us
+    *) fail "moa eval exited $status before the kill: $(head -c 600 "$work/killed.out")" ;;
+  esac
   done_records=$(($(lines "$results") - 1))
   if [ "$status" = 137 ] && [ "$done_records" -ge 1 ] && [ "$done_records" -lt "$records" ]; then
     interrupted=1

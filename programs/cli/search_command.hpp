@@ -250,7 +250,7 @@ inline void run_search(const search_settings& s) {
       throw CLI::ValidationError("--dataset",
                                  "a search over --endpoint or roster models needs a dataset to "
                                  "score topologies on (JSON lines with prompt and "
-                                 "reference)");
+                                 "reference; the reference is optional with --utility judge)");
     // Flags are a roster too: one path from either to the backends.
     moa::config::roster roster;
     if (!s.roster_path.empty()) {

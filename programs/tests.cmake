@@ -13,6 +13,11 @@ set_tests_properties(cli.bad_aggregator PROPERTIES
   PASS_REGULAR_EXPRESSION "the aggregator is backend 5, but only 2 backends are given")
 add_test(NAME cli.search COMMAND moa_cli search --quiet)
 set_tests_properties(cli.search PROPERTIES PASS_REGULAR_EXPRESSION "\"stop\": \"target\"")
+# The LLM-judge utility on the synthetic bed: its planted judge rates each answer through the rubric
+# request and parser, and the search still reaches the planted DAG (utility 1: target).
+add_test(NAME cli.search_judge COMMAND moa_cli search --quiet --utility judge)
+set_tests_properties(cli.search_judge PROPERTIES PASS_REGULAR_EXPRESSION
+  "\"judge\": {[^}]*\"failed\": 0,[^}]*\"model\": \"planted\",[^}]*\"unrated\": 0[^}]*}.*\"stop\": \"target\",[^}]*\"utility\": 1\\.0")
 add_test(NAME cli.stability COMMAND moa_cli stability)
 set_tests_properties(cli.stability PROPERTIES PASS_REGULAR_EXPRESSION "verdict: STABLE")
 add_test(NAME cli.stability_bad_fanout COMMAND moa_cli stability -k 4)
@@ -72,6 +77,15 @@ if(MOA_HAS_OPENAI)
                    "IFS=, read -r a b <<< \"$MOA_ENDPOINTS\"; exec $<TARGET_FILE:moa_cli> search --endpoint $a --endpoint $b --dataset ${PROJECT_SOURCE_DIR}/tests/fixtures/search_dataset.jsonl --max-tokens 4 --iterations 2 --particles 3 --patience 2 --quiet")
   set_tests_properties(cli.search_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77 TIMEOUT 180
     PASS_REGULAR_EXPRESSION "\"nodes\".*\"name\": \"alpha\".*\"stop\": \"(max_iterations|patience|target)\"")
+  # The judge utility against a real server: alpha and beta searched, gamma (on the second server)
+  # judging. Whether a small model's replies hold a [[rating]] is the model's business: the test
+  # checks that the judge was called over HTTP and accounted for (exit 0, or 1 when it rated none).
+  add_test(NAME cli.search_judge_endpoint
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/with_llama.sh 2 bash -c
+                   "IFS=, read -r a b <<< \"$MOA_ENDPOINTS\"; $<TARGET_FILE:moa_cli> search --endpoint $a --endpoint $b --endpoint $b --utility judge --judge gamma --dataset ${PROJECT_SOURCE_DIR}/tests/fixtures/search_dataset.jsonl --max-tokens 4 --judge-max-tokens 32 --iterations 1 --particles 2 --patience 1 --quiet; rc=$?; [ $rc -le 1 ]")
+  set_tests_properties(cli.search_judge_endpoint PROPERTIES LABELS llama SKIP_RETURN_CODE 77
+    TIMEOUT 180 PASS_REGULAR_EXPRESSION
+    "\"judge\": {[^}]*\"calls\": [1-9][0-9]*,[^}]*\"model\": \"gamma\",[^}]*\"tokens_out\": [1-9][^}]*}.*\"nodes\"")
 endif()
 
 # Networks of moa_device processes on 127.0.0.1.
@@ -130,6 +144,12 @@ add_test(NAME cli.eval_bad_dataset COMMAND moa_cli eval --roster ${_eval_data}/r
          --dataset ${_eval_data}/arithmetic.jsonl --format csv)
 set_tests_properties(cli.eval_bad_dataset PROPERTIES
   PASS_REGULAR_EXPRESSION "arithmetic\\.jsonl:1: a quote inside an unquoted field")
+# `moa eval` killed with SIGKILL mid-run, then rerun: every item once, the torn last line dropped
+# and redone, the report equal to an uninterrupted run's (tests/eval_kill_resume.sh).
+add_test(NAME cli.eval_kill_resume
+         COMMAND bash ${PROJECT_SOURCE_DIR}/tests/eval_kill_resume.sh $<TARGET_FILE:moa_cli>)
+set_tests_properties(cli.eval_kill_resume PROPERTIES TIMEOUT 300
+  PASS_REGULAR_EXPRESSION "eval_kill_resume: passed")
 add_test(NAME cli.eval_no_gnuplot COMMAND ${CMAKE_COMMAND} -E env PATH=/nonexistent
          $<TARGET_FILE:moa_cli> eval --roster ${_eval_data}/roster_synthetic.json
          --dataset ${_eval_data}/arithmetic.jsonl --score number --plot never.svg)
@@ -195,6 +215,14 @@ if(MOA_HAS_OPENAI)
            --roster ${_eval_data}/roster_synthetic.json --dataset ${_eval_data}/arithmetic.jsonl)
   set_tests_properties(cli.search_roster PROPERTIES PASS_REGULAR_EXPRESSION
     "\"name\": \"(alpha|beta|gamma)\"")
+  # --utility judge over a roster: the judge (gamma) is not a node. A synthetic model is no judge
+  # (its replies hold no rating): the judge's failures are reported and the run exits 1, not 0.
+  add_test(NAME cli.search_judge_roster COMMAND moa_cli search --quiet --iterations 2 --particles 2
+           --roster ${_eval_data}/roster_synthetic.json --dataset ${_eval_data}/arithmetic.jsonl
+           --utility judge --judge gamma)
+  set_tests_properties(cli.search_judge_roster PROPERTIES
+    PASS_REGULAR_EXPRESSION "\"model\": \"gamma\".*\"nodes\".*\"name\": \"beta\".*the judge rated none of its [0-9]+ answers"
+    FAIL_REGULAR_EXPRESSION "\"name\": \"gamma\"")
 endif()
 add_test(NAME cli.search_joint COMMAND moa_cli search --joint --models 4 --rounds 3 --iterations 30)
 set_tests_properties(cli.search_joint PROPERTIES PASS_REGULAR_EXPRESSION

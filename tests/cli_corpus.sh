@@ -304,6 +304,51 @@ for flag in "--endpoint http://127.0.0.1:1/v1" "--model m" "--models 3" "--joint
     --dataset "$data/arithmetic.jsonl" $flag
 done
 check roster_flags 2 "$moa" search --quiet --roster "${roster_ok[@]}"
+# moa search's judge utility (--utility judge --judge MODEL): every bad value or combination exits
+# 2 with a message that names the option at fault.
+check_named() {  # check_named OPTION CLASS CMD...
+  local opt=$1 class=$2
+  shift 2
+  local before=$failures
+  check "$class" 2 "$@"
+  if [ "$failures" = "$before" ] && ! grep -qF -- "$opt" "$work/err"; then
+    failures=$((failures + 1))
+    printf 'FAIL [%s] the message does not name %s\n  %s\n' "$class" "$opt" "$(printf '%q ' "$@")"
+    head -c 600 "$work/err" | sed 's/^/  stderr: /'
+  fi
+}
+for v in bogus "" JUDGE rubric exact choice; do  # exact and choice need a dataset's references
+  check_named --utility search "$moa" search --quiet --utility "$v"
+done
+check_named --utility search "$moa" search --quiet --joint --utility judge
+check_named --judge search "$moa" search --quiet --judge alpha
+check_named --judge search "$moa" search --quiet --utility judge --judge alpha
+check_named --judge-max-tokens search "$moa" search --quiet --utility judge --judge-max-tokens 9
+check_named --dataset search "$moa" search --quiet --utility judge --dataset "$data/arithmetic.jsonl"
+if "$moa" search --help 2>/dev/null | grep -q -- --endpoint; then  # built with libcurl
+  search_roster=("$moa" search --quiet --iterations 1 --particles 1 --roster "${roster_ok[@]}"
+    --dataset "$data/arithmetic.jsonl")
+  check_named --judge search "${search_roster[@]}" --utility judge
+  for v in nope "" alpha,beta " gamma"; do
+    check_named --judge search "${search_roster[@]}" --utility judge --judge "$v"
+  done
+  check_named --judge search "${search_roster[@]}" --judge gamma
+  check_named --judge-max-tokens search "${search_roster[@]}" --judge-max-tokens 9
+  for v in 0 -1 abc 1e400 nan 2000000; do
+    check_named --judge-max-tokens search "${search_roster[@]}" --utility judge --judge gamma \
+      --judge-max-tokens "$v"
+  done
+  printf '{"models": {"a": {"kind": "synthetic"}}}' >"$work/one.json"
+  check_named --judge search "$moa" search --quiet --roster "$work/one.json" \
+    --dataset "$data/arithmetic.jsonl" --utility judge --judge a
+  check_named --judge search "$moa" search --quiet --endpoint http://127.0.0.1:1/v1 \
+    --dataset "$data/arithmetic.jsonl" --utility judge --judge beta
+  check_named --judge search "$moa" search --quiet --endpoint http://127.0.0.1:1/v1 \
+    --dataset "$data/arithmetic.jsonl" --utility judge --judge alpha  # no node left
+  printf '{"prompt": "x", "reference": 4}\n' >"$work/judge_data.jsonl"
+  check_named --dataset search "$moa" search --quiet --roster "${roster_ok[@]}" \
+    --dataset "$work/judge_data.jsonl" --utility judge --judge gamma
+fi
 for text in '' '{' '{"prompt": 4}' '{"prompt": "x", "reference": [[[[1]]]]}' 'not json' \
   $'{"prompt": "\xff\xfe", "reference": "1"}'; do
   printf '%s\n' "$text" >"$work/data.jsonl"

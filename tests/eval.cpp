@@ -5,14 +5,17 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +28,11 @@
 #include <moa/eval/replay.hpp>
 #include <moa/eval/scorers.hpp>
 #include <moa/eval/stats.hpp>
+#include <moa/exec/executor.hpp>
+#include <moa/swarm/evaluate.hpp>
+#include <moa/swarm/execute.hpp>
+#include <moa/swarm/planted.hpp>
+#include <moa/swarm/search.hpp>
 
 namespace {
 
@@ -417,6 +425,100 @@ TEST_SUITE("Eval") {
           }).find("needs a judge model") != std::string::npos);
   }
 
+  TEST_CASE("Eval.a_rubric_judge_utility_finds_the_planted_dag_and_sees_the_prompt") {
+    // Planted bed (moa/swarm/planted.hpp): 4 models whose sink answer's credit is 1 only for the
+    // planted DAG. The judge reads the rubric request the way an LLM would: the question after
+    // "[User, turn 1]", the answer after "[Assistant, turn 1]"; it rates 1 + 9 credit, and only
+    // when the question is one it was planted with (asked about no question, it cannot rate).
+    const std::vector<moa::swarm::example> data = {{"Why is the sky blue?", ""},
+                                                   {"What is 17 * 23?", "391"}};
+    struct reader {
+      const moa::swarm::planted_swarm* bed;
+      std::vector<std::string> questions;
+      std::mutex* m;
+      std::vector<std::string>* asked;
+      moa::response generate(const moa::request& r) const {
+        const auto p = std::string(r.prompt());
+        constexpr std::string_view user = "[User, turn 1]\n", assistant = "\n[Assistant, turn 1]\n";
+        const auto u = p.find(user), a = p.find(assistant);
+        if (u == std::string::npos || a == std::string::npos || a < u)
+          return {.text = "This is not a rubric request."};
+        const auto question = p.substr(u + user.size(), a - u - user.size());
+        const auto answer = p.substr(a + assistant.size());
+        {
+          std::lock_guard lock(*m);
+          asked->push_back(question);
+        }
+        if (std::find(questions.begin(), questions.end(), question) == questions.end())
+          return {.text = "I cannot tell what was asked."};
+        return {.text = "Fair. Rating: [[" + std::to_string(1.0 + 9.0 * bed->score(answer)) + "]]",
+                .usage = {100, 10}};
+      }
+    };
+    std::size_t found = 0;
+    for (const std::uint64_t plant : {3, 7, 11, 19}) {
+      CAPTURE(plant);
+      moa::swarm::planted_swarm bed(4, plant, {"a", "b", "c", "d"});
+      std::mutex m;
+      std::vector<std::string> asked;
+      moa::eval::rubric_judge judge(
+          moa::any_backend(reader{&bed, {data[0].prompt, data[1].prompt}, &m, &asked}));
+      moa::inline_executor ex;
+      moa::swarm::dataset_utility quality(data, moa::swarm::executor_answerer(ex, bed.refs), judge);
+      moa::swarm::topology_search_options opt;
+      opt.pso.seed = 5;
+      opt.pso.threads = 2;
+      opt.pso.target_utility = 1.0;
+      opt.pso.max_iterations = 200;
+      opt.pso.patience = 100;
+      const auto r = moa::swarm::search_topology(4, quality, opt);
+      CHECK(r.utility == 1.0);
+      bool same = true;  // the planted DAG: v feeds target[v], and nothing else
+      for (std::size_t v = 0; v < 4; ++v)
+        for (std::size_t w = 0; w < 4; ++w)
+          same = same && r.best.has_edge(v, w) == (bed.target[v] == std::int32_t(w));
+      CHECK(same);
+      found += same;
+      // Every judge call was about a dataset question, each rated; tokens add up.
+      const auto t = judge.tally();
+      CHECK(t.calls == asked.size());
+      CHECK(t.calls >= 2 * quality.cache().size());  // two threads may race to one new DAG
+      CHECK(t.unrated == 0);
+      CHECK(t.failed == 0);
+      CHECK(t.tokens == moa::usage{100 * t.calls, 10 * t.calls});
+      for (const auto& q : asked) CHECK((q == data[0].prompt || q == data[1].prompt));
+    }
+    CHECK(found == 4);
+
+    // The same judge scoring without the prompt (an empty one) cannot rate: the prompt matters.
+    moa::swarm::planted_swarm bed(4, 3, {"a", "b", "c", "d"});
+    std::mutex m;
+    std::vector<std::string> asked;
+    moa::eval::rubric_judge judge(moa::any_backend(reader{&bed, {data[0].prompt}, &m, &asked}));
+    CHECK(judge("[m0 credit 4]", "", "What is 17 * 23?") == 0.0);  // not a planted question
+    CHECK(judge("[m0 credit 4]", "", "Why is the sky blue?") == 1.0);
+    CHECK(judge("[m0 credit 1]", "", "Why is the sky blue?") == doctest::Approx(0.25));
+    CHECK(judge(" \n", "", "Why is the sky blue?") == 0.0);  // no answer: no call
+    auto t = judge.tally();
+    CHECK(t.calls == 3);
+    CHECK(t.unrated == 1);
+    CHECK(t.unanswered == 1);
+    // The reference reaches the judge; a judge that throws scores 0 and is counted.
+    struct echo {
+      moa::response generate(const moa::request& r) const {
+        const auto p = std::string(r.prompt());
+        if (p.find("[Reference answer to the last turn]\n391") == std::string::npos)
+          throw std::runtime_error("no reference");
+        return {.text = "Rating: [[7]]"};
+      }
+    };
+    moa::eval::rubric_judge ref(moa::any_backend(echo{}));
+    CHECK(ref.rate("What is 17 * 23?", "391", "391") == 7.0);
+    CHECK(ref("391", "", "What is 17 * 23?") == 0.0);
+    CHECK(ref.tally().failed == 1);
+    CHECK_THROWS_AS(moa::eval::rubric_judge(moa::any_backend(echo{}), ""), moa::invalid_argument);
+  }
+
   TEST_CASE("Eval.pairwise_judging_planted_preferences_position_swapping_length_control") {
     const auto roster = moa::config::parse_roster(json{{"models",
                                                         {{"base", {{"kind", "synthetic"}}},
@@ -507,6 +609,7 @@ TEST_SUITE("Eval") {
     CHECK_FALSE(first.complete);
     CHECK(first.ran == 12);
     CHECK(calls.load() == 12);
+    CHECK(first.torn_bytes == 0);
 
     // The process died inside a write: a torn last line.
     { std::ofstream(out.path, std::ios::app) << R"({"kind":"answer","layout":"bad","it)"; }
@@ -514,6 +617,7 @@ TEST_SUITE("Eval") {
     opt.progress = {};
     auto second = moa::eval::evaluate(roster, data, {"good", "bad"}, opt, make);
     CHECK(second.complete);
+    CHECK(second.torn_bytes == std::string_view(R"({"kind":"answer","layout":"bad","it)").size());
     CHECK(second.resumed == 12);
     CHECK(second.ran == 48);
     CHECK(calls.load() == 60);  // every item answered exactly once over both runs
@@ -535,6 +639,53 @@ TEST_SUITE("Eval") {
     auto third = moa::eval::evaluate(roster, data, {"good", "bad"}, opt, make);
     CHECK(third.ran == 0);
     CHECK(calls.load() == 120);  // the "fresh" run's 60
+  }
+
+  TEST_CASE("Eval.a_torn_last_line_is_cut_even_when_it_parses_and_its_item_redone") {
+    // A write stopped just before its newline leaves a line that parses: it is still torn (only
+    // a whole line is a record), cut off, reported, and its item run again, once.
+    const auto roster = two_models();
+    const auto data = arithmetic(4);
+    temp_file out("torn.jsonl");
+    std::atomic<int> calls{0};
+    auto make = [&](const auto& m) {
+      return moa::any_backend(planted_model{m.name, 1.0, 3, "", &calls});
+    };
+    moa::eval::eval_options opt;
+    opt.scorer = moa::eval::scorer_kind::number;
+    opt.results_path = out.path;
+    const auto whole = moa::eval::evaluate(roster, data, {"good"}, opt, make);
+    REQUIRE(whole.complete);
+    std::string text;
+    {
+      std::ifstream in(out.path);
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    REQUIRE(text.ends_with("\n"));
+    const auto last = text.rfind('\n', text.size() - 2) + 1;
+    const auto torn = text.substr(last, text.size() - last - 1);  // the last record, no newline
+    REQUIRE(json::parse(torn).is_object());
+    std::ofstream(out.path, std::ios::trunc) << text.substr(0, text.size() - 1);
+    const auto again = moa::eval::evaluate(roster, data, {"good"}, opt, make);
+    CHECK(again.complete);
+    CHECK(again.torn_bytes == torn.size());
+    CHECK(again.resumed == 3);
+    CHECK(again.ran == 1);
+    CHECK(calls.load() == 5);
+    CHECK(again.layouts[0].items == 4);
+    CHECK(again.layouts[0].score.value == whole.layouts[0].score.value);
+    std::ostringstream table;
+    table << again;
+    CHECK(table.str().find("a torn last line dropped and its item redone") != std::string::npos);
+    CHECK(moa::eval::to_json(again)["torn_bytes"] == torn.size());
+    // The file holds every record once, each on a whole line.
+    std::ifstream in(out.path);
+    std::size_t lines = 0;
+    for (std::string l; std::getline(in, l);) {
+      ++lines;
+      CHECK(json::parse(l).is_object());
+    }
+    CHECK(lines == 5);
   }
 
   TEST_CASE("Eval.a_results_file_of_other_settings_or_with_a") {

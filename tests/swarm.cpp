@@ -4,10 +4,12 @@
 #include <doctest/doctest.h>
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -510,6 +512,66 @@ TEST_CASE("Swarm.dataset_utility_scores_in_parallel_and_caches") {
   CHECK(found.best.sink() == 2);
   CHECK(found.best.has_edge(0, 2));
   CHECK(acc.cache().hits() > 0);
+}
+
+TEST_CASE("Swarm.dataset_utility_score_functions_see_the_prompt_when_they_take_three") {
+  auto answer = [](const moa::dag_topology& dag, const std::string& prompt) {
+    return prompt + "@" + std::to_string(dag.sink());
+  };
+  const std::vector<moa::swarm::example> data = {{"p1", "r1"}, {"p2", "r2"}, {"p3", "r3"}};
+  const moa::dag_topology dag(edges(2, {{0, 1}}));  // sink 1
+  std::mutex m;
+  std::vector<std::string> seen;
+  moa::swarm::dataset_utility with_prompt(
+      data, answer,
+      [&](std::string_view a, std::string_view r, std::string_view p) {
+        std::lock_guard lock(m);
+        seen.push_back(std::string(p) + "|" + std::string(a) + "|" + std::string(r));
+        return p == "p2" ? 1.0 : 0.0;
+      },
+      2);
+  CHECK(with_prompt(dag) == doctest::Approx(1.0 / 3.0));
+  std::sort(seen.begin(), seen.end());
+  CHECK(seen == std::vector<std::string>{"p1|p1@1|r1", "p2|p2@1|r2", "p3|p3@1|r3"});
+
+  // Two arguments as before: a function, a lambda, a score_fn; three: a prompt_score_fn.
+  CHECK(moa::swarm::dataset_utility(data, answer, moa::swarm::exact_match)(dag) == 0.0);
+  CHECK(moa::swarm::dataset_utility(data, answer, [](std::string_view a, std::string_view) {
+          return a.ends_with("@1") ? 1.0 : 0.0;
+        })(dag) == 1.0);
+  CHECK(moa::swarm::dataset_utility(data, answer,
+                                    moa::swarm::score_fn(moa::swarm::exact_match))(dag) == 0.0);
+  const moa::swarm::prompt_score_fn third = [](std::string_view a, std::string_view,
+                                               std::string_view p) {
+    return a.starts_with(p) ? 0.5 : 0.0;
+  };
+  CHECK(moa::swarm::dataset_utility(data, answer, third)(dag) == 0.5);
+  // A callable that takes either gets the prompt.
+  struct both {
+    double operator()(std::string_view, std::string_view) const { return 0.25; }
+    double operator()(std::string_view, std::string_view, std::string_view) const { return 0.75; }
+  };
+  CHECK(moa::swarm::dataset_utility(data, answer, both{})(dag) == 0.75);
+  // A throwing score function scores 0, as a throwing answerer does.
+  CHECK(moa::swarm::dataset_utility(
+            data, answer, [](std::string_view, std::string_view, std::string_view p) -> double {
+              if (p == "p1") throw std::runtime_error("judge down");
+              return 1.0;
+            })(dag) == doctest::Approx(2.0 / 3.0));
+  // Empty score functions are refused when the utility is made, not at its first use.
+  CHECK_THROWS_AS(moa::swarm::dataset_utility(data, answer, moa::swarm::score_fn{}),
+                  moa::invalid_argument);
+  CHECK_THROWS_AS(moa::swarm::dataset_utility(data, answer, moa::swarm::prompt_score_fn{}),
+                  moa::invalid_argument);
+  CHECK_THROWS_AS(
+      moa::swarm::dataset_utility(
+          data, answer, static_cast<double (*)(std::string_view, std::string_view)>(nullptr)),
+      moa::invalid_argument);
+  static_assert(moa::swarm::Scorer<decltype(&moa::swarm::multiple_choice)>);
+  static_assert(moa::swarm::PromptScorer<moa::swarm::prompt_score_fn>);
+  static_assert(!moa::swarm::PromptScorer<moa::swarm::score_fn>);
+  static_assert(!moa::swarm::Scorer<int>);
+  static_assert(!moa::swarm::Scorer<std::string (*)(std::string_view, std::string_view)>);
 }
 
 TEST_CASE("Swarm.search_topology_is_reproducible_and_reports_progress") {

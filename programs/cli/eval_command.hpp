@@ -112,6 +112,11 @@ inline void run_eval(const eval_settings& s, int& exit_code) {
     return model_backend(m);
   };
   const auto report = moa::eval::evaluate(roster, data, layouts, opt, make);
+  if (report.torn_bytes)
+    std::fprintf(stderr,
+                 "moa eval: %s ended in a torn line (%zu bytes: a run was killed inside its "
+                 "write); dropped it, and its item was run again\n",
+                 s.results_path.c_str(), report.torn_bytes);
   std::cout << report;
   if (json_out) {
     json_out.stream() << moa::eval::to_json(report).dump(2) << '\n';

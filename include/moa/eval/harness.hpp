@@ -117,7 +117,10 @@ struct eval_report {
   std::size_t items = 0;    ///< in the dataset
   std::size_t resumed = 0;  ///< records found in the results file
   std::size_t ran = 0;      ///< records written by this run
-  bool complete = false;    ///< every (layout, item) has a record
+  /// Bytes of a torn last line cut off the results file (a process killed inside its write):
+  /// that item is redone. 0 when the file ended in a whole line.
+  std::size_t torn_bytes = 0;
+  bool complete = false;  ///< every (layout, item) has a record
   std::vector<layout_report> layouts{};
 };
 
@@ -263,8 +266,10 @@ class results_file {
     }
     const auto complete = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
     if (complete < text.size()) {
-      // The process died inside a write: the torn line's item is redone.
-      torn_ = true;
+      // The process died inside a write: the torn line's item is redone. Cut even when the
+      // bytes happen to parse (the write stopped just before its newline): only a whole line is
+      // a record, so the rule does not depend on where the write stopped.
+      torn_ = text.size() - complete;
       if (::ftruncate(fd_, static_cast<off_t>(complete)) != 0) fail("cannot cut a torn line");
       text.resize(complete);
     }
@@ -298,7 +303,8 @@ class results_file {
   }
 
   [[nodiscard]] bool is_open() const noexcept { return fd_ >= 0; }
-  [[nodiscard]] bool torn() const noexcept { return torn_; }
+  /// Bytes of the torn last line cut off at open (0: none).
+  [[nodiscard]] std::size_t torn() const noexcept { return torn_; }
 
  private:
   [[noreturn]] void fail(const char* what) const {
@@ -306,7 +312,7 @@ class results_file {
   }
   int fd_ = -1;
   bool sync_ = false;
-  bool torn_ = false;
+  std::size_t torn_ = 0;
   std::string path_;
 };
 
@@ -444,6 +450,7 @@ inline eval_report evaluate(const config::roster& roster, const dataset& data,
       }
     }
     report.resumed = records.size();
+    report.torn_bytes = file.torn();
     if (!has_header) file.append(header);
   }
 
@@ -685,6 +692,7 @@ inline std::ostream& operator<<(std::ostream& os, const eval_report& r) {
   const bool pairwise = r.scorer == "pairwise";
   os << "dataset " << r.dataset << ": " << r.items << " items, scorer " << r.scorer << " ("
      << r.resumed << " records resumed, " << r.ran << " run"
+     << (r.torn_bytes ? ", a torn last line dropped and its item redone" : "")
      << (r.complete ? "" : "; INCOMPLETE: rerun to finish") << ")\n";
   os << std::left << std::setw(16) << "layout" << std::right << std::setw(7) << "items"
      << std::setw(9) << (pairwise ? "win" : "score") << std::setw(19) << "95% interval";
@@ -733,8 +741,9 @@ inline nlohmann::json to_json(const eval_report& r) {
   auto iv = [](const interval& i) {
     return json{{"value", i.value}, {"low", i.low}, {"high", i.high}};
   };
-  json j = {{"dataset", r.dataset}, {"scorer", r.scorer}, {"items", r.items},
-            {"resumed", r.resumed}, {"ran", r.ran},       {"complete", r.complete}};
+  json j = {{"dataset", r.dataset},      {"scorer", r.scorer}, {"items", r.items},
+            {"resumed", r.resumed},      {"ran", r.ran},       {"complete", r.complete},
+            {"torn_bytes", r.torn_bytes}};
   j["layouts"] = json::array();
   for (const auto& l : r.layouts) {
     json x = {{"layout", l.layout},

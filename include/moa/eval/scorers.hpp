@@ -13,9 +13,15 @@
 /// | `rubric`   | the judge's rating 1-10, averaged over the turns                     |
 /// | `pairwise` | 1 win, 0.5 tie, 0 loss against the reference layout, averaged over   |
 /// |            | both presentation orders (position swapping)                         |
+///
+/// `rubric_judge` is the rubric judge as a score function of its own, for topology searches
+/// (moa::swarm::dataset_utility, `moa search --utility judge`).
 
+#include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -23,7 +29,9 @@
 #include <vector>
 
 #include "moa/aggregator.hpp"
+#include "moa/core/backend.hpp"
 #include "moa/core/error.hpp"
+#include "moa/core/message.hpp"
 #include "moa/eval/dataset.hpp"
 
 namespace moa::eval {
@@ -147,6 +155,97 @@ inline std::optional<double> parse_rating(std::string_view reply) {
   if (used != inner->size() || !(v >= 1.0 && v <= 10.0)) return std::nullopt;
   return v;
 }
+
+/// @brief What a rubric_judge has done: shared by its copies, read at any time.
+struct judge_tally {
+  std::size_t calls = 0;       ///< judge calls made
+  std::size_t unrated = 0;     ///< replies holding no [[rating]] from 1 to 10
+  std::size_t failed = 0;      ///< calls that threw (endpoint down, timeout, ...)
+  std::size_t unanswered = 0;  ///< empty answers, scored 0 without a call
+  moa::usage tokens{};         ///< over every call
+};
+
+/// @brief The rubric scorer's judge (rubric_prompt and parse_rating, as `moa eval --score rubric`
+/// asks it) as a score function in [0, 1] of one answer to its prompt: rating 1 → 0, 10 → 1.
+/// Its arguments are those of a moa::swarm::dataset_utility score function that sees the prompt,
+/// (answer, reference, prompt), so it is an LLM-judge utility for `moa search`:
+///
+/// @code{.cpp}
+/// moa::eval::rubric_judge judge(moa::config::make_backend(roster.model("qwen")));
+/// moa::swarm::dataset_utility quality(data, answerer, judge);   // data: (prompt, reference)
+/// auto found = moa::swarm::search_topology(n, quality);
+/// auto t = judge.tally();                                      // calls, tokens, failures
+/// @endcode
+///
+/// Unlike `moa eval`, which leaves an item the judge gave no rating out of the score, a judge
+/// that fails (the call throws, or the reply holds no rating) scores 0 here: a search compares
+/// topologies by their mean over the same items, and a mean over the items the judge happened to
+/// rate would reward a topology whose answers make the judge fail. An empty answer (a failed run)
+/// scores 0 without a call, as a layout without an answer does in `moa eval`. The judge's request
+/// asks for temperature 0 (a roster model's own temperature wins, as it does in `moa eval`).
+/// Copies share the judge and the tally; calls may come from several threads at once, as they
+/// do to any backend of a search.
+class rubric_judge {
+ public:
+  explicit rubric_judge(any_backend judge, std::string rubric = std::string(default_rubric))
+      : state_(std::make_shared<state>(std::move(judge), std::move(rubric))) {
+    if (state_->rubric.empty())
+      MOA_THROW(invalid_argument("moa::eval::rubric_judge: the rubric is empty"));
+  }
+
+  /// The judge's rating (1-10) of `answer` to `prompt`, or nullopt when the call failed or the
+  /// reply holds none. `reference` is shown to the judge when not empty.
+  [[nodiscard]] std::optional<double> rate(std::string_view prompt, std::string_view answer,
+                                           std::string_view reference = {}) const {
+    const exchange turn{prompt, answer};
+    request r;
+    r.messages.push_back({role::user, rubric_prompt({&turn, 1}, reference, state_->rubric)});
+    r.sampling.temperature = 0.0;
+    response reply;
+    try {
+      reply = state_->judge.generate(r);
+    } catch (const std::exception&) {
+      // The search goes on without this rating; the tally reports the failures.
+      std::lock_guard lock(state_->mutex);
+      ++state_->tally.calls;
+      ++state_->tally.failed;
+      return std::nullopt;
+    }
+    const auto rating = parse_rating(reply.text);
+    std::lock_guard lock(state_->mutex);
+    ++state_->tally.calls;
+    state_->tally.tokens += reply.usage;
+    if (!rating) ++state_->tally.unrated;
+    return rating;
+  }
+
+  /// The score of `answer` to `prompt`: (rating - 1) / 9, 0 when there is no rating.
+  double operator()(std::string_view answer, std::string_view reference,
+                    std::string_view prompt) const {
+    if (answer.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+      std::lock_guard lock(state_->mutex);
+      ++state_->tally.unanswered;
+      return 0.0;
+    }
+    const auto rating = rate(prompt, answer, reference);
+    return rating ? (*rating - 1.0) / 9.0 : 0.0;
+  }
+
+  [[nodiscard]] judge_tally tally() const {
+    std::lock_guard lock(state_->mutex);
+    return state_->tally;
+  }
+
+ private:
+  struct state {
+    state(any_backend j, std::string r) : judge(std::move(j)), rubric(std::move(r)) {}
+    any_backend judge;
+    std::string rubric;
+    std::mutex mutex;
+    judge_tally tally;
+  };
+  std::shared_ptr<state> state_;
+};
 
 /// @brief The judge's request comparing two assistants' conversations (A shown first).
 inline std::string pairwise_prompt(std::span<const exchange> a, std::span<const exchange> b,

@@ -11,6 +11,10 @@
 /// | `exact_match`     | answer and reference agree, ignoring case and outer spaces   |
 /// | `multiple_choice` | the choice letter found in the answer is the reference's     |
 ///
+/// A score function takes (answer, reference), or (answer, reference, prompt) when it must see
+/// the question too: an LLM judge rating the answer to its prompt (moa::eval::rubric_judge,
+/// moa/eval/scorers.hpp) is one.
+///
 /// @code{.cpp}
 /// std::vector<moa::swarm::example> data = {{"2+2?", "4"}, {"Capital of France?", "Paris"}};
 /// moa::swarm::dataset_utility accuracy(data, [&](const moa::dag_topology& dag,
@@ -32,6 +36,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -174,12 +179,63 @@ concept TopologyAnswerer = std::invocable<A&, const dag_topology&, const std::st
     std::convertible_to<std::invoke_result_t<A&, const dag_topology&, const std::string&>,
                         std::string>;
 
+/// @brief A score function of (answer, reference): exact_match, multiple_choice, ...
 using score_fn = std::function<double(std::string_view answer, std::string_view reference)>;
+
+/// @brief A score function that also sees the prompt the answer was given to, as the third
+/// argument (appended, so the first two mean what they mean to a score_fn).
+using prompt_score_fn = std::function<double(std::string_view answer, std::string_view reference,
+                                             std::string_view prompt)>;
+
+/// @brief Scores an answer given its reference, and the prompt when it takes three arguments.
+template <class S>
+concept PromptScorer =
+    std::invocable<S&, std::string_view, std::string_view, std::string_view> &&
+    std::convertible_to <
+    std::invoke_result_t<S&, std::string_view, std::string_view, std::string_view>,
+double > ;
+template <class S>
+concept ReferenceScorer =
+    std::invocable<S&, std::string_view, std::string_view> &&
+    std::convertible_to < std::invoke_result_t<S&, std::string_view, std::string_view>,
+double > ;
+template <class S>
+concept Scorer = PromptScorer<S> || ReferenceScorer<S>;
+
+namespace detail {
+
+// Whether a score function is empty (a null std::function or function pointer): checked at
+// construction, so a search does not fail on its first evaluation.
+template <class S>
+bool empty_scorer(const S& s) noexcept {
+  if constexpr (std::is_pointer_v<S>)
+    return s == nullptr;
+  else if constexpr (requires { s.target_type(); })  // a std::function
+    return !s;
+  else
+    return false;
+}
+
+// Any score function as one of (answer, reference, prompt). A callable that takes three
+// arguments gets the prompt, even if it could take two as well.
+template <Scorer S>
+prompt_score_fn as_prompt_scorer(S score) {
+  if constexpr (PromptScorer<S>)
+    return prompt_score_fn(std::move(score));
+  else
+    return
+        [s = std::move(score)](std::string_view answer, std::string_view reference,
+                               std::string_view) mutable { return double(s(answer, reference)); };
+}
+
+}  // namespace detail
 
 /// @brief The mean score of a topology over a dataset: a utility for search_topology. Examples
 /// run on `threads` threads (1: inline, which suits a search that already evaluates particles in
 /// parallel); results are cached by (topology, assignment). An answerer that throws scores 0 for
-/// that example. Thread-safe if the answerer is.
+/// that example, and so does a score function that throws. The score function is any Scorer: of
+/// (answer, reference), or of (answer, reference, prompt). Thread-safe if the answerer and the
+/// score function are.
 ///
 /// @code{.cpp}
 /// moa::swarm::dataset_utility acc(data, answerer, moa::swarm::multiple_choice);
@@ -189,19 +245,22 @@ using score_fn = std::function<double(std::string_view answer, std::string_view 
 template <TopologyAnswerer Answerer>
 class dataset_utility {
  public:
-  dataset_utility(std::vector<example> data, Answerer answer, score_fn score = exact_match,
+  // The default, score_fn, keeps the callers that pass a braced or converted score_fn compiling.
+  template <Scorer Score = score_fn>
+  dataset_utility(std::vector<example> data, Answerer answer, Score score = exact_match,
                   std::size_t threads = 1,
                   std::shared_ptr<evaluation_cache> cache = std::make_shared<evaluation_cache>())
       : data_(std::move(data)),
         answer_(std::move(answer)),
-        score_(std::move(score)),
         threads_(threads),
         cache_(std::move(cache)) {
     if (data_.empty())
       MOA_THROW(
           invalid_argument("moa::swarm::dataset_utility: the dataset is empty; give at "
                            "least one (prompt, reference) example"));
-    if (!score_) MOA_THROW(invalid_argument("moa::swarm::dataset_utility: no scoring function"));
+    if (detail::empty_scorer(score))
+      MOA_THROW(invalid_argument("moa::swarm::dataset_utility: no scoring function"));
+    score_ = detail::as_prompt_scorer(std::move(score));
     if (!cache_) MOA_THROW(invalid_argument("moa::swarm::dataset_utility: null cache"));
   }
 
@@ -211,7 +270,8 @@ class dataset_utility {
     std::vector<double> scores(data_.size(), 0.0);
     auto one = [&](std::size_t i) {
       try {
-        scores[i] = score_(std::string(answer_(t, data_[i].prompt)), data_[i].reference);
+        scores[i] =
+            score_(std::string(answer_(t, data_[i].prompt)), data_[i].reference, data_[i].prompt);
       } catch (const std::exception&) {
         scores[i] = 0.0;  // a failed run is a wrong answer, not a failed search
       }
@@ -235,7 +295,7 @@ class dataset_utility {
  private:
   std::vector<example> data_;
   Answerer answer_;
-  score_fn score_;
+  prompt_score_fn score_;
   std::size_t threads_;
   std::shared_ptr<evaluation_cache> cache_;
 };

@@ -19,10 +19,12 @@
 #include <cstdio>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
 
+#include "moa/backends/synthetic.hpp"
 #include "moa/backends/tunable_synthetic.hpp"
 #include "moa/core/backend.hpp"
 #include "moa/core/random.hpp"
@@ -78,6 +80,26 @@ struct planted_swarm {
     double credit = 0;
     scan(answer, seen, credit);
     return double(credit) / double(target.size());
+  }
+
+  /// A judge model with the planted preferences, for the LLM-judge utility (`moa search
+  /// --utility judge`): asked for a rating, it answers "Rating: [[r]]" with r = 1 + 9 score(the
+  /// request), which is 10 only for the planted DAG's answer. The request's other text (the
+  /// rubric, the question) holds no credit tags, so the rating is the answer's; a search scored
+  /// by this judge has the optimum of one scored by score() itself.
+  [[nodiscard]] moa::synthetic_backend judge(std::string name = "judge") const {
+    moa::synthetic_options o;
+    o.name = std::move(name);
+    o.answer = [n = target.size()](const moa::request& r) {
+      std::vector<std::uint32_t> seen;
+      double credit = 0;
+      for (const auto& m : r.messages) scan(m.content, seen, credit);
+      char text[80];
+      std::snprintf(text, sizeof text, "Judged by its credit. Rating: [[%.6f]]",
+                    1.0 + 9.0 * std::min(1.0, credit / double(n)));
+      return std::string(text);
+    };
+    return moa::synthetic_backend(std::move(o));
   }
 
  private:

@@ -33,6 +33,16 @@ declare -A count=()
 failures=0
 total=0
 
+# Waits (up to 20 s, however loaded the machine) until something listens on a loopback TCP port:
+# a case that needs a port taken must not race the start of the device holding it.
+wait_listening() {  # wait_listening PORT
+  for _ in $(seq 400); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "cli_corpus: nothing listens on port $1 after 20 s" >&2
+}
+
 # check CLASS EXPECT CMD...: EXPECT is "2" (certainly bad input) or "any" (0, 1 or 2).
 # Device commands that are valid serve until stopped: for them, "serve" also accepts a clean
 # exit after SIGTERM at the time bound, and "serving" accepts only that (a valid device must not
@@ -448,7 +458,7 @@ device_cases() {  # device_cases PROGRAM...
   # A port in use: a first device holds it while a second tries to bind it.
   "${base[@]}" >/dev/null 2>&1 &
   local holder=$!
-  sleep 0.5
+  wait_listening "$p1"
   check device_port_in_use 2 "${base[@]}"
   kill -TERM "$holder" 2>/dev/null
   wait "$holder" 2>/dev/null
@@ -462,7 +472,7 @@ device_cases() {  # device_cases PROGRAM...
     local m=$((p1 + 3))
     "${base[@]}" --metrics "127.0.0.1:$m" >/dev/null 2>&1 &
     holder=$!
-    sleep 0.5
+    wait_listening "$m"
     check device_metrics_in_use 2 "$@" device --insecure-plaintext --index 1 --peers "$peers" \
       --metrics "$m"
     kill -TERM "$holder" 2>/dev/null

@@ -289,7 +289,7 @@ inline void run_search(const search_settings& s) {
       // --endpoint models have no roster value, so the flag's default applies.
       if (given("--judge-max-tokens") || s.roster_path.empty()) it->max_tokens = s.judge_max_tokens;
       judge_spec = *it;
-      judge.emplace(moa::config::make_backend(*it));
+      judge.emplace(model_backend(*it));
       roster.models.erase(it);
     }
     if (roster.models.size() > 16)

@@ -137,6 +137,8 @@ class adaptive_layout {
       policy_.emplace(std::move(cfg));
     } catch (const moa::invalid_argument& e) {
       fail(std::string("(--adaptive): ") + e.what());
+    } catch (const moa::topology_error& e) {  // a fan-out over the other models
+      fail(std::string("(--adaptive): ") + e.what());
     }
   }
 

@@ -78,6 +78,8 @@ inline void configure_adaptive(serve_settings& s, const moa::config::roster& ros
   std::vector<std::string> marked;
   for (const auto& l : roster.layouts)
     if (!l.adaptive.is_null() && l.adaptive != false) marked.push_back(l.name);
+  if (cmd->count("--adaptive-layout") > 0 && s.adaptive_layout.empty())
+    reject("--adaptive-layout", "is empty; name a layered layout of the roster");
   std::string name = s.adaptive_layout;
   if (name.empty() && marked.size() > 1) {
     std::string list;
@@ -86,7 +88,8 @@ inline void configure_adaptive(serve_settings& s, const moa::config::roster& ros
                                     "); name one (moa serve runs one adaptive policy)");
   }
   if (name.empty() && marked.size() == 1) name = marked[0];
-  const bool enabled = s.adaptive.enabled || !name.empty();
+  // On with --adaptive, or when the roster marks a layout (--adaptive-layout alone is refused).
+  const bool enabled = s.adaptive.enabled || !marked.empty();
   if (!enabled) {
     adaptive_options::require_enabled_for(
         cmd, {"--adaptive-layout", "--prior-service", "--warmup-prompts", "--confidence-z"});
@@ -201,7 +204,9 @@ inline std::vector<std::string> load_api_keys(const serve_settings& s) {
   return keys;
 }
 
-inline void run_serve(serve_settings s, CLI::App* cmd, int& exit_code) {
+// `s` by reference: configure_adaptive applies the roster's options through `cmd`, whose options
+// write into these settings.
+inline void run_serve(serve_settings& s, CLI::App* cmd, int& exit_code) {
   if (!s.roster_path.empty() && !s.endpoints.empty())
     throw CLI::ValidationError("--roster", "give a roster file or --endpoint URLs, not both");
   moa::config::roster roster;

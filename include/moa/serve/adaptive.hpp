@@ -149,10 +149,10 @@ class adaptive_layout {
 
   /// Records one request's arrival and decides its layout (or its refusal).
   adaptive_choice decide() {
-    const double now = this->now();
     adaptive_choice out;
     const std::lock_guard lock(mutex_);
-    out.decision = policy_->decide(aggregator_, now);
+    // The time is read under the lock, so the policy sees arrivals in order.
+    out.decision = policy_->decide(aggregator_, now());
     const auto& d = out.decision;
     last_utilisation_ = d.utilisation;
     if (!d.admitted) {
@@ -230,7 +230,13 @@ class adaptive_layout {
   [[nodiscard]] std::string metrics(const std::string& model) const {
     const std::lock_guard lock(mutex_);
     std::ostringstream os;
-    const std::string label = "model=\"" + model + "\"";
+    // A label value escapes backslash, quote and newline (Prometheus text format).
+    std::string escaped;
+    for (const char c : model) {
+      if (c == '\\' || c == '"') escaped += '\\';
+      escaped += c == '\n' ? std::string("\\n") : std::string(1, c);
+    }
+    const std::string label = "model=\"" + escaped + "\"";
     os << "# HELP moa_serve_adaptive_prompts_total Requests admitted by the adaptive policy, by "
           "layout (layers M, fanout k).\n# TYPE moa_serve_adaptive_prompts_total counter\n";
     const auto& allowed = config().allowed;

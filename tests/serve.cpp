@@ -880,7 +880,13 @@ TEST_CASE("Serve.program_second_signal_exits_at_once") {
 
 TEST_CASE("Serve.program_rejects_bad_options") {
   for (const auto& args : std::vector<std::vector<std::string>>{
-           {"--listen", "nowhere"}, {"--listen", "127.0.0.1:70000"}, {"--max-in-flight", "0"}}) {
+           {"--listen", "nowhere"},
+           {"--listen", "127.0.0.1:70000"},
+           {"--max-in-flight", "0"},
+           {"--target", "0.5"},  // an --adaptive option without --adaptive
+           {"--adaptive", "--layouts", "3x2"},
+           {"--adaptive", "--rate-window", "0"},
+           {"--adaptive", "--adaptive-layout", "nope"}}) {
     std::vector<std::string> a = {MOA_CLI_PATH, "serve"};
     a.insert(a.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -890,7 +896,7 @@ TEST_CASE("Serve.program_rejects_bad_options") {
     REQUIRE(posix_spawn(&pid, MOA_CLI_PATH, nullptr, nullptr, argv.data(), environ) == 0);
     int status = 0;
     ::waitpid(pid, &status, 0);
-    CAPTURE(args[0]);
+    CAPTURE(args.back());
     CHECK(WEXITSTATUS(status) == 2);
   }
 }

@@ -251,6 +251,18 @@ for text in '{"layers": [["a", "b"]], "aggregator": "a", "adaptive": {"bogus": 1
   '{"model": "a", "adaptive": true}'; do
   serve_roster_case "$text"
 done
+# Two layered layouts, l and m: with l marked, --adaptive-layout may not name m; with both marked,
+# one must be named; with none marked, --adaptive must be told which.
+serve_two() {  # serve_two L-EXTRA M-EXTRA ARGS...: l and m with extra keys, then moa serve ARGS
+  printf '{"models": {"a": {"kind": "synthetic"}, "b": {"kind": "synthetic"}}, "layouts": {"l": {"layers": [["a", "b"]], "aggregator": "a"%s}, "m": {"layers": [["a", "b"]], "aggregator": "b"%s}}}' \
+    "$1" "$2" >"$work/serve_roster2.json"
+  shift 2
+  check serve 2 "$moa" serve --listen 127.0.0.1:0 --roster "$work/serve_roster2.json" "$@"
+}
+serve_two ', "adaptive": true' '' --adaptive-layout m
+serve_two ', "adaptive": {"target": 0.5}' '' --adaptive --adaptive-layout m
+serve_two ', "adaptive": true' ', "adaptive": {}'
+serve_two '' '' --adaptive
 
 # Unknown and misspelt options, missing values.
 for sub in run bench search stability simulate network eval replay; do

@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -88,6 +89,10 @@ inline void configure_adaptive(serve_settings& s, const moa::config::roster& ros
                                     "); name one (moa serve runs one adaptive policy)");
   }
   if (name.empty() && marked.size() == 1) name = marked[0];
+  // A marked layout's options would otherwise be silently unused.
+  if (!marked.empty() && std::find(marked.begin(), marked.end(), name) == marked.end())
+    reject("--adaptive-layout",
+           "\"" + name + "\" is not the layout the roster marks adaptive (" + marked[0] + ")");
   // On with --adaptive, or when the roster marks a layout (--adaptive-layout alone is refused).
   const bool enabled = s.adaptive.enabled || !marked.empty();
   if (!enabled) {

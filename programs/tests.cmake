@@ -285,6 +285,15 @@ if(MOA_HAS_SERVE AND TARGET moa_device)
     PASS_REGULAR_EXPRESSION "serve_device: all passed")
 endif()
 
+# `moa serve --adaptive` with the synthetic models, driven with curl: the first request at the
+# largest layout, the second refused (429 over_capacity, Retry-After), both counted in /metrics.
+if(MOA_HAS_SERVE)
+  add_test(NAME cli.serve_adaptive
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/serve_adaptive.sh $<TARGET_FILE:moa_cli>)
+  set_tests_properties(cli.serve_adaptive PROPERTIES TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "serve_adaptive: all passed")
+endif()
+
 # `moa serve` in front of two real llama-servers, driven with curl (docs/SERVE.md).
 if(MOA_HAS_OPENAI AND MOA_HAS_SERVE)
   add_test(NAME cli.serve_endpoint

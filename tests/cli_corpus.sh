@@ -229,6 +229,51 @@ for v in 3:1 0:9 a:b 1 -1:1 1:-1 4294967297:1 1e400:1 "" 1:1:1; do
   check mismatch 2 "${replay_base[@]}" --config "$v"
 done
 
+# moa serve --adaptive: every bad option exits 2 before the server binds (a valid one would serve
+# until stopped, so only certainly bad input is tried here). The options apply to --adaptive only.
+serve_base=("$moa" serve --listen 127.0.0.1:0 --adaptive)
+# A valid zero (--hysteresis 0, ...) serves: stopped by SIGTERM at the bound, it must exit cleanly.
+ZERO_EXPECT=serve numeric_cases "${serve_base[@]}" -- --target --hysteresis --rate-window \
+  --latency-objective --prior-service --warmup-prompts --confidence-z
+for v in "" 2x 2x3 3x1 0x1 65x1 2x2=nan 2y2 2x2,,1x1 "2x2 "; do
+  check serve 2 "${serve_base[@]}" --layouts "$v"
+done
+for v in nope alpha ""; do check serve 2 "${serve_base[@]}" --adaptive-layout "$v"; done
+for opt in "--target 0.5" "--layouts 1x1" "--rate-window 5" "--prior-service 2" \
+  "--warmup-prompts 3" "--confidence-z 1" "--adaptive-layout moa"; do
+  # shellcheck disable=SC2086
+  check serve 2 "$moa" serve --listen 127.0.0.1:0 $opt
+done
+serve_roster_case() {  # serve_roster_case LAYOUT-JSON: one layout "l" over models a and b
+  printf '{"models": {"a": {"kind": "synthetic"}, "b": {"kind": "synthetic"}}, "layouts": {"l": %s}}' \
+    "$1" >"$work/serve_roster.json"
+  check serve 2 "$moa" serve --listen 127.0.0.1:0 --roster "$work/serve_roster.json"
+}
+for text in '{"layers": [["a", "b"]], "aggregator": "a", "adaptive": {"bogus": 1}}' \
+  '{"layers": [["a", "b"]], "aggregator": "a", "adaptive": {"target": 2}}' \
+  '{"layers": [["a", "b"]], "aggregator": "a", "adaptive": {"target": "high"}}' \
+  '{"layers": [["a", "b"]], "aggregator": "a", "adaptive": {"layouts": "2x1"}}' \
+  '{"layers": [["a", "b"]], "aggregator": "a", "adaptive": {"rate_window": 5}}' \
+  '{"layers": [["a", "b"]], "aggregator": "a", "adaptive": 1}' \
+  '{"layers": [["a", "b"]], "aggregator": "a", "policy": "vote", "adaptive": true}' \
+  '{"layers": [["a"], ["a", "b"]], "aggregator": "a", "adaptive": true}' \
+  '{"nodes": ["a", "b"], "edges": [[0, 1]], "adaptive": true}' \
+  '{"model": "a", "adaptive": true}'; do
+  serve_roster_case "$text"
+done
+# Two layered layouts, l and m: with l marked, --adaptive-layout may not name m; with both marked,
+# one must be named; with none marked, --adaptive must be told which.
+serve_two() {  # serve_two L-EXTRA M-EXTRA ARGS...: l and m with extra keys, then moa serve ARGS
+  printf '{"models": {"a": {"kind": "synthetic"}, "b": {"kind": "synthetic"}}, "layouts": {"l": {"layers": [["a", "b"]], "aggregator": "a"%s}, "m": {"layers": [["a", "b"]], "aggregator": "b"%s}}}' \
+    "$1" "$2" >"$work/serve_roster2.json"
+  shift 2
+  check serve 2 "$moa" serve --listen 127.0.0.1:0 --roster "$work/serve_roster2.json" "$@"
+}
+serve_two ', "adaptive": true' '' --adaptive-layout m
+serve_two ', "adaptive": {"target": 0.5}' '' --adaptive --adaptive-layout m
+serve_two ', "adaptive": true' ', "adaptive": {}'
+serve_two '' '' --adaptive
+
 # Unknown and misspelt options, missing values.
 for sub in run bench search stability simulate network eval replay; do
   check unknown_option 2 "$moa" "$sub" --bogus

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -20,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include <moa/backends/synthetic.hpp>
 #include <moa/config/roster.hpp>
 #include <moa/serve/openai_server.hpp>
 #include <moa/topology/dag.hpp>
@@ -578,6 +580,207 @@ TEST_CASE("Serve.drain_bound_cancels_what_is_left") {
   CHECK(eventually([&] { return g.stopped.load() == 1; }));
 }
 
+// --- moa serve --adaptive (moa/serve/adaptive.hpp) ----------------------------------------------
+// The policy reads the test's clock, never the machine's: each case sets the time of every request,
+// so its decisions do not depend on how fast the machine runs.
+
+namespace {
+
+// Synthetic models that count their calls: a refused request must call none.
+struct counted_backend {
+  std::atomic<int>* calls;
+  moa::synthetic_backend inner;
+  moa::response generate(const moa::request& r) const {
+    calls->fetch_add(1);
+    return moa::generate(inner, r);
+  }
+  [[nodiscard]] std::string_view name() const { return inner.name(); }
+};
+
+moa::serve::backend_factory counted_factory(std::atomic<int>& calls) {
+  return [&calls](const moa::config::model_spec& m) {
+    return moa::serve::hold(counted_backend{&calls, moa::config::make_synthetic(m)}, m.name);
+  };
+}
+
+// A served "moa" (2 layers of alpha, beta, gamma; aggregator alpha) under the adaptive policy,
+// reading the time from `now` (seconds since the server started).
+moa::serve::server_options adaptive_options(std::atomic<double>& now, double prior_service) {
+  moa::serve::server_options opt;
+  opt.adaptive.layout = "moa";
+  opt.adaptive.policy.prior_service = {prior_service};
+  opt.adaptive.policy.warmup_arrivals = 0;
+  opt.adaptive.clock = [&now] { return now.load(); };
+  return opt;
+}
+
+json traced_body(const std::string& model, bool stream = false) {
+  auto b = chat_body(model, stream);
+  b["moa"] = {{"trace", true}};
+  return b;
+}
+
+bool metrics_have(const std::string& base, const std::string& line) {
+  return eventually(
+      [&] { return http("GET", base + "/metrics").body.find(line) != std::string::npos; });
+}
+
+}  // namespace
+
+TEST_CASE("Serve.adaptive_refuses_over_capacity_with_429_and_runs_nothing") {
+  // Each model is believed to take 100 s a call and z = 0 takes the estimates as they are: the
+  // first request (no rate seen yet) is admitted at the largest layout; the second, one second
+  // later, offers about 2 requests/s, far over even (1, 0)'s capacity, and is refused.
+  std::atomic<double> now{0};
+  std::atomic<int> calls{0};
+  auto opt = adaptive_options(now, 100);
+  opt.adaptive.policy.z = 0;
+  served s(synthetic_moa(), counted_factory(calls), opt);
+  const auto url = s.base + "/v1/chat/completions";
+  const auto first = http("POST", url, chat_body("moa").dump());
+  CHECK(first.status == 200);
+  CHECK(calls.load() == 7);
+  now = 1;
+  const auto refused = http("POST", url, traced_body("moa").dump());
+  check_error_shape(refused, 429);
+  CHECK(calls.load() == 7);  // nothing of the refused request ran
+  const auto j = json::parse(refused.body);
+  CHECK(j["error"]["type"] == "rate_limit_error");
+  CHECK(j["error"]["code"] == "over_capacity");
+  const auto message = j["error"]["message"].get<std::string>();
+  CHECK(message.find("utilisation of model \"alpha\"") != std::string::npos);
+  CHECK(message.find("over the target 0.8") != std::string::npos);
+  // Retry-After: rate_window ln(utilisation / target), rounded up, at least 1 s.
+  const auto& a = j["moa"]["adaptive"];
+  CHECK(a["admitted"] == false);
+  CHECK(a["reason"] == "over_capacity");
+  const double u = a["utilisation"].get<double>();
+  CHECK(u > 0.8);
+  const auto expected = std::max<long long>(1, (long long)std::ceil(60 * std::log(u / 0.8)));
+  CHECK(refused.header("retry-after") == std::to_string(expected));
+  CHECK(a["retry_after_s"] == expected);
+  // Without the trace the 429 is the plain OpenAI error.
+  now = 2;
+  const auto plain = http("POST", url, chat_body("moa").dump());
+  check_error_shape(plain, 429);
+  CHECK_FALSE(json::parse(plain.body).contains("moa"));
+  CHECK(calls.load() == 7);
+  // Other layouts over the same models are not the policy's: they still run.
+  CHECK(http("POST", url, chat_body("beta").dump()).status == 200);
+  CHECK(metrics_have(s.base, "moa_serve_adaptive_refused_total{model=\"moa\"} 2"));
+  CHECK(metrics_have(
+      s.base, "moa_serve_adaptive_prompts_total{model=\"moa\",layers=\"2\",fanout=\"2\"} 1"));
+  CHECK(metrics_have(s.base,
+                     "moa_serve_requests_total{route=\"/v1/chat/completions\",code=\"429\"} 2"));
+}
+
+TEST_CASE("Serve.adaptive_low_load_runs_the_largest_layout_and_traces_the_decision") {
+  // 1 ms a call and one request every 1000 s: every layout fits; the best, (2, 2), is kept.
+  std::atomic<double> now{0};
+  std::atomic<int> calls{0};
+  served s(synthetic_moa(), counted_factory(calls), adaptive_options(now, 0.001));
+  const auto url = s.base + "/v1/chat/completions";
+  for (int i = 0; i < 3; ++i) {
+    now = 1000.0 * i;
+    const auto r = http("POST", url, traced_body("moa").dump());
+    REQUIRE(r.status == 200);
+    const auto j = json::parse(r.body);
+    const auto& a = j["moa"]["adaptive"];
+    CHECK(a["admitted"] == true);
+    CHECK(a["layers"] == 2);
+    CHECK(a["fanout"] == 2);
+    CHECK(a["reason"] == "held");
+    CHECK(a["utilisation"].get<double>() < 0.8);
+    CHECK(a["proposers"] == json::array({json::array({"alpha", "beta", "gamma"}),
+                                         json::array({"alpha", "beta", "gamma"})}));
+    CHECK(j["moa"]["trace"].size() == 7);
+  }
+  CHECK(calls.load() == 21);
+  now = 3000;
+  const auto ev = parse_sse(http("POST", url, traced_body("moa", true).dump()).body);
+  REQUIRE_FALSE(ev.chunks.empty());
+  CHECK(ev.chunks.back()["moa"]["adaptive"]["layers"] == 2);
+  // Untraced answers carry no decision.
+  now = 4000;
+  CHECK_FALSE(json::parse(http("POST", url, chat_body("moa").dump()).body).contains("moa"));
+  CHECK(metrics_have(
+      s.base, "moa_serve_adaptive_prompts_total{model=\"moa\",layers=\"2\",fanout=\"2\"} 5"));
+  CHECK(metrics_have(
+      s.base, "moa_serve_adaptive_prompts_total{model=\"moa\",layers=\"1\",fanout=\"0\"} 0"));
+  CHECK(metrics_have(s.base, "moa_serve_adaptive_refused_total{model=\"moa\"} 0"));
+  CHECK(metrics_have(s.base, "moa_serve_adaptive_layout_changes_total{model=\"moa\"} 0"));
+}
+
+TEST_CASE("Serve.adaptive_peers_are_taken_in_turn") {
+  // Only (1, 1): each request runs the aggregator and one other model, beta and gamma in turn,
+  // so each receives M k / (n - 1) = 1/2 call per request, as the policy's traffic equations say.
+  std::atomic<double> now{0};
+  std::atomic<int> calls{0};
+  auto opt = adaptive_options(now, 0.001);
+  opt.adaptive.policy.allowed = {{1, 1}};
+  served s(synthetic_moa(), counted_factory(calls), opt);
+  std::vector<std::string> peers;
+  for (int i = 0; i < 4; ++i) {
+    now = 1000.0 * i;
+    const auto j =
+        json::parse(http("POST", s.base + "/v1/chat/completions", traced_body("moa").dump()).body);
+    const auto& p = j["moa"]["adaptive"]["proposers"];
+    REQUIRE(p.size() == 1);
+    REQUIRE(p[0].size() == 2);
+    CHECK(p[0][0] == "alpha");
+    peers.push_back(p[0][1].get<std::string>());
+    CHECK(j["moa"]["trace"].size() == 3);
+  }
+  CHECK(peers == std::vector<std::string>{"beta", "gamma", "beta", "gamma"});
+  CHECK(calls.load() == 12);
+}
+
+TEST_CASE("Serve.adaptive_layouts_are_checked") {
+  const auto roster = moa::config::parse_roster(json::parse(R"({
+    "models": {"a": {"kind": "synthetic"}, "b": {"kind": "synthetic"},
+               "c": {"kind": "synthetic"}},
+    "layouts": {"moa": {"layers": [["a", "b", "c"], ["a", "b", "c"]], "aggregator": "a"},
+                "vote": {"layers": [["a", "b", "c"]], "aggregator": "a", "policy": "vote"},
+                "partial": {"layers": [["a", "b"], ["a", "b", "c"]], "aggregator": "a"},
+                "dag": {"nodes": ["a", "b"], "edges": [[0, 1]]}}
+  })"));
+  auto make = [&](const std::string& layout, std::vector<moa::queueing::layout> allowed = {}) {
+    moa::serve::server_options opt;
+    opt.port = 0;
+    opt.adaptive.layout = layout;
+    opt.adaptive.policy.allowed = std::move(allowed);
+    moa::serve::openai_server server(roster, moa::serve::synthetic_backends, opt);
+  };
+  CHECK_NOTHROW(make("moa"));
+  CHECK_THROWS_WITH_AS(make("nope"), doctest::Contains("no layout named \"nope\""),
+                       moa::config::config_error);
+  CHECK_THROWS_WITH_AS(make("vote"), doctest::Contains("policy vote"), moa::config::config_error);
+  CHECK_THROWS_WITH_AS(make("partial"), doctest::Contains("every model"),
+                       moa::config::config_error);
+  CHECK_THROWS_WITH_AS(make("dag"), doctest::Contains("DAG"), moa::config::config_error);
+  CHECK_THROWS_WITH_AS(make("a"), doctest::Contains("single model"), moa::config::config_error);
+  CHECK_THROWS_WITH_AS(make("moa", {{3, 1}}), doctest::Contains("deeper"),
+                       moa::config::config_error);
+  CHECK_THROWS_WITH_AS(make("moa", {{1, 3}}), doctest::Contains("fan-out"),
+                       moa::config::config_error);
+  // The default allowed set: every (M, k) the layout holds and (1, 0), most calls first.
+  const auto d = moa::serve::adaptive_layout::default_layouts(2, 3);
+  REQUIRE(d.size() == 5);
+  CHECK(d[0].layers == 2);
+  CHECK(d[0].fanout == 2);
+  CHECK(d[4].layers == 1);
+  CHECK(d[4].fanout == 0);
+  // A roster layout's "adaptive" is true, false or an object (moa serve reads the object).
+  CHECK(moa::config::parse_roster(json::parse(R"({"models": {"a": {}, "b": {}},
+    "layouts": {"l": {"layers": [["a", "b"]], "aggregator": "a",
+                      "adaptive": {"target": 0.7}}}})"))
+            .layouts[0]
+            .adaptive["target"] == 0.7);
+  CHECK_THROWS_WITH_AS(moa::config::parse_roster(json::parse(R"({"models": {"a": {}},
+    "layouts": {"l": {"aggregator": "a", "adaptive": 1}}})")),
+                       doctest::Contains("layouts.l.adaptive"), moa::config::config_error);
+}
+
 TEST_CASE("Serve.parse_chat_request_reads_what_moa_uses") {
   const auto r = moa::serve::parse_chat_request(R"({"model": "m", "messages": [
       {"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"},
@@ -677,7 +880,13 @@ TEST_CASE("Serve.program_second_signal_exits_at_once") {
 
 TEST_CASE("Serve.program_rejects_bad_options") {
   for (const auto& args : std::vector<std::vector<std::string>>{
-           {"--listen", "nowhere"}, {"--listen", "127.0.0.1:70000"}, {"--max-in-flight", "0"}}) {
+           {"--listen", "nowhere"},
+           {"--listen", "127.0.0.1:70000"},
+           {"--max-in-flight", "0"},
+           {"--target", "0.5"},  // an --adaptive option without --adaptive
+           {"--adaptive", "--layouts", "3x2"},
+           {"--adaptive", "--rate-window", "0"},
+           {"--adaptive", "--adaptive-layout", "nope"}}) {
     std::vector<std::string> a = {MOA_CLI_PATH, "serve"};
     a.insert(a.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -687,7 +896,7 @@ TEST_CASE("Serve.program_rejects_bad_options") {
     REQUIRE(posix_spawn(&pid, MOA_CLI_PATH, nullptr, nullptr, argv.data(), environ) == 0);
     int status = 0;
     ::waitpid(pid, &status, 0);
-    CAPTURE(args[0]);
+    CAPTURE(args.back());
     CHECK(WEXITSTATUS(status) == 2);
   }
 }

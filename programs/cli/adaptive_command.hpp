@@ -11,9 +11,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 #include <iostream>
 #include <limits>
 #include <mutex>
@@ -46,14 +48,10 @@ struct adaptive_options {
   double phase = 20000;
   std::string plot;
 
-  /// `live`: for `moa network` (times in ms). `plot` is `moa simulate`'s --plot, shared with the
-  /// sweep.
-  void add_to(CLI::App* cmd, bool live = false) {
-    cmd->add_flag("--adaptive", enabled,
-                  live ? "Run a load ramp live with the adaptive layout policy, then the simulator "
-                         "on the measured service times; see docs/ADAPTIVE.md"
-                       : "Run a load ramp with the adaptive layout policy against the static "
-                         "layout (--layers, --fanout); see docs/ADAPTIVE.md");
+  /// The policy's options, shared by `moa simulate`, `moa network` and `moa serve`: `enable_help`
+  /// describes --adaptive, `unit` the time unit of --rate-window and --latency-objective.
+  void add_policy_options(CLI::App* cmd, const std::string& enable_help, const std::string& unit) {
+    cmd->add_flag("--adaptive", enabled, enable_help);
     cmd->add_option("--layouts", layouts,
                     "--adaptive: allowed layouts MxK[=QUALITY],... (default quality: the call "
                     "count (k+1)M+1)")
@@ -65,12 +63,35 @@ struct adaptive_options {
         ->capture_default_str()
         ->check(number_in(0, 0.9));
     cmd->add_option("--rate-window", rate_window,
-                    "--adaptive: time constant of the rate estimates (virtual time)")
+                    "--adaptive: time constant of the rate estimates (" + unit + ")")
         ->capture_default_str()
         ->check(number_in(0, 1e9, true));
     cmd->add_option("--latency-objective", latency_objective,
-                    "--adaptive: p99 objective (virtual time; 0: none)")
+                    "--adaptive: p99 objective (" + unit + "; 0: none)")
         ->check(number_in(0, 1e9));
+  }
+
+  /// The long options of add_policy_options but --adaptive.
+  static constexpr std::array<const char*, 5> policy_option_names = {
+      "--layouts", "--target", "--hysteresis", "--rate-window", "--latency-objective"};
+
+  /// Without --adaptive, its options (and `extra`) are refused, naming the first given.
+  static void require_enabled_for(const CLI::App* cmd, std::initializer_list<const char*> extra) {
+    for (const char* opt : policy_option_names)
+      if (cmd->count(opt) > 0) reject(opt, "applies to --adaptive runs only; add --adaptive");
+    for (const char* opt : extra)
+      if (cmd->count(opt) > 0) reject(opt, "applies to --adaptive runs only; add --adaptive");
+  }
+
+  /// `live`: for `moa network` (times in ms). `plot` is `moa simulate`'s --plot, shared with the
+  /// sweep.
+  void add_to(CLI::App* cmd, bool live = false) {
+    add_policy_options(cmd,
+                       live ? "Run a load ramp live with the adaptive layout policy, then the "
+                              "simulator on the measured service times; see docs/ADAPTIVE.md"
+                            : "Run a load ramp with the adaptive layout policy against the static "
+                              "layout (--layers, --fanout); see docs/ADAPTIVE.md",
+                       "virtual time");
     cmd->add_option("--ramp", ramp,
                     "--adaptive: FROM:TO:STEPS, load steps as fractions of the static layout's "
                     "limit (0 < FROM <= TO <= 10, STEPS in [1, 100])")

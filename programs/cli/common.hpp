@@ -263,12 +263,14 @@ inline constexpr std::size_t max_config_bytes = std::size_t{1} << 20;
 /// Applies a JSON config object to the options of `cmd`: each key is a long option's name, and
 /// its value goes through that option's own checks. An option given on the command line wins over
 /// the file; an unknown key, a wrong type or a value out of range is an error naming the key.
-/// Keys in `own` are not options: the caller reads them from the returned object.
-inline nlohmann::json apply_config(CLI::App* cmd, const std::string& path,
-                                   const std::vector<std::string>& own = {}) {
-  const std::string where = "--config " + path;
-  const auto j = parse_json_text(read_text(path, "--config", max_config_bytes), where);
-  if (!j.is_object()) reject(where, "the file must hold one JSON object {\"key\": value, ...}");
+/// Keys in `own` are not options: the caller reads them from the returned object. `where` names
+/// the object in messages (a file, a roster key); with `only` non-empty, only those long options
+/// (names without "--") are keys.
+inline nlohmann::json apply_config_object(CLI::App* cmd, const nlohmann::json& j,
+                                          const std::string& where,
+                                          const std::vector<std::string>& own = {},
+                                          const std::vector<std::string>& only = {}) {
+  if (!j.is_object()) reject(where, "must hold one JSON object {\"key\": value, ...}");
   nlohmann::json rest = nlohmann::json::object();
   for (const auto& [key, value] : j.items()) {
     const std::string name = where + ", key \"" + key + "\"";
@@ -276,15 +278,20 @@ inline nlohmann::json apply_config(CLI::App* cmd, const std::string& path,
       rest[key] = value;
       continue;
     }
-    CLI::Option* opt = key == "config" || key == "help" || key.empty()
+    const bool allowed = only.empty() || std::find(only.begin(), only.end(), key) != only.end();
+    CLI::Option* opt = key == "config" || key == "help" || key.empty() || !allowed
                            ? nullptr
                            : cmd->get_option_no_throw("--" + key);
     if (opt == nullptr) {
       std::string known;
-      for (const CLI::Option* o : cmd->get_options())
-        if (!o->get_lnames().empty() && o->get_lnames()[0] != "config" &&
-            o->get_lnames()[0] != "help")
-          known += (known.empty() ? "" : ", ") + o->get_lnames()[0];
+      if (only.empty()) {
+        for (const CLI::Option* o : cmd->get_options())
+          if (!o->get_lnames().empty() && o->get_lnames()[0] != "config" &&
+              o->get_lnames()[0] != "help")
+            known += (known.empty() ? "" : ", ") + o->get_lnames()[0];
+      } else {
+        for (const auto& k : only) known += (known.empty() ? "" : ", ") + k;
+      }
       for (const auto& k : own) known += ", " + k;
       reject(name, "unknown key; known keys: " + known);
     }
@@ -314,6 +321,15 @@ inline nlohmann::json apply_config(CLI::App* cmd, const std::string& path,
     }
   }
   return rest;
+}
+
+/// apply_config_object on the JSON file `path` (--config).
+inline nlohmann::json apply_config(CLI::App* cmd, const std::string& path,
+                                   const std::vector<std::string>& own = {}) {
+  const std::string where = "--config " + path;
+  const auto j = parse_json_text(read_text(path, "--config", max_config_bytes), where);
+  if (!j.is_object()) reject(where, "the file must hold one JSON object {\"key\": value, ...}");
+  return apply_config_object(cmd, j, where, own);
 }
 
 // --- main -------------------------------------------------------------------------------------

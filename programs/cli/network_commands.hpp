@@ -230,9 +230,7 @@ inline void add_network_command(CLI::App& app, int& exit_code) {
   cmd->callback([s, cmd, config, adaptive, &exit_code] {
     if (!config->empty()) apply_config(cmd, *config);
     if (!adaptive->enabled) {
-      for (const char* opt : {"--layouts", "--target", "--hysteresis", "--rate-window",
-                              "--latency-objective", "--ramp", "--phase"})
-        if (cmd->count(opt) > 0) reject(opt, "applies to --adaptive runs only; add --adaptive");
+      adaptive_options::require_enabled_for(cmd, {"--ramp", "--phase"});
       exit_code = network_command(*s);
       return;
     }

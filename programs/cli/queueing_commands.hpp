@@ -520,9 +520,7 @@ inline void add_simulate_command(CLI::App& app) {
   adaptive->add_to(cmd);
   cmd->callback([network, sim, adaptive, cmd] {
     if (!adaptive->enabled) {
-      for (const char* opt : {"--layouts", "--target", "--hysteresis", "--rate-window",
-                              "--latency-objective", "--ramp", "--phase"})
-        if (cmd->count(opt) > 0) reject(opt, "applies to --adaptive runs only; add --adaptive");
+      adaptive_options::require_enabled_for(cmd, {"--ramp", "--phase"});
       simulate_command(*network, *sim);
       return;
     }

@@ -6,11 +6,15 @@
 //   moa serve --roster roster.json --listen 127.0.0.1:8000
 //   moa serve --endpoint http://127.0.0.1:8080/v1 --endpoint http://127.0.0.1:8081/v1
 //   moa serve                       the embedded synthetic models (no model server needed)
+//   moa serve --adaptive --layouts 2x2,1x1 --target 0.8
+//                                   layers and fan-out of "moa" chosen per request from the load,
+//                                   429 over_capacity beyond it (docs/ADAPTIVE.md)
 
 #include <pthread.h>
 #include <signal.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -28,6 +32,7 @@
 #include <moa/serve/roster_backends.hpp>
 #endif
 
+#include "cli/adaptive_command.hpp"
 #include "cli/backends.hpp"
 #include "cli/common.hpp"
 #include "cli/eval_command.hpp"
@@ -60,7 +65,99 @@ struct serve_settings {
   double drain_s = 30.0;
   double run_timeout_s = 0.0;
   moa::serve::server_options server{};
+  // --adaptive: the policy's options shared with simulate and network (times in seconds here),
+  // and those only a server has.
+  adaptive_options adaptive = [] {
+    adaptive_options a;
+    a.layouts.clear();   // not given: every (M, k) the layout holds
+    a.rate_window = 60;  // seconds: a server's load changes over minutes
+    return a;
+  }();
+  std::string adaptive_layout{};
+  double prior_service_s = 1.0;
+  std::uint64_t warmup_prompts = 20;
+  double confidence_z = 1.645;
 };
+
+/// The options of serve's adaptive policy that a roster layout's "adaptive" object may set (its
+/// keys are these long options without "--"; the command line wins).
+inline const std::vector<std::string> serve_adaptive_keys = {
+    "layouts",           "target",        "hysteresis",     "rate-window",
+    "latency-objective", "prior-service", "warmup-prompts", "confidence-z"};
+
+/// Decides which layout --adaptive applies to and fills s.server.adaptive, or leaves it off.
+/// Precedence: flags, then the roster layout's "adaptive" object, then the defaults.
+inline void configure_adaptive(serve_settings& s, const moa::config::roster& roster,
+                               CLI::App* cmd) {
+  // The layout: --adaptive-layout, else the one the roster marks adaptive, else (with --adaptive)
+  // the only layered layout.
+  std::vector<std::string> marked;
+  for (const auto& l : roster.layouts)
+    if (!l.adaptive.is_null() && l.adaptive != false) marked.push_back(l.name);
+  if (cmd->count("--adaptive-layout") > 0 && s.adaptive_layout.empty())
+    reject("--adaptive-layout", "is empty; name a layered layout of the roster");
+  std::string name = s.adaptive_layout;
+  if (name.empty() && marked.size() > 1) {
+    std::string list;
+    for (const auto& m : marked) list += (list.empty() ? "" : ", ") + m;
+    reject("--adaptive-layout", "the roster marks several layouts adaptive (" + list +
+                                    "); name one (moa serve runs one adaptive policy)");
+  }
+  if (name.empty() && marked.size() == 1) name = marked[0];
+  // A marked layout's options would otherwise be silently unused.
+  if (!marked.empty() && std::find(marked.begin(), marked.end(), name) == marked.end())
+    reject("--adaptive-layout",
+           "\"" + name + "\" is not the layout the roster marks adaptive (" + marked[0] + ")");
+  // On with --adaptive, or when the roster marks a layout (--adaptive-layout alone is refused).
+  const bool enabled = s.adaptive.enabled || !marked.empty();
+  if (!enabled) {
+    adaptive_options::require_enabled_for(
+        cmd, {"--adaptive-layout", "--prior-service", "--warmup-prompts", "--confidence-z"});
+    return;
+  }
+  if (name.empty()) {
+    std::vector<std::string> layered;
+    for (const auto& l : roster.layouts)
+      if (!l.layers.empty()) layered.push_back(l.name);
+    if (layered.size() != 1)
+      reject("--adaptive", "the roster has " + std::to_string(layered.size()) +
+                               " layered layouts; name the one to adapt with --adaptive-layout "
+                               "(or mark it \"adaptive\": true in the roster)");
+    name = layered[0];
+  }
+  const moa::config::layout_spec* spec = nullptr;
+  for (const auto& l : roster.layouts)
+    if (l.name == name) spec = &l;
+  if (spec == nullptr)
+    reject("--adaptive-layout", "\"" + name + "\" is not a layout of the roster");
+  if (spec->adaptive.is_object())
+    apply_config_object(cmd, spec->adaptive, "roster layouts." + name + ".adaptive", {},
+                        serve_adaptive_keys);
+  const auto models = spec->models();
+  auto& a = s.server.adaptive;
+  a.layout = name;
+  a.policy.devices = models.size();
+  // Given (on the command line or by the roster), --layouts is checked even when empty; not
+  // given, the server allows every (M, k) the layout holds (adaptive_layout::default_layouts).
+  if (cmd->count("--layouts") > 0) {
+    if (models.size() < 2)
+      reject("--adaptive-layout", "\"" + name + "\" calls one model; --adaptive needs at least 2");
+    a.policy.allowed = adaptive_options::parse_layouts(s.adaptive.layouts, models.size());
+    for (const auto& l : a.policy.allowed)
+      if (l.layers > spec->layers.size())
+        reject("--layouts", std::to_string(l.layers) + "x" + std::to_string(l.fanout) +
+                                " is deeper than layout \"" + name + "\" (" +
+                                std::to_string(spec->layers.size()) +
+                                " layers): the roster's layout is the largest");
+  }
+  a.policy.target = s.adaptive.target;
+  a.policy.hysteresis = s.adaptive.hysteresis;
+  a.policy.rate_window = s.adaptive.rate_window;
+  if (s.adaptive.latency_objective > 0) a.policy.latency_objective = s.adaptive.latency_objective;
+  a.policy.prior_service = {s.prior_service_s};
+  a.policy.warmup_arrivals = double(s.warmup_prompts);
+  a.policy.z = s.confidence_z;
+}
 
 /// Splits host:port (the port may be 0: an ephemeral one, printed at start).
 inline std::pair<std::string, std::uint16_t> split_listen(const std::string& s) {
@@ -127,7 +224,9 @@ inline std::vector<std::string> load_api_keys(const serve_settings& s) {
   return keys;
 }
 
-inline void run_serve(serve_settings s, int& exit_code) {
+// `s` by reference: configure_adaptive applies the roster's options through `cmd`, whose options
+// write into these settings.
+inline void run_serve(serve_settings& s, CLI::App* cmd, int& exit_code) {
   if (!s.roster_path.empty() && !s.endpoints.empty())
     throw CLI::ValidationError("--roster", "give a roster file or --endpoint URLs, not both");
   moa::config::roster roster;
@@ -139,6 +238,7 @@ inline void run_serve(serve_settings s, int& exit_code) {
   } else {
     roster = synthetic_roster(s.latency_ms);
   }
+  configure_adaptive(s, roster, cmd);
   std::tie(s.server.host, s.server.port) = split_listen(s.listen);
   s.server.api_keys = load_api_keys(s);
   s.server.run_timeout =
@@ -239,7 +339,29 @@ inline void add_serve_command(CLI::App& app, int& exit_code) {
                   "On SIGTERM/SIGINT: seconds in-flight requests may take to finish")
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
-  cmd->callback([s, &exit_code] { run_serve(*s, exit_code); });
+  s->adaptive.add_policy_options(
+      cmd,
+      "Choose the layers and proposers of one layered layout per request from the measured load, "
+      "and refuse requests (429 over_capacity) beyond the smallest allowed layout's capacity; see "
+      "docs/ADAPTIVE.md",
+      "seconds");
+  cmd->add_option("--adaptive-layout", s->adaptive_layout,
+                  "--adaptive: the layered layout to adapt (default: the one the roster marks "
+                  "\"adaptive\", else the only layered one)");
+  cmd->add_option("--prior-service", s->prior_service_s,
+                  "--adaptive: each model's expected seconds per call before any is measured")
+      ->capture_default_str()
+      ->check(number_in(0, 3600, true));
+  cmd->add_option("--warmup-prompts", s->warmup_prompts,
+                  "--adaptive: requests run at the best layout before the load is estimated")
+      ->capture_default_str()
+      ->transform(count_in(0, 1000000));
+  cmd->add_option("--confidence-z", s->confidence_z,
+                  "--adaptive: standard errors added to the estimates to choose a layout, and "
+                  "taken from them before refusing (1.645: one-sided 95%)")
+      ->capture_default_str()
+      ->check(number_in(0, 10));
+  cmd->callback([s, cmd, &exit_code] { run_serve(*s, cmd, exit_code); });
 }
 
 }  // namespace moa::cli

@@ -138,6 +138,10 @@ struct layout_spec {
   /// layered). `aggregator` is then the sink's model.
   std::vector<std::string> nodes{};
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges{};
+  /// `moa serve`'s adaptive layout policy for this layout (docs/ADAPTIVE.md): null when absent,
+  /// else true, false or an object of its options, which `moa serve` checks (other commands run
+  /// the layout as written).
+  nlohmann::json adaptive{};
 
   /// Every model the layout calls, in first-use order (the aggregator last if new).
   [[nodiscard]] std::vector<std::string> models() const {
@@ -375,6 +379,12 @@ inline layout_spec read_layout(const std::string& name, const nlohmann::json& j)
           read_names((*layers)[i], r.key_path("layers") + "[" + std::to_string(i) + "]"));
   }
   r.string("aggregator", l.aggregator);
+  if (const auto* a = r.get("adaptive")) {
+    if (!a->is_boolean() && !a->is_object())
+      object_reader::fail(r.key_path("adaptive"),
+                          "must be true, false or an object of moa serve's adaptive options");
+    l.adaptive = *a;
+  }
   if (const auto* p = r.get("policy")) {
     if (p->is_string()) {
       r.one_of("policy", l.policy, {"synthesis", "vote", "judge", "rank-fuse", "sparse"});

@@ -62,6 +62,7 @@
 #include "moa/core/result_json.hpp"
 #include "moa/exec/async.hpp"
 #include "moa/exec/thread_pool.hpp"
+#include "moa/serve/adaptive.hpp"
 #include "moa/serve/status_endpoint.hpp"
 
 namespace moa::serve {
@@ -106,6 +107,9 @@ struct server_options {
   std::vector<std::string> api_keys{};       ///< accepted Bearer keys; empty: no authentication
   std::chrono::milliseconds run_timeout{0};  ///< bounds each run; 0: none (504 when passed)
   std::chrono::seconds idle_timeout{60};     ///< a connection idle this long between requests
+  /// The adaptive layout policy of one layered layout (moa/serve/adaptive.hpp): per request, the
+  /// layers and fan-out to run, or 429 `over_capacity`. Off while `adaptive.layout` is empty.
+  adaptive_serve_options adaptive{};
 };
 
 /// @brief Counters for GET /metrics (Prometheus text format 0.0.4).
@@ -403,6 +407,14 @@ class openai_server {
     checked(opt_.io_threads, "io_threads");
     checked(opt_.max_in_flight, "max_in_flight");
     checked(opt_.max_body_bytes, "max_body_bytes");
+    if (!opt_.adaptive.layout.empty()) {
+      const std::string name = opt_.adaptive.layout;
+      adaptive_served_ = layouts_.find(name);
+      if (adaptive_served_ == nullptr)
+        MOA_THROW(config::config_error("moa serve --adaptive: no layout named \"" + name +
+                                       "\" in the roster"));
+      adaptive_ = std::make_unique<adaptive_layout>(roster.layout(name), opt_.adaptive);
+    }
   }
   openai_server(const openai_server&) = delete;
   openai_server& operator=(const openai_server&) = delete;
@@ -424,6 +436,8 @@ class openai_server {
   [[nodiscard]] const layout_set& layouts() const noexcept { return layouts_; }
   [[nodiscard]] const server_metrics& metrics() const noexcept { return metrics_; }
   [[nodiscard]] std::size_t in_flight() const noexcept { return in_flight_.load(); }
+  /// The adaptive policy (null unless server_options::adaptive names a layout).
+  [[nodiscard]] const adaptive_layout* adaptive() const noexcept { return adaptive_.get(); }
 
   /// Stops accepting, lets the chat completions in flight finish (at most `bound`; then they are
   /// cancelled), then stops. Returns at once; wait() returns when the server has stopped.
@@ -500,6 +514,8 @@ class openai_server {
 
   server_options opt_;
   layout_set layouts_;
+  const served_layout* adaptive_served_ = nullptr;  // the layout adaptive_ chooses for
+  std::unique_ptr<adaptive_layout> adaptive_;
   server_metrics metrics_;
   std::atomic<std::size_t> in_flight_{0};
   std::atomic<std::size_t> unwritten_{0};  // answers admitted and not yet written
@@ -596,6 +612,8 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
       auto res = make_response(200);
       res.set(http::field::content_type, "text/plain; version=0.0.4");
       res.body() = server_.metrics_.render(server_.in_flight());
+      if (server_.adaptive_)
+        res.body() += server_.adaptive_->metrics(server_.adaptive_served_->name);
       return send(std::move(res));
     }
     if (!server_.authorised(header(http::field::authorization)))
@@ -649,6 +667,28 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
       return send(std::move(res));
     }
     slot_.emplace(server_.in_flight_);
+    // The adaptive policy sees the requests that passed max_in_flight; it refuses at once, before
+    // anything runs, when even its smallest layout would overload the layout's models.
+    const plan* run_plan = &layout_->plan;
+    if (server_.adaptive_ && layout_ == server_.adaptive_served_) {
+      choice_ = server_.adaptive_->decide();
+      if (!choice_->decision.admitted) {
+        slot_.reset();
+        auto res = error_response({.status = 429,
+                                   .message = server_.adaptive_->refusal_message(*choice_),
+                                   .type = "rate_limit_error",
+                                   .code = "over_capacity"});
+        if (trace_) {
+          auto body = nlohmann::json::parse(res.body());
+          body["moa"] = {{"adaptive", server_.adaptive_->to_json(*choice_)}};
+          res.body() = body.dump();
+        }
+        res.set(boost::beast::http::field::retry_after,
+                std::to_string(choice_->retry_after.count()));
+        return send(std::move(res));
+      }
+      run_plan = choice_->run.get();  // the run copies its plan
+    }
     server_.unwritten_.fetch_add(1);
     unwritten_.emplace(server_.unwritten_);
     id_ = "chatcmpl-moa-" + std::to_string(server_.next_id_.fetch_add(1));
@@ -677,7 +717,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
     stream_.expires_never();
     watch_disconnect();
     server_.executor_.execute_async(
-        layout_->plan, layout_->refs, req.request, opt, {}, [self, strand](result r) {
+        *run_plan, layout_->refs, req.request, opt, {}, [self, strand](result r) {
           boost::asio::post(strand,
                             [self, r = std::move(r)]() mutable { self->finish(std::move(r)); });
         });
@@ -711,6 +751,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
     slot_.reset();
     shutdown_link_.reset();
     server_.metrics_.add_tokens(r.usage);
+    if (choice_) server_.adaptive_->observe(r);
     if (cancelled_) {
       server_.metrics_.record(route_, 499, seconds_since_start());
       unwritten_.reset();
@@ -732,9 +773,10 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
                            {"created", created_},
                            {"model", model_},
                            {"usage", usage_json(r.usage)}};
-    if (trace_)
+    if (trace_) {
       body["moa"] = trace_json(r);
-    else if (r.degraded())
+      if (choice_) body["moa"]["adaptive"] = server_.adaptive_->to_json(*choice_);
+    } else if (r.degraded())
       body["moa"] = {{"status", "degraded"}, {"error", r.error}};
     return body;
   }
@@ -922,6 +964,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
     stream_mode_ = trace_ = include_usage_ = cancelled_ = streamed_any_ = stream_done_ = false;
     stream_open_ = true;
     layout_ = nullptr;
+    choice_.reset();
   }
 
   void close() {
@@ -955,6 +998,7 @@ class openai_server::session : public std::enable_shared_from_this<openai_server
   bool keep_alive_ = false;
 
   const served_layout* layout_ = nullptr;
+  std::optional<adaptive_choice> choice_;  // the adaptive policy's decision, when it chose
   std::string model_, id_;
   std::int64_t created_ = 0;
   bool trace_ = false, stream_mode_ = false, include_usage_ = false;

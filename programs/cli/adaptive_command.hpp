@@ -54,6 +54,13 @@ struct adaptive_options {
                          "on the measured service times; see docs/ADAPTIVE.md"
                        : "Run a load ramp with the adaptive layout policy against the static "
                          "layout (--layers, --fanout); see docs/ADAPTIVE.md");
+    add_policy_to(cmd, live ? "ms" : "virtual time");
+    add_ramp_to(cmd);
+  }
+
+  /// The policy's own options (layouts, target, hysteresis, rate window, latency objective),
+  /// shared by every command with --adaptive (`moa device` too); `unit` names the time unit.
+  void add_policy_to(CLI::App* cmd, const std::string& unit) {
     cmd->add_option("--layouts", layouts,
                     "--adaptive: allowed layouts MxK[=QUALITY],... (default quality: the call "
                     "count (k+1)M+1)")
@@ -65,12 +72,18 @@ struct adaptive_options {
         ->capture_default_str()
         ->check(number_in(0, 0.9));
     cmd->add_option("--rate-window", rate_window,
-                    "--adaptive: time constant of the rate estimates (virtual time)")
+                    "--adaptive: time constant of the rate estimates (" + unit + ")")
         ->capture_default_str()
         ->check(number_in(0, 1e9, true));
     cmd->add_option("--latency-objective", latency_objective,
-                    "--adaptive: p99 objective (virtual time; 0: none)")
+                    "--adaptive: p99 objective (" + unit + "; 0: none)")
         ->check(number_in(0, 1e9));
+  }
+  /// The options add_policy_to adds, for "applies to --adaptive only" checks.
+  static constexpr const char* policy_option_names[] = {"--layouts", "--target", "--hysteresis",
+                                                        "--rate-window", "--latency-objective"};
+
+  void add_ramp_to(CLI::App* cmd) {
     cmd->add_option("--ramp", ramp,
                     "--adaptive: FROM:TO:STEPS, load steps as fractions of the static layout's "
                     "limit (0 < FROM <= TO <= 10, STEPS in [1, 100])")

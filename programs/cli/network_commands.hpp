@@ -480,7 +480,7 @@ inline int device_command(const device_settings& s) {
   opt.max_message_bytes = std::int64_t(s.max_message_mib) << 20;
   opt.max_prompts = s.max_prompts;
   opt.max_calls_per_origin = s.max_calls_per_origin;
-  opt.adaptive = std::move(adaptive);
+  if (adaptive) opt.adaptive = moa::net::adaptive_origin(std::move(*adaptive), s.index);
   // The first signal stops gracefully (the device drains); a second one exits at once.
   const auto on_signal = [](int sig) {
     if (device_signalled().exchange(true)) ::_exit(128 + sig);

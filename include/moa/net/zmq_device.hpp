@@ -81,11 +81,11 @@
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/net/device.hpp"
 #include "moa/net/device_metrics.hpp"
+#include "moa/net/layout_policy.hpp"
 #include "moa/net/origin.hpp"
 #include "moa/net/peer_view.hpp"
 #include "moa/net/zmq_security.hpp"
 #include "moa/net/zmq_wire.hpp"
-#include "moa/queueing/adaptive.hpp"
 #include "moa/topology/gossip.hpp"
 
 namespace moa::net {
@@ -144,13 +144,13 @@ struct zmq_device_options {
   /// sparse policy's selections run on the I/O thread and may call only this device's backend
   /// (its default judge).
   any_aggregator aggregation{};
-  /// The adaptive layout policy (moa/queueing/adaptive.hpp) for the prompts born here, times in
-  /// milliseconds: each prompt's (M, k) is chosen from `adaptive->allowed`, or the prompt is
-  /// refused at once with a typed `over_capacity` result. `devices` 0 takes the network's size.
-  /// With uniform gossip the layout's k is used; another strategy keeps its own k. The device
-  /// gossips its own arrival rate and mean service time, and checks its peers' (docs/ADAPTIVE.md,
-  /// "Devices in separate processes"). Empty: `layers` and the gossip's k for every prompt.
-  std::optional<queueing::adaptive_config> adaptive{};
+  /// The layout policy for the prompts born here (moa/net/layout_policy.hpp; the adaptive one is
+  /// moa::net::adaptive_origin of moa/net/adaptive.hpp): each prompt's (M, k), or its refusal at
+  /// once with a typed `over_capacity` result. With uniform gossip the layout's k is used;
+  /// another strategy keeps its own k. The device gossips its own arrival rate and mean service
+  /// time, and checks its peers' (docs/ADAPTIVE.md, "Devices in separate processes"). Empty:
+  /// `layers` and the gossip's k for every prompt.
+  std::shared_ptr<origin_layout_policy> adaptive{};
 };
 
 /// The longest mean service time (ms) a peer's report may set, and the most prompts per second it
@@ -211,14 +211,18 @@ class zmq_device {
     };
     bound_by(opt_.layers, gossip_.fanout());
     if (opt_.adaptive) {
-      auto& cfg = *opt_.adaptive;
-      if (cfg.devices == 0) cfg.devices = n;
-      if (cfg.devices != n)
-        MOA_THROW(invalid_argument("moa::net::zmq_device: the adaptive policy is set for " +
-                                   std::to_string(cfg.devices) + " devices, the network has " +
-                                   std::to_string(n)));
-      policy_.emplace(cfg);  // checks the configuration
-      for (const auto& l : cfg.allowed) bound_by(l.layers, l.fanout);
+      if (opt_.adaptive->devices() != n || opt_.adaptive->origin() != opt_.index)
+        MOA_THROW(invalid_argument("moa::net::zmq_device: the layout policy is set for origin " +
+                                   std::to_string(opt_.adaptive->origin()) + " of " +
+                                   std::to_string(opt_.adaptive->devices()) +
+                                   " devices; this is device " + std::to_string(opt_.index) +
+                                   " of " + std::to_string(n)));
+      policy_ = opt_.adaptive.get();
+      for (const auto& [m, k] : policy_->layouts()) {
+        if (m == 0) MOA_THROW(invalid_argument("moa::net::zmq_device: a layout with 0 layers"));
+        require(check_fanout(k, n));
+        bound_by(m, k);
+      }
     }
   }
 
@@ -238,13 +242,8 @@ class zmq_device {
   };
   [[nodiscard]] estimates adaptive_estimates() const {
     if (!policy_) return {};
-    std::lock_guard lock(policy_mutex_);
-    const auto s = policy_->service_means();
-    estimates out{std::vector<double>(opt_.addresses.size(), 0.0), {s.begin(), s.end()}};
-    for (std::uint32_t j = 0; j < out.rates.size(); ++j)
-      out.rates[j] =
-          j == opt_.index ? policy_->rate_estimate(j, since_start_ms()) : reported_rate_[j];
-    return out;
+    auto [rates, service] = policy_->estimates(since_start_ms());
+    return {std::move(rates), std::move(service)};
   }
 
   /// Its counters as the I/O thread last published them (every 50 ms while it runs); any thread.
@@ -642,16 +641,13 @@ class zmq_device {
   // estimate): a peer cannot attract prompts with larger layouts by claiming to be faster than
   // it answers, nor push this origin into refusing by claiming to be slower.
   void take_estimates(const wire::envelope& e) {
-    std::lock_guard lock(policy_mutex_);
-    if (e.origin_rate) {
-      const double per_ms = std::clamp(*e.origin_rate, 0.0, max_trusted_rate) / 1000;
-      reported_rate_[e.from] = per_ms;
-      policy_->report_arrival_rate(e.from, per_ms);
-    }
+    if (e.origin_rate)
+      policy_->report_rate(e.from, std::clamp(*e.origin_rate, 0.0, max_trusted_rate) / 1000);
     if (e.service_ms) {
       const auto seen = view_.explain(e.from, clock::now());
-      const double hi = seen.latency > 0 ? std::min(max_trusted_service_ms, seen.latency * 1000)
-                                         : max_trusted_service_ms;
+      const double hi =
+          seen.latency > 0 ? std::clamp(seen.latency * 1000, min_service_ms, max_trusted_service_ms)
+                           : max_trusted_service_ms;
       const double lo = std::clamp(seen.service * 1000, min_service_ms, hi);
       policy_->report_service(e.from, std::clamp(*e.service_ms, lo, hi));
     }
@@ -660,33 +656,27 @@ class zmq_device {
   // What the adaptive policy counted, and the estimates it decides on (stats).
   nlohmann::json adaptive_stats() const {
     const auto est = adaptive_estimates();
-    std::lock_guard lock(policy_mutex_);
+    const auto counted = policy_->counts();
     auto layouts = nlohmann::json::object();
-    const auto& allowed = policy_->config().allowed;
-    for (std::size_t i = 0; i < allowed.size(); ++i) {
-      const auto key = std::to_string(allowed[i].layers) + "x" + std::to_string(allowed[i].fanout);
-      layouts[key] = layouts.value(key, std::uint64_t{0}) + policy_->admitted()[i];
-    }
+    for (const auto& [name, n] : counted.admitted) layouts[name] = n;
     auto rates = nlohmann::json::array();
     for (const double r : est.rates) rates.push_back(r * 1000);
     return {{"admitted", layouts},
-            {"refused", policy_->refused()},
-            {"changes", policy_->changes()},
+            {"refused", counted.refused},
+            {"changes", counted.changes},
             {"rates_per_s", rates},
             {"service_ms", est.service}};
   }
 
   // This device's own estimates, for every message to its peers.
   void add_estimates(wire::envelope& e) const {
-    std::lock_guard lock(policy_mutex_);
-    e.origin_rate = policy_->rate_estimate(opt_.index, since_start_ms()) * 1000;
-    e.service_ms = policy_->service_means()[opt_.index];
+    const auto own = policy_->own(since_start_ms());
+    e.origin_rate = own.first * 1000;
+    e.service_ms = own.second;
   }
 
   void observe_service(clock::duration took) {
-    if (!policy_) return;
-    std::lock_guard lock(policy_mutex_);
-    policy_->observe_service(opt_.index, std::chrono::duration<double, std::milli>(took).count());
+    if (policy_) policy_->observe_service(std::chrono::duration<double, std::milli>(took).count());
   }
 
   [[nodiscard]] double since_start_ms() const {
@@ -823,11 +813,8 @@ class zmq_device {
     }
     // The adaptive policy decides this prompt's layout, or refuses it at once: its queues would
     // diverge (docs/ADAPTIVE.md). Nothing admitted is refused later on its account.
-    std::optional<queueing::layout_decision> decision;
-    if (policy_) {
-      std::lock_guard lock(policy_mutex_);
-      decision = policy_->decide(opt_.index, since_start_ms());
-    }
+    std::optional<layout_verdict> decision;
+    if (policy_) decision = policy_->decide(since_start_ms());
     std::uint32_t layers = opt_.layers;
     std::size_t fanout = gossip_.fanout();
     if (decision) {
@@ -835,8 +822,7 @@ class zmq_device {
       if constexpr (std::is_same_v<G, uniform_gossip>) fanout = decision->fanout;
     }
     const auto note = [&] {
-      return wire::layout_note{layers, std::uint32_t(fanout),
-                               std::string(queueing::to_string(decision->reason)), decision->why()};
+      return wire::layout_note{layers, std::uint32_t(fanout), decision->reason, decision->why};
     };
     if (decision && !decision->admitted) {
       ++counters_.refused_prompts;
@@ -848,7 +834,7 @@ class zmq_device {
       r.refusal = "over_capacity";
       r.layout = note();
       r.error = "refused: over capacity: device " + std::to_string(opt_.index) +
-                "'s adaptive policy admits no more at the offered load (" + decision->why() +
+                "'s adaptive policy admits no more at the offered load (" + decision->why +
                 "); retry later";
       reply(client, r);
       return;
@@ -1203,11 +1189,9 @@ class zmq_device {
   mutable std::mutex snapshot_mutex_;
   device_snapshot published_;  // guarded by snapshot_mutex_
   std::optional<zmq::socket_t> wake_out_;
-  // The adaptive policy (opt_.adaptive): decisions and reports on the I/O thread, service times
-  // from the workers, hence the lock.
-  std::optional<queueing::adaptive_policy> policy_;
-  mutable std::mutex policy_mutex_;
-  std::vector<double> reported_rate_ = std::vector<double>(opt_.addresses.size(), 0.0);  // per ms
+  // The layout policy (opt_.adaptive; thread-safe itself): decisions and reports on the I/O
+  // thread, service times from the workers.
+  origin_layout_policy* policy_ = nullptr;
   clock::time_point epoch_ = clock::now();        // the policy's time 0
   static constexpr double min_service_ms = 1e-6;  // a reported service time is positive
 };

@@ -17,7 +17,10 @@
 ///
 /// The origin side (fork, join, re-routing, redrawing a later layer's peers on the loads its
 /// heartbeats report, aggregation policies) is moa::net::origin_run, shared with the in-process
-/// network; this file is only how calls travel.
+/// network; this file is only how calls travel. With a layout policy (`adaptive`: the adaptive
+/// layout policy of moa/net/adaptive.hpp) each prompt's (M, k) is decided at its birth here, or
+/// the prompt refused at once; the device then gossips its own arrival rate and service time and
+/// checks its peers' (docs/ADAPTIVE.md).
 ///
 /// Faults: a peer's full queue answers `refused` and the origin re-routes (the least loaded live
 /// peer not yet in the layer) or goes on without it; a call unanswered after `peer_timeout` is

@@ -92,8 +92,10 @@ endif()
 if(TARGET moa_device)
   find_package(doctest 2.4 REQUIRED CONFIG)
   add_executable(moa_network_process_tests ${PROJECT_SOURCE_DIR}/tests/network_processes.cpp)
-  target_link_libraries(moa_network_process_tests PRIVATE moa::moa moa::queueing moa_doctest_main cppzmq
-                        nlohmann_json::nlohmann_json)
+  # moa::queueing: the adaptive layout policy (moa/net/adaptive.hpp) the devices run, and the
+  # roster's DAG layouts (Eigen).
+  target_link_libraries(moa_network_process_tests PRIVATE moa::moa moa::queueing moa_doctest_main
+                        cppzmq nlohmann_json::nlohmann_json)
   target_include_directories(moa_network_process_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_definitions(moa_network_process_tests PRIVATE
     MOA_DEVICE_PROGRAM="$<TARGET_FILE:moa_device>"

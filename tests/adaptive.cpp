@@ -190,3 +190,45 @@ TEST_CASE("Adaptive.decision_is_recorded_and_inputs_checked") {
   bad.prior_service = {1, 2};
   CHECK_THROWS_AS(q::adaptive_policy{bad}, moa::invalid_argument);
 }
+
+// Across processes each origin sees only its own arrivals and serves only its own calls: the
+// others' rates and service times arrive as reports (moa device --adaptive gossips them). With
+// exact reports, a policy that sees one origin decides as the one that sees every arrival.
+TEST_CASE("Adaptive.reports_stand_for_other_origins_and_devices") {
+  const double s = 0.8 / 13;  // as above: lambda = s {1, 1, 1, 3} loads device 3 at 13 s
+  for (double f : {0.96, 1.04}) {
+    const std::vector<double> lambda{f * s, f * s, f * s, 3 * f * s};
+    q::adaptive_policy one(exact(4, {1.0}));
+    for (std::uint32_t j = 1; j < 4; ++j) one.report_arrival_rate(j, lambda[j]);
+    q::layout_decision last;
+    const double end = 20 * one.config().rate_window;
+    for (double t = 1 / lambda[0]; t <= end; t += 1 / lambda[0]) last = one.decide(0, t);
+    CHECK(last.layers == (f < 1 ? 2u : 1u));
+    CHECK(last.offered_rate == doctest::Approx(f * s * 6).epsilon(0.02));
+    CHECK(one.rate_estimate(0, end) == doctest::Approx(lambda[0]).epsilon(0.05));
+  }
+  // A slow device known only by its report: (2, 2) at 0.96 x its limit with alpha_3 = 3 fits,
+  // at 1.04 x it does not; with the prior (1) it would fit both.
+  const std::vector<double> alpha{1, 1, 1, 3};
+  const double limit = 0.8 * q::heterogeneous_limit(2, 2, alpha);
+  for (double f : {0.96, 1.04}) {
+    q::adaptive_policy p(exact(4, {1.0}));
+    p.report_service(3, 3.0);
+    CHECK(p.service_means()[3] == 3.0);
+    CHECK(steady(p, std::vector<double>(4, f * limit), 20).layers == (f < 1 ? 2u : 1u));
+  }
+  // Reports that are not numbers in range change nothing.
+  q::adaptive_policy p(exact(4, {1.0}));
+  p.report_service(1, -1);
+  p.report_service(1, std::nan(""));
+  p.report_service(1, 0);
+  p.report_service(9, 2);
+  p.report_arrival_rate(2, -1);
+  p.report_arrival_rate(2, INFINITY);
+  p.report_arrival_rate(9, 1);
+  CHECK(p.service_means()[1] == 1.0);
+  const auto d = p.decide(0, 0);
+  CHECK(d.admitted);
+  CHECK(p.rate_estimate(0, 0) == 0);  // one arrival spans no time
+  CHECK(p.rate_estimate(7, 1) == 0);
+}

@@ -500,6 +500,39 @@ device_cases() {  # device_cases PROGRAM...
   check device_roster 2 "${dev[@]}" --roster "$work/device_roster.json" --model alpha
   # A good one serves its roster model until stopped.
   check device_roster serving "${dev[@]}" --roster "$roster_file" --model beta
+  # --adaptive (docs/ADAPTIVE.md): each policy option's bad values exit 2 naming it; policy
+  # options without --adaptive are an error, not ignored; a config file's keys likewise (unknown
+  # keys exit 2; flags beat the file).
+  local -a ad=("${base[@]}" --adaptive)
+  for v in "" x 2x 3x3 0x1 65x1 2x2=abc 2x2=1e400 "2x2,,1x1" "1x1=" "-1x1"; do
+    check device_adaptive 2 "${ad[@]}" --layouts "$v"
+  done
+  for v in 0 1 1.5 -0.1 nan abc; do check device_adaptive 2 "${ad[@]}" --target "$v"; done
+  for v in -0.1 0.95 nan abc; do check device_adaptive 2 "${ad[@]}" --hysteresis "$v"; done
+  for v in 0 -1 1e400 nan; do check device_adaptive 2 "${ad[@]}" --rate-window "$v"; done
+  for v in -1 nan inf abc; do check device_adaptive 2 "${ad[@]}" --latency-objective "$v"; done
+  for v in 0 -1 nan 1,2 1,2,3,4 60001 abc; do
+    check device_adaptive 2 "${ad[@]}" --prior-service-ms "$v"
+  done
+  for v in -1 abc 1e400 1000001; do check device_adaptive 2 "${ad[@]}" --warmup "$v"; done
+  for o in "--layouts 1x1" "--target 0.5" "--prior-service-ms 5" "--warmup 3"; do
+    # shellcheck disable=SC2086
+    check device_adaptive 2 "${base[@]}" $o
+  done
+  check device_adaptive 2 "${ad[@]}" --gossip least-loaded
+  printf '{"adaptive": 1, "layouts": "2x2,1x1", "typo": 1}' >"$work/device_adaptive.json"
+  check device_adaptive 2 "${base[@]}" --config "$work/device_adaptive.json"
+  printf '{"adaptive": 1, "layouts": "9x9"}' >"$work/device_adaptive.json"
+  check device_adaptive 2 "${base[@]}" --config "$work/device_adaptive.json"
+  printf '{"adaptive": 1, "target": "high"}' >"$work/device_adaptive.json"
+  check device_adaptive 2 "${base[@]}" --config "$work/device_adaptive.json"
+  printf '{"layouts": "2x2,1x1"}' >"$work/device_adaptive.json"
+  check device_adaptive 2 "${base[@]}" --config "$work/device_adaptive.json"
+  check device_adaptive 2 "${base[@]}" --config "$work/missing.json"
+  printf '{"adaptive": 1, "layouts": "9x9", "prior-service-ms": [1, 2, 3]}' >"$work/device_adaptive.json"
+  check device_adaptive serving "${base[@]}" --config "$work/device_adaptive.json" --layouts 2x2,1x1
+  check device_adaptive serving "${ad[@]}" --layouts 2x2=0.9,1x1=0.5,1x0 --target 0.7 \
+    --prior-service-ms 1,2,3 --warmup 0 --latency-objective 500
   # A port in use: a first device holds it while a second tries to bind it.
   "${base[@]}" >/dev/null 2>&1 &
   local holder=$!

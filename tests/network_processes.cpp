@@ -39,6 +39,7 @@
 #include "moa/backends/synthetic.hpp"
 #include "moa/config/roster_device.hpp"
 #include "moa/gossip/strategies.hpp"
+#include "moa/net/adaptive.hpp"
 #include "moa/net/device_metrics.hpp"
 #include "moa/net/zmq_client.hpp"
 #include "moa/net/zmq_device.hpp"
@@ -298,6 +299,103 @@ TEST_CASE("Network.wire_decoder_rejects_malformed_input") {
   CHECK(decode(R"({"type":"answer","from":1,"load":0,"prompt":1,"origin":0,"call":1,)"
                R"("status":"ok","text":"t","error":"","usage":[1]})")
             .error.find("usage") != std::string::npos);
+}
+
+// The adaptive policy's fields (docs/NETWORK.md): optional, round-trip, and hostile values are
+// rejected whole, never half-read.
+TEST_CASE("Network.wire_adaptive_fields") {
+  using namespace moa::net::wire;
+  envelope ping;
+  ping.type = kind::ping;
+  ping.from = 1;
+  CHECK(encode(ping).find("origin_rate") == std::string::npos);  // absent unless set
+  auto plain = decode(encode(ping));
+  REQUIRE(plain.message);
+  CHECK(!plain.message->origin_rate);
+  CHECK(!plain.message->service_ms);
+  ping.origin_rate = 12.5;
+  ping.service_ms = 340;
+  auto back = decode(encode(ping));
+  REQUIRE(back.message);
+  CHECK(*back.message->origin_rate == 12.5);
+  CHECK(*back.message->service_ms == 340);
+  for (const char* bad : {R"("origin_rate":-1)", R"("origin_rate":null)", R"("origin_rate":"5")",
+                          R"("origin_rate":1e8)", R"("service_ms":-0.5)", R"("service_ms":1e10)",
+                          R"("service_ms":[1])", R"("service_ms":true)"}) {
+    const auto d = decode(std::string(R"({"type":"ping","from":1,"load":0,)") + bad + "}");
+    CHECK_MESSAGE(!d.message, bad);
+    CHECK(d.error.find(std::string(bad).substr(1, std::string(bad).find('"', 1) - 1)) !=
+          std::string::npos);
+  }
+  envelope r;
+  r.type = kind::result;
+  r.tag = "p0";
+  r.error = "refused: over capacity";
+  r.refusal = "over_capacity";
+  r.layout = layout_note{1, 0, "over_capacity", "refused over_capacity: rho<=9 at device 0"};
+  back = decode(encode(r));
+  REQUIRE(back.message);
+  CHECK(back.message->refusal == "over_capacity");
+  REQUIRE(back.message->layout);
+  CHECK(back.message->layout->layers == 1);
+  CHECK(back.message->layout->fanout == 0);
+  CHECK(back.message->layout->why == r.layout->why);
+  const std::string head =
+      R"({"type":"result","from":0,"load":0,"tag":"t","text":"","error":"","missing":0,)"
+      R"("latency_ms":1,)";
+  CHECK(decode(head + R"("layout":{"layers":2,"fanout":1,"reason":"held","why":""}})").message);
+  const std::vector<std::string> hostile = {
+      R"("layout":[2,2]})", R"("layout":{"layers":2}})",
+      R"("layout":{"layers":-2,"fanout":1,"reason":"","why":""}})", R"("refusal":7})",
+      R"("refusal":")" + std::string(2000, 'x') + "\"}"};
+  for (const auto& bad : hostile) {
+    const auto d = decode(head + bad);
+    CHECK_MESSAGE(!d.message, bad.substr(0, 40));
+    CHECK(!d.error.empty());
+  }
+}
+
+// A peer's estimates are its word: clamped before the adaptive policy hears them; the prior
+// stands until a peer reports; malformed ones change nothing.
+TEST_CASE("Network.zmq_device_checks_reported_estimates") {
+  moa::net::zmq_device_options opt;
+  opt.addresses = ipc_addresses(3);
+  opt.security.insecure_plaintext = true;  // ipc:// endpoints; "d2" names device 2
+  opt.log = nullptr;
+  moa::queueing::adaptive_config cfg;
+  cfg.prior_service = {5.0};
+  cfg.allowed = {{2, 2}, {1, 1}};
+  cfg.devices = 3;
+  opt.adaptive = moa::net::adaptive_origin(cfg, 0);
+  moa::net::zmq_device<moa::uniform_gossip> dev(moa::synthetic_backend({.name = "d0"}),
+                                                moa::uniform_gossip{2}, opt);
+  CHECK(dev.adaptive_estimates().service == std::vector<double>{5.0, 5.0, 5.0});
+  const auto say = [&](const std::string& fields) {
+    return dev.handle("d2", R"({"type":"ping","from":2,"load":0,)" + fields + "}");
+  };
+  CHECK(say(R"("origin_rate":2000000,"service_ms":100000000)"));
+  auto est = dev.adaptive_estimates();
+  CHECK(est.rates[2] == doctest::Approx(moa::net::max_trusted_rate / 1000));  // per ms
+  CHECK(est.service[2] == moa::net::max_trusted_service_ms);
+  CHECK(say(R"("origin_rate":3,"service_ms":0)"));
+  est = dev.adaptive_estimates();
+  CHECK(est.rates[2] == doctest::Approx(0.003));
+  CHECK(est.service[2] > 0);  // a service time is positive: 0 is raised to the least one
+  CHECK(est.service[2] < 1e-3);
+  CHECK(est.service[1] == 5.0);  // d1 has not reported: the prior
+  CHECK(say(R"("origin_rate":-3,"service_ms":7)"));
+  CHECK(dev.counters().malformed == 1);
+  CHECK(dev.adaptive_estimates().rates[2] == doctest::Approx(0.003));  // unchanged
+  // A call may name any layer of the largest allowed layout; beyond it, it is dropped.
+  moa::net::wire::envelope call;
+  call.type = moa::net::wire::kind::call;
+  call.from = 2;
+  call.origin = 2;
+  call.prompt = 9;
+  call.layer = 4;  // (2, 2)'s aggregator is layer 3
+  call.messages = {{moa::role::user, "q"}};
+  CHECK(dev.handle("d2", moa::net::wire::encode(call)));
+  CHECK(dev.counters().dropped == 1);
 }
 
 TEST_CASE("Network.processes_on_loopback" * doctest::timeout(120)) {
@@ -1325,6 +1423,136 @@ TEST_CASE("Network.keyed_processes_answer_moa_submit" * doctest::timeout(180)) {
                    out) == 2);
   CHECK(out.find("loopback only") != std::string::npos);
 }
+// moa device --adaptive, three processes: the first prompt of a burst takes the best layout (no
+// load seen yet), and with a prior service time of a minute a burst is over capacity, so the
+// rest are refused with the typed reason (exit 5), counted in --stats and /metrics, while every
+// admitted prompt is answered. Spaced prompts at a tiny prior keep the best layout. The burst
+// does not depend on the machine's speed (it arrives in milliseconds against a minute per call);
+// the spaced prompts keep a wide margin (about 0.03 utilisation per ms of a call's latency).
+TEST_CASE("Network.adaptive_devices_choose_layouts_and_refuse" * doctest::timeout(120)) {
+  zmq::context_t ctx(1);
+  const std::string moa = MOA_CLI_PROGRAM;
+  std::string out;
+  const auto network = [&](const std::string& name, const std::string& prior,
+                           const std::string& alpha, int metrics_port) {
+    const std::vector<std::string> addresses = loopback_addresses(ctx, 3);
+    std::vector<process> devices;
+    for (std::size_t i = 0; i < 3; ++i) {
+      std::vector<std::string> args = {MOA_DEVICE_PROGRAM,
+                                       "device",
+                                       "--insecure-plaintext",
+                                       "--index",
+                                       std::to_string(i),
+                                       "--peers",
+                                       join(addresses),
+                                       "--alpha-ms",
+                                       alpha,
+                                       "--adaptive",
+                                       "--layouts",
+                                       "2x2,1x1,1x0",
+                                       "--warmup",
+                                       "0",
+                                       "--rate-window",
+                                       "60000",
+                                       "--prior-service-ms",
+                                       prior,
+                                       "--dead-after-ms",
+                                       "5000"};
+#ifdef MOA_DEVICE_METRICS
+      if (i == 0 && metrics_port > 0) {
+        args.push_back("--metrics");
+        args.push_back("127.0.0.1:" + std::to_string(metrics_port));
+      }
+#else
+      (void)metrics_port;
+#endif
+      devices.push_back(
+          spawn(args, std::string(MOA_TEST_LOG_DIR) + "/" + name + std::to_string(i) + ".log"));
+    }
+    return std::make_pair(addresses, devices);
+  };
+  const auto stop = [](std::vector<process>& devices) {
+    for (auto& d : devices) ::kill(d.pid, SIGTERM);
+    for (auto& d : devices) {
+      const int status = reap_status(d.pid, 15s);
+      CHECK((status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0));
+      if (status == -1) ::kill(d.pid, SIGKILL);
+    }
+  };
+  const auto parse = [](const std::string& text) {
+    return nlohmann::json::parse(text.substr(0, text.rfind('}') + 1));
+  };
+
+  const int http = free_port(ctx);
+  auto [slow, slow_devices] = network("adaptive_slow", "60000", "100", http);
+  std::this_thread::sleep_for(500ms);
+  std::vector<std::string> args = {
+      moa,        "submit", "--device",     slow[0], "--insecure-plaintext",
+      "--format", "json",   "--timeout-ms", "30000"};
+  constexpr int burst = 8;
+  for (int i = 0; i < burst; ++i) {
+    args.push_back("-p");
+    args.push_back("question " + std::to_string(i));
+  }
+  CHECK(run_to_end(args, out) == 5);
+  const auto j = parse(out);
+  REQUIRE(j["results"].size() == burst);
+  const auto& first = j["results"][0];
+  CHECK(first["status"] == "ok");
+  CHECK(first["layout"]["layers"] == 2);
+  CHECK(first["layout"]["fanout"] == 2);
+  CHECK(first["layout"]["reason"] == "held");
+  CHECK(first["layout"]["why"].get<std::string>().rfind("M=2 k=2 held", 0) == 0);
+  CHECK(first["trace"].size() == 7);  // (k + 1) M + 1 calls
+  int refused = 0;
+  for (const auto& r : j["results"]) {
+    if (r["status"] == "over_capacity") {
+      ++refused;
+      CHECK(r["refusal"] == "over_capacity");
+      CHECK(r["layout"]["reason"] == "over_capacity");
+      CHECK(r["error"].get<std::string>().find("over capacity") != std::string::npos);
+      CHECK(r["trace"].empty());
+    } else {  // admitted: answered, never dropped
+      CHECK(r["status"] == "ok");
+      CHECK(!r["text"].get<std::string>().empty());
+      const auto layers = r["layout"]["layers"].get<std::size_t>();
+      const auto fanout = r["layout"]["fanout"].get<std::size_t>();
+      CHECK(r["trace"].size() == (fanout + 1) * layers + 1);
+    }
+  }
+  CHECK(refused >= burst - 3);
+  REQUIRE(run_to_end({moa, "submit", "--device", slow[0], "--insecure-plaintext", "--stats"},
+                     out) == 0);
+  const auto stats = parse(out);
+  CHECK(stats["over_capacity"] == refused);
+  CHECK(stats["refused_prompts"] == refused);
+  CHECK(stats["adaptive"]["refused"] == refused);
+  CHECK(stats["complete"] == burst - refused);
+  CHECK(stats["adaptive"]["admitted"]["2x2"].get<int>() >= 1);
+#ifdef MOA_DEVICE_METRICS
+  std::this_thread::sleep_for(200ms);  // the snapshot /metrics reads is published every 50 ms
+  const auto metrics = parse_prometheus(http_get(http, "/metrics").second);
+  CHECK(metrics.at("moa_device_prompts_total{device=\"0\",outcome=\"over_capacity\"}") == refused);
+#endif
+  stop(slow_devices);
+
+  // A tiny prior, prompts one at a time: the best layout for each.
+  auto [fast, fast_devices] = network("adaptive_fast", "0.001", "1", 0);
+  std::this_thread::sleep_for(500ms);
+  for (int i = 0; i < 3; ++i) {
+    // Spaced, so the estimated rate stays far below any layout's limit even on a slow machine.
+    std::this_thread::sleep_for(300ms);
+    REQUIRE(run_to_end({moa, "submit", "--device", fast[1], "--insecure-plaintext", "--format",
+                        "json", "--timeout-ms", "30000", "-p", "one at a time"},
+                       out) == 0);
+    const auto one = parse(out)["results"][0];
+    CHECK(one["layout"]["layers"] == 2);
+    CHECK(one["layout"]["fanout"] == 2);
+    CHECK(one["trace"].size() == 7);
+  }
+  stop(fast_devices);
+}
+
 #endif
 
 // A device network as one backend (moa/net/zmq_client.hpp): sync and concurrent calls answer

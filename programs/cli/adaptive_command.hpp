@@ -48,17 +48,26 @@ struct adaptive_options {
   double phase = 20000;
   std::string plot;
 
-  /// The policy's options, shared by `moa simulate`, `moa network` and `moa serve`: `enable_help`
-  /// describes --adaptive, `unit` the time unit of --rate-window and --latency-objective.
+  /// The policy's options, shared by `moa simulate`, `moa network`, `moa serve` and `moa device`:
+  /// `enable_help` describes --adaptive, `unit` the time unit of --rate-window and
+  /// --latency-objective.
   void add_policy_options(CLI::App* cmd, const std::string& enable_help, const std::string& unit) {
     cmd->add_flag("--adaptive", enabled, enable_help);
     cmd->add_option("--layouts", layouts,
                     "--adaptive: allowed layouts MxK[=QUALITY],... (default quality: the call "
                     "count (k+1)M+1)")
         ->capture_default_str();
+    // (0, 1): at a target of 1 the bottleneck's queue has no bound.
     cmd->add_option("--target", target, "--adaptive: utilisation target of the bottleneck")
         ->capture_default_str()
-        ->check(number_in(0, 1, true));
+        ->check(CLI::Validator(
+            [](std::string& v) -> std::string {
+              double x = 0;
+              if (!parse_number(v, x) || !(x > 0 && x < 1))
+                return "'" + v + "' is not a finite number in (0, 1)";
+              return {};
+            },
+            "finite, in (0, 1)", "number"));
     cmd->add_option("--hysteresis", hysteresis, "--adaptive: upgrade margin, in [0, 0.9]")
         ->capture_default_str()
         ->check(number_in(0, 0.9));
@@ -91,7 +100,7 @@ struct adaptive_options {
                               "simulator on the measured service times; see docs/ADAPTIVE.md"
                             : "Run a load ramp with the adaptive layout policy against the static "
                               "layout (--layers, --fanout); see docs/ADAPTIVE.md",
-                       "virtual time");
+                       live ? "ms" : "virtual time");
     cmd->add_option("--ramp", ramp,
                     "--adaptive: FROM:TO:STEPS, load steps as fractions of the static layout's "
                     "limit (0 < FROM <= TO <= 10, STEPS in [1, 100])")

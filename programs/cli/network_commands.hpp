@@ -12,6 +12,7 @@
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -269,7 +270,39 @@ struct device_settings {
   std::string key;
   std::vector<std::string> peers_keys, clients_keys;
   bool insecure_plaintext = false;
+  // --adaptive: the layout policy's options (shared with `moa network`), times in ms.
+  adaptive_options adaptive;
+  std::vector<double> prior_service_ms;  // one for all, or one per device; empty: --alpha-ms
+  std::size_t warmup = 50;
+  std::string config;  // JSON file of options (keys as the long options)
 };
+
+/// The adaptive policy of `moa device --adaptive` from its options (checked; exit 2 naming the
+/// option), or nothing without --adaptive.
+inline std::optional<moa::queueing::adaptive_config> device_policy(const device_settings& s) {
+  if (!s.adaptive.enabled) {  // its options given without it: an error, not ignored
+    adaptive_options::require_enabled_for(s.cmd, {"--prior-service-ms", "--warmup"});
+    return std::nullopt;
+  }
+  const std::size_t n = s.addresses.size();
+  if (s.gossip != "uniform")
+    reject("--gossip", "--adaptive chooses k per prompt for uniform gossip only");
+  auto cfg = s.adaptive.policy(n);
+  if (s.prior_service_ms.empty())
+    cfg.prior_service = {s.alpha_ms};
+  else if (s.prior_service_ms.size() == 1 || s.prior_service_ms.size() == n)
+    cfg.prior_service = s.prior_service_ms;
+  else
+    reject("--prior-service-ms", std::to_string(s.prior_service_ms.size()) + " values for " +
+                                     std::to_string(n) +
+                                     " devices; give one for all or one per device");
+  cfg.warmup_arrivals = double(s.warmup);
+  with_option("--layouts/--target/--hysteresis/--rate-window", [&] {
+    cfg.check();
+    return 0;
+  });
+  return cfg;
+}
 
 // An endpoint as logs may show it: without the password of a user:password@ URL.
 inline std::string shown_endpoint(const std::string& url) {
@@ -412,6 +445,7 @@ inline int device_command(const device_settings& s) {
   if (s.k > s.addresses.size() - 1)
     reject("--fanout", "k = " + std::to_string(s.k) + " is larger than the " +
                            std::to_string(s.addresses.size() - 1) + " other devices");
+  auto adaptive = device_policy(s);
   auto security = device_security(s);
   auto model = device_model(s);
   moa::net::zmq_device_options opt;
@@ -432,6 +466,7 @@ inline int device_command(const device_settings& s) {
   opt.max_message_bytes = std::int64_t(s.max_message_mib) << 20;
   opt.max_prompts = s.max_prompts;
   opt.max_calls_per_origin = s.max_calls_per_origin;
+  if (adaptive) opt.adaptive = moa::net::adaptive_origin(std::move(*adaptive), s.index);
   // The first signal stops gracefully (the device drains); a second one exits at once.
   const auto on_signal = [](int sig) {
     if (device_signalled().exchange(true)) ::_exit(128 + sig);
@@ -449,7 +484,8 @@ inline int device_command(const device_settings& s) {
                                                        : shown_endpoint(s.endpoint);
   moa::net::log_line(std::cerr, "info", s.index,
                      "serving at " + s.addresses.at(s.index) + " with " +
-                         std::to_string(s.addresses.size() - 1) + " peers, model " + shown_model);
+                         std::to_string(s.addresses.size() - 1) + " peers, model " + shown_model +
+                         (opt.adaptive ? ", adaptive layouts " + s.adaptive.layouts : ""));
   try {
     with_gossip(s.gossip, s.k, [&](auto g) {
       moa::net::zmq_device<decltype(g)> dev(std::move(model), g, opt);
@@ -579,8 +615,29 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--roster", s->roster,
                   "Roster file (JSON, docs/EVAL.md): this device's model is the one --model names "
                   "(--max-tokens and --http-timeout-ms given here beat it)");
+  s->adaptive.rate_window = 10000;  // ms: a network of models sees prompts over seconds
+  s->adaptive.add_policy_options(cmd,
+                                 "Choose each prompt's layout (M, k) from --layouts by the "
+                                 "stability of the whole network, and refuse prompts over "
+                                 "capacity; see docs/ADAPTIVE.md",
+                                 "ms");
+  cmd->add_option("--prior-service-ms", s->prior_service_ms,
+                  "--adaptive: every device's mean service time (ms) until it reports its own: "
+                  "one for all, or one per device (default: --alpha-ms)")
+      ->delimiter(',')
+      ->check(number_in(0, max_service_ms, true));
+  cmd->add_option("--warmup", s->warmup,
+                  "--adaptive: prompts born here that take the best layout before any change")
+      ->capture_default_str()
+      ->transform(count_in(0, 1000000));
+  cmd->add_option("--config", s->config,
+                  "JSON file with the options (keys as the long options); options on the command "
+                  "line win");
   s->cmd = cmd;
-  cmd->callback([s, &exit_code] { exit_code = device_command(*s); });
+  cmd->callback([s, cmd, &exit_code] {
+    if (!s->config.empty()) apply_config(cmd, s->config);
+    exit_code = device_command(*s);
+  });
 }
 #endif
 

@@ -8,7 +8,9 @@
 //
 // Exit codes: 0 every prompt answered (degraded ones included: the error names what is missing),
 // 1 a prompt failed, 2 bad input, 3 refused (the device refused a prompt, or the key),
-// 4 unreachable (no answer within --timeout-ms).
+// 4 unreachable (no answer within --timeout-ms), 5 over capacity (the origin's adaptive policy
+// refused a prompt at admission: retry later, or elsewhere). With several prompts the worst
+// wins, in the order 4, 3, 5, 1.
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -37,6 +39,7 @@ namespace moa::cli {
 
 inline constexpr int exit_refused = 3;
 inline constexpr int exit_unreachable = 4;
+inline constexpr int exit_over_capacity = 5;
 
 struct submit_settings {
   std::string device;
@@ -180,15 +183,27 @@ inline int submit_command(const submit_settings& s) {
       code = exit_unreachable;
     } else {
       const auto& e = *outcomes[i].result;
-      const bool refused = e.error.rfind("refused", 0) == 0;
-      r["status"] = refused ? "refused" : moa::net::wire::result_status(e);
+      // A typed refusal names its type; any other refusal is the device's (bounds, stopping).
+      const bool over_capacity = e.refusal == "over_capacity";
+      const bool refused =
+          !over_capacity && (e.error.rfind("refused", 0) == 0 || !e.refusal.empty());
+      r["status"] = over_capacity ? "over_capacity"
+                    : refused     ? "refused"
+                                  : std::string(moa::net::wire::result_status(e));
       r["text"] = e.text;
       r["error"] = e.error;
       r["missing"] = e.missing;
       r["latency_ms"] = e.latency_ms;
       r["trace"] = moa::net::wire::trace_json(e.trace);
+      if (e.layout)
+        r["layout"] = {{"layers", e.layout->layers},
+                       {"fanout", e.layout->fanout},
+                       {"reason", e.layout->reason},
+                       {"why", e.layout->why}};
+      if (!e.refusal.empty()) r["refusal"] = e.refusal;
       if (refused && code != exit_unreachable) code = exit_refused;
-      if (!refused && e.text.empty() && code == 0) code = 1;
+      if (over_capacity && (code == 0 || code == 1)) code = exit_over_capacity;
+      if (!refused && !over_capacity && e.text.empty() && code == 0) code = 1;
     }
     if (!json) {
       const std::string status = r["status"];
@@ -215,7 +230,8 @@ inline void add_submit_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand(
       "submit",
       "Sends prompts to a device of a ZeroMQ network and prints the answers (or reads its stats, "
-      "or stops it). Exit: 0 answered, 1 a prompt failed, 2 bad input, 3 refused, 4 unreachable");
+      "or stops it). Exit: 0 answered, 1 a prompt failed, 2 bad input, 3 refused, 4 unreachable, "
+      "5 over capacity (the adaptive policy refused a prompt)");
   cmd->add_option("--device", s->device, "The device's endpoint, e.g. tcp://10.0.0.7:5550")
       ->required()
       ->check(zmq_endpoint());

@@ -7,18 +7,22 @@
 //    keyed one, where it is the identity a key proved); the rest is the message, as raw
 //    bytes (odd first byte) or as an envelope whose every field the bytes choose, encoded (so
 //    well-formed messages with hostile ids, origins, layers and counts reach the handler). No
-//    message may crash the device or touch memory out of range.
+//    message may crash the device or touch memory out of range. A third device runs the adaptive
+//    layout policy, so gossiped estimates (origin_rate, service_ms) reach its checks and
+//    submits its admission control.
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "moa/backends/synthetic.hpp"
 #include "moa/gossip/strategies.hpp"
+#include "moa/net/adaptive.hpp"
 #include "moa/net/zmq_device.hpp"
 #include "moa/net/zmq_security.hpp"
 #include "moa/net/zmq_wire.hpp"
@@ -28,9 +32,10 @@ namespace {
 using device = moa::net::zmq_device<moa::uniform_gossip>;
 
 // One device of 4, never run: what it would send goes nowhere, what it queues stays bounded
-// (its queue holds 8 calls; it holds 16 prompts). Plain text, or keyed (fresh keys).
-device& the_device(bool keyed) {
-  static const auto make = [](bool with_keys) {
+// (its queue holds 8 calls; it holds 16 prompts). Plain text, or keyed (fresh keys), or plain
+// text with the adaptive policy.
+device& the_device(bool keyed, bool adaptive) {
+  static const auto make = [](bool with_keys, bool with_policy) {
     moa::net::zmq_device_options opt;
     opt.index = 1;
     opt.addresses = {"inproc://f0", "inproc://f1", "inproc://f2", "inproc://f3"};
@@ -40,6 +45,14 @@ device& the_device(bool keyed) {
     opt.max_prompts = 16;
     opt.max_calls_per_origin = 4;
     opt.security.insecure_plaintext = !with_keys;
+    if (with_policy) {
+      moa::queueing::adaptive_config cfg;
+      cfg.prior_service = {1.0, 2.0, 3.0, 4.0};
+      cfg.allowed = {{3, 3}, {2, 2}, {1, 0}};
+      cfg.warmup_arrivals = 2;
+      cfg.devices = 4;
+      opt.adaptive = moa::net::adaptive_origin(cfg, 1);
+    }
     if (with_keys) {
       std::vector<moa::net::key_pair> keys;
       for (int i = 0; i < 4; ++i) keys.push_back(moa::net::generate_key_pair());
@@ -50,8 +63,9 @@ device& the_device(bool keyed) {
     return std::make_unique<device>(moa::any_backend(moa::synthetic_backend({.name = "d1"})),
                                     moa::uniform_gossip{2}, opt);
   };
-  static const auto plain = make(false), with_keys = make(true);
-  return keyed ? *with_keys : *plain;
+  static const auto plain = make(false, false), with_keys = make(true, false),
+                    with_policy = make(false, true);
+  return keyed ? *with_keys : adaptive ? *with_policy : *plain;
 }
 
 moa::net::wire::envelope chosen(FuzzedDataProvider& in) {
@@ -81,6 +95,23 @@ moa::net::wire::envelope chosen(FuzzedDataProvider& in) {
   e.error = in.ConsumeRandomLengthString(64);
   e.tag = in.ConsumeRandomLengthString(300);
   e.missing = index();
+  // The adaptive fields: absent, in range, or anything a double can hold.
+  const auto estimate = [&]() -> std::optional<double> {
+    switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+      case 0:
+        return std::nullopt;
+      case 1:
+        return in.ConsumeFloatingPointInRange<double>(0, 1e4);
+      default:
+        return in.ConsumeFloatingPoint<double>();
+    }
+  };
+  e.origin_rate = estimate();
+  e.service_ms = estimate();
+  if (in.ConsumeBool())
+    e.layout = layout_note{index(), index(), in.ConsumeRandomLengthString(16),
+                           in.ConsumeRandomLengthString(64)};
+  e.refusal = in.ConsumeRandomLengthString(16);
   return e;
 }
 
@@ -92,7 +123,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (d.message) {
     const auto again = moa::net::wire::decode(moa::net::wire::encode(*d.message));
     if (!again.message || again.message->type != d.message->type ||
-        again.message->messages != d.message->messages)
+        again.message->messages != d.message->messages ||
+        again.message->origin_rate != d.message->origin_rate ||
+        again.message->service_ms != d.message->service_ms)
       __builtin_trap();
   } else if (d.error.empty()) {
     __builtin_trap();  // a rejection always says why
@@ -101,7 +134,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   static const std::string senders[] = {"d0", "d1", "d2", "d3", "client", ""};
   const std::string& sender = senders[data[0] % 6];
-  auto& dev = the_device((data[0] & 0x40) != 0);
+  auto& dev = the_device((data[0] & 0x40) != 0, (data[0] & 0x20) != 0);
   const std::string routing = "r";  // with keys the identity is the key's, not the routing id
   if (data[0] & 0x80) {
     dev.handle(routing, sender, bytes.substr(1));

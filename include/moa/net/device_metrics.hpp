@@ -51,7 +51,8 @@ struct device_snapshot {
   std::size_t in_flight = 0;  ///< prompts born here, not yet answered
   double utilisation = 0;     ///< time-average fraction of its servers busy
   std::uint64_t submitted = 0, complete = 0, degraded = 0, failed = 0, refused = 0;
-  std::uint64_t served = 0;  ///< calls served here (its own and its peers')
+  std::uint64_t over_capacity = 0;  ///< of the refused, by the adaptive policy's admission
+  std::uint64_t served = 0;         ///< calls served here (its own and its peers')
   std::uint64_t refusals = 0, reroutes = 0, timeouts = 0, lost = 0;
   std::uint64_t malformed = 0, dropped = 0, expired = 0;
   std::uint64_t dead_peers = 0;  ///< peers declared dead (or failed), over the run
@@ -84,12 +85,14 @@ inline std::string render_prometheus(const device_snapshot& s) {
   one("moa_device_prompts_in_flight", "gauge", "Prompts born here and not yet answered.",
       s.in_flight);
   metric("moa_device_prompts_total", "counter",
-         "Prompts submitted here, by outcome (submitted = every submit; refused ones end there).");
+         "Prompts submitted here, by outcome (submitted = every submit; refused ones end there; "
+         "over_capacity: those of the refused the adaptive policy turned away).");
   for (const auto& [what, n] : {std::pair{"submitted", s.submitted},
                                 {"complete", s.complete},
                                 {"degraded", s.degraded},
                                 {"failed", s.failed},
-                                {"refused", s.refused}})
+                                {"refused", s.refused},
+                                {"over_capacity", s.over_capacity}})
     os << "moa_device_prompts_total{" << dev << ",outcome=\"" << what << "\"} " << n << '\n';
   one("moa_device_calls_served_total", "counter", "Calls served by this device's model.", s.served);
   metric("moa_device_call_events_total", "counter",

@@ -132,14 +132,16 @@ class peer_view {
     return std::max({p.reported, double(p.outstanding), implied(p, now)});
   }
 
-  /// The parts of d's effective load, for metrics and tests.
+  /// The parts of d's effective load, for metrics and tests; `latency` (the EWMA of its calls'
+  /// latencies) and `service` (of latency / (load at send + 1)) in seconds, 0 before any.
   struct parts {
-    double reported = 0, outstanding = 0, implied = 0, latency = 0;
+    double reported = 0, outstanding = 0, implied = 0, latency = 0, service = 0;
   };
   [[nodiscard]] parts explain(std::uint32_t d, clock::time_point now) const {
     std::lock_guard lock(m_);
     const auto& p = peers_.at(d);
-    return {p.reported, double(p.outstanding), implied(p, now), p.latency};
+    return {p.reported, double(p.outstanding), implied(p, now), p.latency,
+            p.has_service ? p.service : 0.0};
   }
 
  private:

@@ -17,7 +17,10 @@
 ///
 /// The origin side (fork, join, re-routing, redrawing a later layer's peers on the loads its
 /// heartbeats report, aggregation policies) is moa::net::origin_run, shared with the in-process
-/// network; this file is only how calls travel.
+/// network; this file is only how calls travel. With a layout policy (`adaptive`: the adaptive
+/// layout policy of moa/net/adaptive.hpp) each prompt's (M, k) is decided at its birth here, or
+/// the prompt refused at once; the device then gossips its own arrival rate and service time and
+/// checks its peers' (docs/ADAPTIVE.md).
 ///
 /// Faults: a peer's full queue answers `refused` and the origin re-routes (the least loaded live
 /// peer not yet in the layer) or goes on without it; a call unanswered after `peer_timeout` is
@@ -81,6 +84,7 @@
 #include "moa/gossip/gossip_concepts.hpp"
 #include "moa/net/device.hpp"
 #include "moa/net/device_metrics.hpp"
+#include "moa/net/layout_policy.hpp"
 #include "moa/net/origin.hpp"
 #include "moa/net/peer_view.hpp"
 #include "moa/net/zmq_security.hpp"
@@ -143,7 +147,20 @@ struct zmq_device_options {
   /// sparse policy's selections run on the I/O thread and may call only this device's backend
   /// (its default judge).
   any_aggregator aggregation{};
+  /// The layout policy for the prompts born here (moa/net/layout_policy.hpp; the adaptive one is
+  /// moa::net::adaptive_origin of moa/net/adaptive.hpp): each prompt's (M, k), or its refusal at
+  /// once with a typed `over_capacity` result. With uniform gossip the layout's k is used;
+  /// another strategy keeps its own k. The device gossips its own arrival rate and mean service
+  /// time, and checks its peers' (docs/ADAPTIVE.md, "Devices in separate processes"). Empty:
+  /// `layers` and the gossip's k for every prompt.
+  std::shared_ptr<origin_layout_policy> adaptive{};
 };
+
+/// The longest mean service time (ms) a peer's report may set, and the most prompts per second it
+/// may say it originates: the trust rule clamps reports into these (and into what the origin
+/// measured itself; see zmq_device).
+inline constexpr double max_trusted_service_ms = 3.6e6;
+inline constexpr double max_trusted_rate = 1e6;
 
 /// @brief Counters of a ZeroMQ device (also sent as JSON in reply to `stats`).
 struct zmq_device_counters {
@@ -153,7 +170,8 @@ struct zmq_device_counters {
   /// Well-formed messages dropped: ids, origins or layers out of range, answers from a device
   /// the call was not sent to (or sent twice), calls past the per-origin bound.
   std::uint64_t dropped = 0;
-  std::uint64_t refused_prompts = 0;  ///< submits refused (bound reached, or stopping)
+  std::uint64_t refused_prompts = 0;  ///< submits refused (bound reached, stopping, over capacity)
+  std::uint64_t over_capacity = 0;    ///< of those, refused by the adaptive policy's admission
 };
 
 /// @brief One device process of the ZeroMQ network.
@@ -181,13 +199,34 @@ class zmq_device {
     alive_.assign(n, true);
     last_seen_.assign(n, clock::now());
     calls_from_.assign(n, 0);
-    // Every device runs the same M and k, so a peer's plan has the size and the layers of ours:
-    // what a call from it may name.
-    rng sample(opt_.seed);
-    plan p;
-    make_gossip_plan(opt_.index, std::uint32_t(n), opt_.layers, gossip_, sample, p);
-    plan_calls_ = std::uint32_t(p.size());
-    for (call_id c = 0; c < p.size(); ++c) max_layer_ = std::max(max_layer_, p[c].layer);
+    // A peer's plan has the size and the layers of one of ours (the fixed layout, or with the
+    // adaptive policy any allowed layout, which every device of the network is given): what a
+    // call from it may name.
+    const auto bound_by = [&](std::uint32_t layers, std::size_t k) {
+      rng sample(opt_.seed);
+      plan p;
+      if constexpr (std::is_same_v<G, uniform_gossip>)
+        make_gossip_plan(opt_.index, std::uint32_t(n), layers, uniform_gossip{k}, sample, p);
+      else
+        make_gossip_plan(opt_.index, std::uint32_t(n), layers, gossip_, sample, p);
+      plan_calls_ = std::max(plan_calls_, std::uint32_t(p.size()));
+      for (call_id c = 0; c < p.size(); ++c) max_layer_ = std::max(max_layer_, p[c].layer);
+    };
+    bound_by(opt_.layers, gossip_.fanout());
+    if (opt_.adaptive) {
+      if (opt_.adaptive->devices() != n || opt_.adaptive->origin() != opt_.index)
+        MOA_THROW(invalid_argument("moa::net::zmq_device: the layout policy is set for origin " +
+                                   std::to_string(opt_.adaptive->origin()) + " of " +
+                                   std::to_string(opt_.adaptive->devices()) +
+                                   " devices; this is device " + std::to_string(opt_.index) +
+                                   " of " + std::to_string(n)));
+      policy_ = opt_.adaptive.get();
+      for (const auto& [m, k] : policy_->layouts()) {
+        if (m == 0) MOA_THROW(invalid_argument("moa::net::zmq_device: a layout with 0 layers"));
+        require(check_fanout(k, n));
+        bound_by(m, k);
+      }
+    }
   }
 
   zmq_device(const zmq_device&) = delete;
@@ -199,6 +238,17 @@ class zmq_device {
   [[nodiscard]] const zmq_device_counters& counters() const noexcept { return counters_; }
   /// What this device, as origin, believes of every device's load.
   [[nodiscard]] const peer_view& view() const noexcept { return view_; }
+  /// The adaptive policy's current estimates (ms; per device): arrival rates per ms and mean
+  /// service times, as the next decision will use them. Empty without the policy.
+  struct estimates {
+    std::vector<double> rates, service;
+  };
+  [[nodiscard]] estimates adaptive_estimates() const {
+    if (!policy_) return {};
+    auto [rates, service] = policy_->estimates(since_start_ms());
+    return {std::move(rates), std::move(service)};
+  }
+
   /// Its counters as the I/O thread last published them (every 50 ms while it runs); any thread.
   [[nodiscard]] device_snapshot snapshot() const {
     std::lock_guard lock(snapshot_mutex_);
@@ -356,6 +406,7 @@ class zmq_device {
   struct prompt_state : origin_run {
     using origin_run::origin_run;
     std::string client, tag;
+    std::optional<wire::layout_note> layout;  // the adaptive policy's decision
     std::vector<clock::time_point> deadline;  // of each call in flight
   };
   using prompt_map = std::unordered_map<std::uint64_t, std::shared_ptr<prompt_state>>;
@@ -422,6 +473,7 @@ class zmq_device {
     s.degraded = counters_.degraded;
     s.failed = counters_.failed;
     s.refused = counters_.refused_prompts;
+    s.over_capacity = counters_.over_capacity;
     s.served = counters_.served;
     s.refusals = counters_.refusals;
     s.reroutes = counters_.reroutes;
@@ -457,6 +509,7 @@ class zmq_device {
   bool send_to(std::uint32_t j, wire::envelope e) {
     e.from = opt_.index;
     e.load = queue_.load();
+    if (policy_) add_estimates(e);
     if (peers_ == nullptr || j >= peers_->size()) return false;
     auto& s = (*peers_)[j];
     if (!s) return false;
@@ -498,6 +551,7 @@ class zmq_device {
       last_seen_[e.from] = clock::now();
       // A load is the peer's word: clamped, and checked against what we observe (peer_view).
       view_.report(e.from, double(e.load));
+      if (policy_) take_estimates(e);
       if (e.type == wire::kind::leaving) {
         if (alive_[e.from]) declare_dead(e.from, "is leaving");
         return true;
@@ -545,7 +599,7 @@ class zmq_device {
         r.from = opt_.index;
         r.tag = "stats";
         const auto s = queue_.stats(clock::now());
-        r.text = nlohmann::json{{"device", opt_.index},
+        nlohmann::json stats = {{"device", opt_.index},
                                 {"prompts", counters_.prompts},
                                 {"complete", counters_.complete},
                                 {"degraded", counters_.degraded},
@@ -559,13 +613,15 @@ class zmq_device {
                                 {"dead_peers", counters_.dead_peers},
                                 {"dropped", counters_.dropped},
                                 {"refused_prompts", counters_.refused_prompts},
+                                {"over_capacity", counters_.over_capacity},
                                 {"unauthenticated", zap_ ? zap_->denied() : 0},
                                 {"expired", expired_.load(std::memory_order_relaxed)},
                                 {"in_flight", prompts_.size()},
                                 {"queued", queue_.load()},
                                 {"mean_queue", s.mean_queue},
-                                {"utilisation", s.utilisation}}
-                     .dump();
+                                {"utilisation", s.utilisation}};
+        if (policy_) stats["adaptive"] = adaptive_stats();
+        r.text = stats.dump();
         reply(sender, r);
         break;
       }
@@ -578,6 +634,56 @@ class zmq_device {
         break;
     }
     return true;
+  }
+
+  // A peer's estimates of itself, checked before the policy hears them (docs/ADAPTIVE.md): its
+  // arrival rate is clamped to [0, max_trusted_rate] prompts per second; its mean service time
+  // into [lo, hi] ms, hi the mean latency of this origin's calls to it (a peer cannot serve a
+  // call for longer than its answers take to come back; before any call, max_trusted_service_ms)
+  // and lo the service time those latencies imply (latency / (its load at send + 1), peer_view's
+  // estimate): a peer cannot attract prompts with larger layouts by claiming to be faster than
+  // it answers, nor push this origin into refusing by claiming to be slower.
+  void take_estimates(const wire::envelope& e) {
+    if (e.origin_rate)
+      policy_->report_rate(e.from, std::clamp(*e.origin_rate, 0.0, max_trusted_rate) / 1000);
+    if (e.service_ms) {
+      const auto seen = view_.explain(e.from, clock::now());
+      const double hi =
+          seen.latency > 0 ? std::clamp(seen.latency * 1000, min_service_ms, max_trusted_service_ms)
+                           : max_trusted_service_ms;
+      const double lo = std::clamp(seen.service * 1000, min_service_ms, hi);
+      policy_->report_service(e.from, std::clamp(*e.service_ms, lo, hi));
+    }
+  }
+
+  // What the adaptive policy counted, and the estimates it decides on (stats).
+  nlohmann::json adaptive_stats() const {
+    const auto est = adaptive_estimates();
+    const auto counted = policy_->counts();
+    auto layouts = nlohmann::json::object();
+    for (const auto& [name, n] : counted.admitted) layouts[name] = n;
+    auto rates = nlohmann::json::array();
+    for (const double r : est.rates) rates.push_back(r * 1000);
+    return {{"admitted", layouts},
+            {"refused", counted.refused},
+            {"changes", counted.changes},
+            {"rates_per_s", rates},
+            {"service_ms", est.service}};
+  }
+
+  // This device's own estimates, for every message to its peers.
+  void add_estimates(wire::envelope& e) const {
+    const auto own = policy_->own(since_start_ms());
+    e.origin_rate = own.first * 1000;
+    e.service_ms = own.second;
+  }
+
+  void observe_service(clock::duration took) {
+    if (policy_) policy_->observe_service(std::chrono::duration<double, std::milli>(took).count());
+  }
+
+  [[nodiscard]] double since_start_ms() const {
+    return std::chrono::duration<double, std::milli>(clock::now() - epoch_).count();
   }
 
   wire::envelope client_result(std::string_view tag, std::string text, std::string error) const {
@@ -644,7 +750,9 @@ class zmq_device {
       req.context = {job.call.call, job.call.layer, job.call.role};
       if (job.expires != clock::time_point::max()) req.deadline = job.expires;
       req.stop = self.queue_.stop_token();
+      const auto began = clock::now();
       call_backend(self.ref_, req, rec);
+      self.observe_service(clock::now() - began);
       enforce_limits(rec, clock::now(), req.deadline, {});
     }
     a.status = rec.status;
@@ -706,6 +814,34 @@ class zmq_device {
       reply(client, r);
       return;
     }
+    // The adaptive policy decides this prompt's layout, or refuses it at once: its queues would
+    // diverge (docs/ADAPTIVE.md). Nothing admitted is refused later on its account.
+    std::optional<layout_verdict> decision;
+    if (policy_) decision = policy_->decide(since_start_ms());
+    std::uint32_t layers = opt_.layers;
+    std::size_t fanout = gossip_.fanout();
+    if (decision) {
+      layers = decision->layers;
+      if constexpr (std::is_same_v<G, uniform_gossip>) fanout = decision->fanout;
+    }
+    const auto note = [&] {
+      return wire::layout_note{layers, std::uint32_t(fanout), decision->reason, decision->why};
+    };
+    if (decision && !decision->admitted) {
+      ++counters_.refused_prompts;
+      ++counters_.over_capacity;
+      wire::envelope r;
+      r.type = wire::kind::result;
+      r.from = opt_.index;
+      r.tag = std::move(e.tag);
+      r.refusal = "over_capacity";
+      r.layout = note();
+      r.error = "refused: over capacity: device " + std::to_string(opt_.index) +
+                "'s adaptive policy admits no more at the offered load (" + decision->why +
+                "); retry later";
+      reply(client, r);
+      return;
+    }
     std::uint64_t id = 0;
     {
       std::lock_guard lock(outbox_mutex_);
@@ -717,7 +853,10 @@ class zmq_device {
     for (std::uint32_t j = 0; j < n; ++j)
       load[j] = alive_[j] ? load_of(j) : std::numeric_limits<double>::infinity();
     plan p;
-    make_gossip_plan(opt_.index, n, opt_.layers, gossip_, random, p, load);
+    if constexpr (std::is_same_v<G, uniform_gossip>)
+      make_gossip_plan(opt_.index, n, layers, uniform_gossip{fanout}, random, p, load);
+    else
+      make_gossip_plan(opt_.index, n, layers, gossip_, random, p, load);
     request prompt;
     prompt.messages = std::move(e.messages);
     auto sp = std::make_shared<prompt_state>(opt_.index, std::move(p), std::move(prompt), run_opt_,
@@ -725,6 +864,7 @@ class zmq_device {
     auto& s = *sp;
     s.client = client;
     s.tag = std::move(e.tag);
+    if (decision) s.layout = note();
     s.deadline.assign(s.plan().size(), clock::time_point::max());
     s.run().use_policy(this, n, &policy_call, &policy_name);
     prompts_.emplace(id, std::move(sp));
@@ -912,6 +1052,7 @@ class zmq_device {
     r.latency_ms = std::chrono::duration<double, std::milli>(res.elapsed).count();
     latency_.add(std::chrono::duration<double>(res.elapsed).count());
     r.trace = res.trace;
+    r.layout = s.layout;
     if (!res.has_answer())
       ++counters_.failed;
     else if (r.missing > 0 || res.degraded())
@@ -1051,6 +1192,11 @@ class zmq_device {
   mutable std::mutex snapshot_mutex_;
   device_snapshot published_;  // guarded by snapshot_mutex_
   std::optional<zmq::socket_t> wake_out_;
+  // The layout policy (opt_.adaptive; thread-safe itself): decisions and reports on the I/O
+  // thread, service times from the workers.
+  origin_layout_policy* policy_ = nullptr;
+  clock::time_point epoch_ = clock::now();        // the policy's time 0
+  static constexpr double min_service_ms = 1e-6;  // a reported service time is positive
 };
 
 }  // namespace moa::net

@@ -12,13 +12,18 @@
 /// | `refused` | peer -> origin    | prompt, call (the peer's queue is full)                     |
 /// | `ping`    | device -> peers   | nothing more: every message carries its sender and its load |
 /// | `submit`  | client -> device  | messages, tag: a prompt born at that device                 |
-/// | `result`  | device -> client  | tag, status, text, error, missing, latency_ms, trace        |
-/// | `stats`   | client <-> device | request; the reply is a `result` whose text is JSON stats   |
-/// | `stop`    | client -> device  | the device stops gracefully (see zmq_device) and exits      |
-/// | `leaving` | device -> peers   | nothing more: the sender is stopping; treat it as dead now  |
+/// | `result`  | device -> client  | tag, status, text, error, missing, latency_ms, trace [,
+/// layout, refusal] | | `stats`   | client <-> device | request; the reply is a `result` whose text
+/// is JSON stats   | | `stop`    | client -> device  | the device stops gracefully (see zmq_device)
+/// and exits      | | `leaving` | device -> peers   | nothing more: the sender is stopping; treat
+/// it as dead now  |
 ///
 /// Every message carries `from` (the sender's device index, or a client's) and `load` (its
 /// number of calls in system): load-aware gossip runs on these, and any message is a heartbeat.
+/// A device running the adaptive layout policy adds `origin_rate` and `service_ms` to every
+/// message to its peers (its own estimates, which the peers check: moa/net/zmq_device.hpp); a
+/// result may carry the prompt's `layout` decision, or a typed `refusal`. All four are optional:
+/// older senders omit them, older receivers ignore them.
 
 #include <nlohmann/json.hpp>
 
@@ -55,6 +60,21 @@ constexpr std::string_view to_string(kind k) noexcept {
   return names[static_cast<std::size_t>(k)];
 }
 
+/// The most prompts per second a device may say it originates (more is not a number, it is an
+/// attack), and the longest mean service time it may claim (ms): larger values are malformed.
+inline constexpr double max_reported_rate = 1e7;
+inline constexpr double max_reported_service_ms = 1e9;
+/// The longest layout reason and explanation a result may carry.
+inline constexpr std::size_t max_layout_text = 1024;
+
+/// @brief The layout an origin's adaptive policy chose for a prompt (moa/queueing/adaptive.hpp).
+struct layout_note {
+  std::uint32_t layers = 0;  ///< M
+  std::uint32_t fanout = 0;  ///< k
+  std::string reason{};      ///< warming_up, held, upgraded, downgraded, at_smallest, over_capacity
+  std::string why{};         ///< one line: the layout, the reason, the bottleneck's utilisation
+};
+
 /// @brief One message of the protocol. Fields a type does not use keep their defaults.
 struct envelope {
   wire::kind type = kind::ping;
@@ -77,6 +97,14 @@ struct envelope {
   /// result: every call of the prompt (call, device, name, layer, role, status, start_ms,
   /// end_ms, error; not the calls' texts). Optional on the wire: absent reads as empty.
   std::vector<call_record> trace{};
+  /// Any message from a device with the adaptive policy: the prompts per second born at it (its
+  /// own estimate) and its mean service time per call (ms). Absent: not reported.
+  std::optional<double> origin_rate{};
+  std::optional<double> service_ms{};
+  /// result: the layout its origin's adaptive policy chose (absent: the fixed layout).
+  std::optional<layout_note> layout{};
+  /// result: a refusal's type, e.g. "over_capacity" (admission control); empty: none typed.
+  std::string refusal{};
 };
 
 /// The most calls a result's trace may list (a plan of 64 layers of 256 devices, and then some).
@@ -106,6 +134,8 @@ inline std::string_view result_status(const envelope& e) noexcept {
 
 inline std::string encode(const envelope& e) {
   nlohmann::json j = {{"type", to_string(e.type)}, {"from", e.from}, {"load", e.load}};
+  if (e.origin_rate) j["origin_rate"] = *e.origin_rate;
+  if (e.service_ms) j["service_ms"] = *e.service_ms;
   switch (e.type) {
     case kind::call:
       j["messages"] = nlohmann::json::array();
@@ -141,6 +171,12 @@ inline std::string encode(const envelope& e) {
       j["missing"] = e.missing;
       j["latency_ms"] = e.latency_ms;
       j["trace"] = trace_json(e.trace);
+      if (e.layout)
+        j["layout"] = {{"layers", e.layout->layers},
+                       {"fanout", e.layout->fanout},
+                       {"reason", e.layout->reason},
+                       {"why", e.layout->why}};
+      if (!e.refusal.empty()) j["refusal"] = e.refusal;
       break;
     case kind::ping:
     case kind::stats:
@@ -250,6 +286,47 @@ inline bool take_trace(const nlohmann::json& j, std::vector<call_record>& out, s
   return true;
 }
 
+// An optional estimate: absent is fine; present, a number in [0, most].
+inline bool take_estimate(const nlohmann::json& j, const char* key, double most,
+                          std::optional<double>& out, std::string& error) {
+  if (!j.contains(key)) return true;
+  double v = 0;
+  if (!take(j, key, v, error)) return false;
+  if (v > most) {
+    error = std::string("field '") + key + "' is out of range";
+    return false;
+  }
+  out = v;
+  return true;
+}
+
+inline bool take_short(const nlohmann::json& j, const char* key, std::string& out,
+                       std::string& error) {
+  if (!take(j, key, out, error)) return false;
+  if (out.size() > max_layout_text) {
+    error = std::string("field '") + key + "' is too long";
+    return false;
+  }
+  return true;
+}
+
+// A result's layout and refusal: optional; when there, whole and typed.
+inline bool take_layout(const nlohmann::json& j, envelope& e, std::string& error) {
+  if (j.contains("refusal") && !take_short(j, "refusal", e.refusal, error)) return false;
+  const auto it = j.find("layout");
+  if (it == j.end()) return true;
+  if (!it->is_object()) {
+    error = "field 'layout' is not an object";
+    return false;
+  }
+  layout_note l;
+  if (!take(*it, "layers", l.layers, error) || !take(*it, "fanout", l.fanout, error) ||
+      !take_short(*it, "reason", l.reason, error) || !take_short(*it, "why", l.why, error))
+    return false;
+  e.layout = std::move(l);
+  return true;
+}
+
 inline bool take_messages(const nlohmann::json& j, std::vector<message>& out, std::string& error) {
   const auto it = j.find("messages");
   if (it == j.end() || !it->is_array()) {
@@ -300,6 +377,9 @@ inline decoded decode(std::string_view bytes) {
     }
   if (!known) return {std::nullopt, "unknown message type '" + type.substr(0, 32) + "'"};
   if (!detail::take(j, "from", e.from, err) || !detail::take(j, "load", e.load, err)) return out;
+  if (!detail::take_estimate(j, "origin_rate", max_reported_rate, e.origin_rate, err) ||
+      !detail::take_estimate(j, "service_ms", max_reported_service_ms, e.service_ms, err))
+    return out;
   const bool per_call = e.type == kind::call || e.type == kind::answer || e.type == kind::refused;
   if (per_call &&
       (!detail::take(j, "prompt", e.prompt, err) || !detail::take(j, "origin", e.origin, err) ||
@@ -327,7 +407,8 @@ inline decoded decode(std::string_view bytes) {
   if (e.type == kind::result) {
     if (!detail::take(j, "tag", e.tag, err) || !detail::take(j, "text", e.text, err) ||
         !detail::take(j, "error", e.error, err) || !detail::take(j, "missing", e.missing, err) ||
-        !detail::take(j, "latency_ms", e.latency_ms, err) || !detail::take_trace(j, e.trace, err))
+        !detail::take(j, "latency_ms", e.latency_ms, err) || !detail::take_trace(j, e.trace, err) ||
+        !detail::take_layout(j, e, err))
       return out;
   }
   out.message = std::move(e);

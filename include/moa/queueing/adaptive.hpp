@@ -230,6 +230,11 @@ class adaptive_policy {
     if (decay_all_ < 1e-200) renormalise();
     // The window actually elapsed: tau (1 - e^{-t/tau}), so early rates are not biased low.
     const double elapsed = cfg_.rate_window * -std::expm1(-(now - start_) / cfg_.rate_window);
+    // Origins whose own estimates are reported (report_arrival_rate): as if their count had been
+    // observed here over this window, so its Poisson uncertainty enters the decision too.
+    for (std::size_t i = 0; i < reported_rate_.size(); ++i)
+      if (reported_rate_[i] >= 0 && i != origin)
+        count_[i] = reported_rate_[i] * elapsed / decay_all_;
     const double norm = elapsed > 0 ? 1 / elapsed : 0;
     double total_rate = 0;
     for (std::size_t i = 0; i < cfg_.devices; ++i) {
@@ -320,6 +325,36 @@ class adaptive_policy {
     var_[device] = (1 - w) * (var_[device] + w * delta * delta);
   }
 
+  /// Origin `origin`'s arrival rate (per time unit) as that origin estimates it itself: for
+  /// networks where each origin runs a policy of its own and sees only its own arrivals (the
+  /// ZeroMQ devices gossip their rates). From the next decision on it stands for that origin's
+  /// count, until the next report. Reports that are negative, NaN or infinite are ignored; the
+  /// caller checks and clamps what it was told.
+  void report_arrival_rate(std::uint32_t origin, double rate) {
+    if (origin >= cfg_.devices || !(rate >= 0) || !std::isfinite(rate)) return;
+    if (reported_rate_.empty()) reported_rate_.assign(cfg_.devices, -1.0);
+    reported_rate_[origin] = rate;
+  }
+
+  /// Device `device`'s mean service time as it is reported (by the device, checked by the
+  /// caller): replaces this policy's estimate. A report carries no spread, so its variance is
+  /// taken as 0. Reports that are not positive and finite are ignored.
+  void report_service(std::uint32_t device, double mean) {
+    if (device >= cfg_.devices || !(mean > 0) || !std::isfinite(mean)) return;
+    mean_[device] = mean;
+    var_[device] = 0;
+  }
+
+  /// `origin`'s arrival rate (per time unit) at time `now`, from the arrivals decided here: what
+  /// a device reports of itself. 0 before two arrivals span some time.
+  [[nodiscard]] double rate_estimate(std::uint32_t origin, double now) const {
+    if (origin >= cfg_.devices || !started_) return 0;
+    if (!(now >= last_)) now = last_;
+    const double elapsed = cfg_.rate_window * -std::expm1(-(now - start_) / cfg_.rate_window);
+    if (!(elapsed > 0)) return 0;
+    return count_[origin] * decay_all_ * std::exp(-(now - last_) / cfg_.rate_window) / elapsed;
+  }
+
   [[nodiscard]] const adaptive_config& config() const noexcept { return cfg_; }
   /// Prompts admitted at each allowed layout (indexed as adaptive_config::allowed).
   [[nodiscard]] std::span<const std::uint64_t> admitted() const noexcept { return prompts_; }
@@ -395,6 +430,7 @@ class adaptive_policy {
   std::vector<double> rate_;
   std::vector<double> mean_, var_, seen_;
   std::vector<std::uint64_t> prompts_;
+  std::vector<double> reported_rate_;  // per origin, < 0: none (empty until the first report)
   double decay_all_ = 1;
   double last_ = 0, start_ = 0, changed_ = 0, credit_ = 0;
   bool started_ = false;

@@ -514,8 +514,8 @@ device_cases() {  # device_cases PROGRAM...
   for v in 0 -1 nan 1,2 1,2,3,4 60001 abc; do
     check device_adaptive 2 "${ad[@]}" --prior-service-ms "$v"
   done
-  for v in -1 abc 1e400 1000001; do check device_adaptive 2 "${ad[@]}" --warmup "$v"; done
-  for o in "--layouts 1x1" "--target 0.5" "--prior-service-ms 5" "--warmup 3"; do
+  for v in -1 abc 1e400 1000001; do check device_adaptive 2 "${ad[@]}" --warmup-prompts "$v"; done
+  for o in "--layouts 1x1" "--target 0.5" "--prior-service-ms 5" "--warmup-prompts 3"; do
     # shellcheck disable=SC2086
     check device_adaptive 2 "${base[@]}" $o
   done
@@ -532,7 +532,7 @@ device_cases() {  # device_cases PROGRAM...
   printf '{"adaptive": 1, "layouts": "9x9", "prior-service-ms": [1, 2, 3]}' >"$work/device_adaptive.json"
   check device_adaptive serving "${base[@]}" --config "$work/device_adaptive.json" --layouts 2x2,1x1
   check device_adaptive serving "${ad[@]}" --layouts 2x2=0.9,1x1=0.5,1x0 --target 0.7 \
-    --prior-service-ms 1,2,3 --warmup 0 --latency-objective 500
+    --prior-service-ms 1,2,3 --warmup-prompts 0 --latency-objective 500
   # A port in use: a first device holds it while a second tries to bind it.
   "${base[@]}" >/dev/null 2>&1 &
   local holder=$!

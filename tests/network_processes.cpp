@@ -1450,7 +1450,7 @@ TEST_CASE("Network.adaptive_devices_choose_layouts_and_refuse" * doctest::timeou
                                        "--adaptive",
                                        "--layouts",
                                        "2x2,1x1,1x0",
-                                       "--warmup",
+                                       "--warmup-prompts",
                                        "0",
                                        "--rate-window",
                                        "60000",

@@ -281,7 +281,7 @@ struct device_settings {
 /// option), or nothing without --adaptive.
 inline std::optional<moa::queueing::adaptive_config> device_policy(const device_settings& s) {
   if (!s.adaptive.enabled) {  // its options given without it: an error, not ignored
-    adaptive_options::require_enabled_for(s.cmd, {"--prior-service-ms", "--warmup"});
+    adaptive_options::require_enabled_for(s.cmd, {"--prior-service-ms", "--warmup-prompts"});
     return std::nullopt;
   }
   const std::size_t n = s.addresses.size();
@@ -626,7 +626,7 @@ inline void add_device_command(CLI::App& app, int& exit_code) {
                   "one for all, or one per device (default: --alpha-ms)")
       ->delimiter(',')
       ->check(number_in(0, max_service_ms, true));
-  cmd->add_option("--warmup", s->warmup,
+  cmd->add_option("--warmup-prompts", s->warmup,
                   "--adaptive: prompts born here that take the best layout before any change")
       ->capture_default_str()
       ->transform(count_in(0, 1000000));

@@ -195,11 +195,7 @@ inline int submit_command(const submit_settings& s) {
       r["missing"] = e.missing;
       r["latency_ms"] = e.latency_ms;
       r["trace"] = moa::net::wire::trace_json(e.trace);
-      if (e.layout)
-        r["layout"] = {{"layers", e.layout->layers},
-                       {"fanout", e.layout->fanout},
-                       {"reason", e.layout->reason},
-                       {"why", e.layout->why}};
+      if (e.layout) r["layout"] = moa::net::wire::layout_json(*e.layout);
       if (!e.refusal.empty()) r["refusal"] = e.refusal;
       if (refused && code != exit_unreachable) code = exit_refused;
       if (over_capacity && (code == 0 || code == 1)) code = exit_over_capacity;

@@ -111,6 +111,11 @@ struct envelope {
 inline constexpr std::size_t max_trace_calls = 1 << 16;
 
 /// A result's trace as the wire (and `moa submit --format json`) shows it.
+/// A result's layout decision as JSON, on the wire and in `moa submit --format json` alike.
+inline nlohmann::json layout_json(const layout_note& l) {
+  return {{"layers", l.layers}, {"fanout", l.fanout}, {"reason", l.reason}, {"why", l.why}};
+}
+
 inline nlohmann::json trace_json(const std::vector<call_record>& trace) {
   auto out = nlohmann::json::array();
   for (const auto& c : trace)
@@ -171,11 +176,7 @@ inline std::string encode(const envelope& e) {
       j["missing"] = e.missing;
       j["latency_ms"] = e.latency_ms;
       j["trace"] = trace_json(e.trace);
-      if (e.layout)
-        j["layout"] = {{"layers", e.layout->layers},
-                       {"fanout", e.layout->fanout},
-                       {"reason", e.layout->reason},
-                       {"why", e.layout->why}};
+      if (e.layout) j["layout"] = layout_json(*e.layout);
       if (!e.refusal.empty()) j["refusal"] = e.refusal;
       break;
     case kind::ping:

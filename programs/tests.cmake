@@ -252,13 +252,14 @@ endif()
 set_tests_properties(cli.bad_input_corpus PROPERTIES TIMEOUT 1800 LABELS corpus
   PASS_REGULAR_EXPRESSION "cli_corpus: all [0-9]+ cases ended in a documented exit code")
 
-# The async path's critical path counts a call from when it starts running: on one thread, four
-# 5 ms proposers wait for each other, so the makespan is about 2.5 critical paths (the trace's
-# dispatch-to-answer durations would call it 1.0).
+# The async path's critical path counts a call from when it starts running: on one scheduler
+# thread (and the calling thread, which helps its own run), four 5 ms proposers wait for each
+# other: three rounds of 5 ms against two on the critical path, so the makespan is about 1.5
+# critical paths (the trace's dispatch-to-answer durations would call it 1.0). At least 1.3.
 add_test(NAME cli.bench_async_critical_path COMMAND moa_cli bench --path async --threads 1 -l 1
          -p 4 -n 10 --latency-ms 5 --latency-runs 3)
 set_tests_properties(cli.bench_async_critical_path PROPERTIES
-  PASS_REGULAR_EXPRESSION "critical-path efficiency.*async +(1\\.[5-9]|[2-9]\\.)")
+  PASS_REGULAR_EXPRESSION "critical-path efficiency.*async +(1\\.[3-9]|[2-9]\\.)")
 
 # A prompt from a file or stdin (-), bounded; the argument and --prompt-file exclude each other.
 add_test(NAME cli.run_prompt_stdin COMMAND bash -c

@@ -57,7 +57,9 @@ check() {
   local out="$work/out" err="$work/err" rss="$work/rss"
   (
     [ "$use_ulimit" = 1 ] && ulimit -v "$vmem_limit_kb"
-    exec timeout -s TERM -k 10 "$timeout_s" "$gnu_time" -q -f %M -o "$rss" "$@"
+    # time outside timeout: a SIGTERM at the bound reaches the program only (GNU time would die
+    # of it at once, and the next case would start while a device still drains on its port).
+    exec "$gnu_time" -q -f %M -o "$rss" timeout -s TERM -k 10 "$timeout_s" "$@"
   ) <"${CASE_STDIN:-/dev/null}" >"$out" 2>"$err"
   local rc=$?
   local why=""

@@ -147,16 +147,27 @@ class zmq_client {
   /// send(), waiting for the reply: the envelope, or the error rethrown.
   wire::envelope call(wire::envelope message, clock::time_point deadline,
                       std::stop_token stop = {}) {
-    std::promise<wire::envelope> p;
+    // Both ends travel by set_value, which moves them: promise::set_exception would copy the
+    // exception_ptr and drop the I/O thread's copy after the caller woke (a reference count
+    // ThreadSanitizer cannot see through the uninstrumented libstdc++).
+    struct ending {
+      std::optional<wire::envelope> reply;
+      std::exception_ptr error;
+    };
+    std::promise<ending> p;
     auto f = p.get_future();
     send(std::move(message), deadline, std::move(stop),
          [&p](wire::envelope* reply, std::exception_ptr e) {
+           ending end;
            if (reply != nullptr)
-             p.set_value(std::move(*reply));
+             end.reply = std::move(*reply);
            else
-             p.set_exception(std::move(e));
+             end.error = std::move(e);
+           p.set_value(std::move(end));
          });
-    return f.get();
+    ending end = f.get();
+    if (end.error) std::rethrow_exception(std::move(end.error));
+    return std::move(*end.reply);
   }
 
  private:
@@ -178,8 +189,10 @@ class zmq_client {
     }
   }
 
-  void fail_all(const std::exception_ptr& e) {
-    for (auto& [tag, w] : pending_) finish(w, nullptr, e);
+  // One exception object per call: none is shared between the callers' threads.
+  template <class MakeError>
+  void fail_all(const MakeError& make) {
+    for (auto& [tag, w] : pending_) finish(w, nullptr, make());
     pending_.clear();
   }
 
@@ -227,9 +240,11 @@ class zmq_client {
         std::memcpy(&event, m.data(), 2);
         std::memcpy(&value, static_cast<const char*>(m.data()) + 2, 4);
         if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
-          fail_all(std::make_exception_ptr(
-              refused_error(opt_.device + " refused this client's key (ZAP status " +
-                            std::to_string(value) + "): it is not in the device's clients")));
+          fail_all([&] {
+            return std::make_exception_ptr(
+                refused_error(opt_.device + " refused this client's key (ZAP status " +
+                              std::to_string(value) + "): it is not in the device's clients"));
+          });
         else
           handshake_ = "the handshake failed (a plain-text device, or keys that do not match)";
       }
@@ -257,7 +272,9 @@ class zmq_client {
       batch.swap(queued_);
     }
     for (auto& [e, w] : batch) pending_.emplace(e.tag, std::move(w));
-    fail_all(std::make_exception_ptr(cancelled_error("the client of " + opt_.device + " closed")));
+    fail_all([&] {
+      return std::make_exception_ptr(cancelled_error("the client of " + opt_.device + " closed"));
+    });
   }
 
   zmq_client_options opt_;

@@ -31,6 +31,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -154,16 +155,17 @@ class zmq_client {
       std::optional<wire::envelope> reply;
       std::exception_ptr error;
     };
-    std::promise<ending> p;
-    auto f = p.get_future();
+    // Shared: the I/O thread may still be inside set_value when this caller has woken and left.
+    auto p = std::make_shared<std::promise<ending>>();
+    auto f = p->get_future();
     send(std::move(message), deadline, std::move(stop),
-         [&p](wire::envelope* reply, std::exception_ptr e) {
+         [p](wire::envelope* reply, std::exception_ptr e) {
            ending end;
            if (reply != nullptr)
              end.reply = std::move(*reply);
            else
              end.error = std::move(e);
-           p.set_value(std::move(end));
+           p->set_value(std::move(end));
          });
     ending end = f.get();
     if (end.error) std::rethrow_exception(std::move(end.error));

@@ -239,18 +239,20 @@ set_tests_properties(cli.replay_bad_config PROPERTIES
   PASS_REGULAR_EXPRESSION "M = 3 layers, but 2 were measured")
 
 # Bad input never crashes, never lies: every subcommand over a generated corpus of bad arguments
-# and config files (tests/cli_corpus.sh prints the cases per class). In the plain and ASan stages
-# (TSan skips it: its runs are single-threaded argument and file checks).
+# and config files (tests/cli_corpus.sh prints the cases per class), in two halves that ctest runs
+# side by side. In the ASan stage, and in the plain stage when ASan is not run (TSan skips it: its
+# runs are single-threaded argument and file checks).
+set(_corpus_programs $<TARGET_FILE:moa_cli>)
 if(TARGET moa_device)
-  add_test(NAME cli.bad_input_corpus
-           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>
-                   $<TARGET_FILE:moa_device>)
-else()
-  add_test(NAME cli.bad_input_corpus
-           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh $<TARGET_FILE:moa_cli>)
+  list(APPEND _corpus_programs $<TARGET_FILE:moa_device>)
 endif()
-set_tests_properties(cli.bad_input_corpus PROPERTIES TIMEOUT 1800 LABELS corpus
-  PASS_REGULAR_EXPRESSION "cli_corpus: all [0-9]+ cases ended in a documented exit code")
+foreach(_part commands devices)
+  add_test(NAME cli.bad_input_corpus_${_part}
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/cli_corpus.sh ${_corpus_programs})
+  set_tests_properties(cli.bad_input_corpus_${_part} PROPERTIES TIMEOUT 1800 LABELS corpus
+    ENVIRONMENT MOA_CORPUS_PART=${_part}
+    PASS_REGULAR_EXPRESSION "cli_corpus: all [0-9]+ cases ended in a documented exit code")
+endforeach()
 
 # The async path's critical path counts a call from when it starts running: on one scheduler
 # thread (and the calling thread, which helps its own run), four 5 ms proposers wait for each

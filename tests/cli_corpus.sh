@@ -7,12 +7,19 @@
 #
 #   tests/cli_corpus.sh MOA [MOA_DEVICE]
 #
+# MOA_CORPUS_PART=commands|devices runs one half (ctest runs the two side by side; the device
+# cases wait on servers more than they compute); the default runs both.
 # Prints the number of cases tried per class. Needs bash, coreutils' timeout and GNU time.
 set -uo pipefail
 
 moa=${1:?usage: cli_corpus.sh MOA [MOA_DEVICE]}
 data="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/examples/data"
 moa_device=${2:-}
+part=${MOA_CORPUS_PART:-all}
+case "$part" in
+  all | commands | devices) ;;
+  *) echo "cli_corpus: MOA_CORPUS_PART='$part' is not one of all, commands, devices" >&2; exit 2 ;;
+esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -147,6 +154,7 @@ enum_cases() {  # enum_cases BASE... -- OPTIONS...
 }
 
 # --- the subcommands ---------------------------------------------------------------------------
+if [ "$part" != devices ]; then
 run_base=("$moa" run hi --latency-ms 0)
 numeric_cases "${run_base[@]}" -- --layers --proposers --aggregator --threads --latency-ms \
   --sigma --error-rate --seed --timeout-ms --call-timeout-ms --quorum --judge --top --keep
@@ -467,6 +475,8 @@ fi
 count[precedence]=1
 total=$((total + 1))
 
+fi  # the subcommands
+
 # --- devices -----------------------------------------------------------------------------------
 device_cases() {  # device_cases PROGRAM...
   local p1=$((20000 + RANDOM % 20000))
@@ -623,9 +633,11 @@ submit_cases() {
   for v in -1 0 nan 1e400 abc; do check submit 2 "${sub[@]}" --insecure-plaintext -p hi --timeout-ms "$v"; done
   check submit 2 "${sub[@]}" --insecure-plaintext -p hi --format xml
 }
-if "$moa" device --help >/dev/null 2>&1; then device_cases "$moa"; fi
-if [ -n "$moa_device" ]; then device_cases "$moa_device"; fi
-if "$moa" submit --help >/dev/null 2>&1; then submit_cases; fi
+if [ "$part" != commands ]; then
+  if "$moa" device --help >/dev/null 2>&1; then device_cases "$moa"; fi
+  if [ -n "$moa_device" ]; then device_cases "$moa_device"; fi
+  if "$moa" submit --help >/dev/null 2>&1; then submit_cases; fi
+fi
 
 # --- report ------------------------------------------------------------------------------------
 echo "cases per class:"

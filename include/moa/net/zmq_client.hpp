@@ -191,6 +191,15 @@ class zmq_client {
     }
   }
 
+  // The exception is built here, so the temporary it was copied from (whose message string
+  // shares a reference count with the copy) is gone before any caller can wake; built inline
+  // in finish's argument list, it would die after the handler ran, and its release would race,
+  // as ThreadSanitizer sees it, with the woken caller reading the message.
+  template <class Error>
+  static std::exception_ptr error_of(std::string message) {
+    return std::make_exception_ptr(Error(std::move(message)));
+  }
+
   // One exception object per call: none is shared between the callers' threads.
   template <class MakeError>
   void fail_all(const MakeError& make) {
@@ -216,8 +225,8 @@ class zmq_client {
       for (auto& [e, w] : batch) {
         if (pending_.count(e.tag)) {
           finish(w, nullptr,
-                 std::make_exception_ptr(invalid_argument("a " + e.tag + " request to " +
-                                                          opt_.device + " is already in flight")));
+                 error_of<invalid_argument>("a " + e.tag + " request to " + opt_.device +
+                                            " is already in flight"));
           continue;
         }
         (void)sock_.send(zmq::buffer(wire::encode(e)), zmq::send_flags::dontwait);
@@ -243,9 +252,9 @@ class zmq_client {
         std::memcpy(&value, static_cast<const char*>(m.data()) + 2, 4);
         if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
           fail_all([&] {
-            return std::make_exception_ptr(
-                refused_error(opt_.device + " refused this client's key (ZAP status " +
-                              std::to_string(value) + "): it is not in the device's clients"));
+            return error_of<refused_error>(opt_.device + " refused this client's key (ZAP status " +
+                                           std::to_string(value) +
+                                           "): it is not in the device's clients");
           });
         else
           handshake_ = "the handshake failed (a plain-text device, or keys that do not match)";
@@ -254,13 +263,12 @@ class zmq_client {
       for (auto it = pending_.begin(); it != pending_.end();) {
         if (it->second.stop.stop_requested()) {
           finish(it->second, nullptr,
-                 std::make_exception_ptr(
-                     cancelled_error("the call to " + opt_.device + " was cancelled")));
+                 error_of<cancelled_error>("the call to " + opt_.device + " was cancelled"));
         } else if (now >= it->second.deadline) {
           finish(it->second, nullptr,
-                 std::make_exception_ptr(timeout_error(
-                     opt_.device + " did not answer in time (unreachable" +
-                     (handshake_.empty() ? std::string() : "; " + handshake_) + ")")));
+                 error_of<timeout_error>(opt_.device + " did not answer in time (unreachable" +
+                                         (handshake_.empty() ? std::string() : "; " + handshake_) +
+                                         ")"));
         } else {
           ++it;
           continue;
@@ -274,9 +282,7 @@ class zmq_client {
       batch.swap(queued_);
     }
     for (auto& [e, w] : batch) pending_.emplace(e.tag, std::move(w));
-    fail_all([&] {
-      return std::make_exception_ptr(cancelled_error("the client of " + opt_.device + " closed"));
-    });
+    fail_all([&] { return error_of<cancelled_error>("the client of " + opt_.device + " closed"); });
   }
 
   zmq_client_options opt_;

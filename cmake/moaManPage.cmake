@@ -43,25 +43,31 @@ if(NOT MOA_HELP2MAN)
   message(STATUS "moa: help2man not found: no man pages (Debian: help2man)")
 endif()
 
-# moa_add_man_page(<target> <name> "<one-line description>"): <name>.1 from `<target> --help`,
+# moa_add_man_page(<target> <name> "<one-line description>" [PROGRAM <path>]): <name>.1 from
+# `<target> --help` (or `<path> --help`, a program the target builds, such as a link to it),
 # built with the default target and installed to man1. Only for builds that install, and never
 # from a sanitizer build (the page would run an instrumented program at build time).
 function(moa_add_man_page _target _name _description)
   if(NOT MOA_HELP2MAN OR NOT MOA_INSTALL OR MOA_DEV_SANITIZE OR CMAKE_CROSSCOMPILING)
     return()
   endif()
+  cmake_parse_arguments(PARSE_ARGV 3 _arg "" "PROGRAM" "")
+  set(_program $<TARGET_FILE:${_target}>)
+  if(_arg_PROGRAM)
+    set(_program ${_arg_PROGRAM})
+  endif()
   set(_page ${CMAKE_CURRENT_BINARY_DIR}/${_name}.1)
   set(_include ${CMAKE_CURRENT_BINARY_DIR}/${_name}.h2m)
   add_custom_command(OUTPUT ${_page}
-    COMMAND ${CMAKE_COMMAND} -DPROGRAM=$<TARGET_FILE:${_target}> -DOUTPUT=${_include}
+    COMMAND ${CMAKE_COMMAND} -DPROGRAM=${_program} -DOUTPUT=${_include}
             -P ${PROJECT_SOURCE_DIR}/cmake/moaManPage.cmake
     COMMAND ${MOA_HELP2MAN} --no-info --no-discard-stderr --section=1
             --version-string=${PROJECT_VERSION} --name=${_description} --include=${_include}
-            --output=${_page} $<TARGET_FILE:${_target}>
+            --output=${_page} ${_program}
     DEPENDS ${_target} ${PROJECT_SOURCE_DIR}/cmake/moaManPage.cmake
     COMMENT "help2man: ${_name}.1"
     VERBATIM)
-  add_custom_target(${_target}_man ALL DEPENDS ${_page})
+  add_custom_target(${_name}_man ALL DEPENDS ${_page})
   if(MOA_INSTALL)
     install(FILES ${_page} DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
   endif()

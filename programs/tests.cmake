@@ -89,7 +89,7 @@ if(MOA_HAS_OPENAI)
 endif()
 
 # Networks of moa_device processes on 127.0.0.1.
-if(TARGET moa_device)
+if(MOA_DEVICE_PROGRAM)
   find_package(doctest 2.4 REQUIRED CONFIG)
   add_executable(moa_network_process_tests ${PROJECT_SOURCE_DIR}/tests/network_processes.cpp)
   # moa::queueing: the adaptive layout policy (moa/net/adaptive.hpp) the devices run, and the
@@ -98,9 +98,8 @@ if(TARGET moa_device)
                         cppzmq nlohmann_json::nlohmann_json)
   target_include_directories(moa_network_process_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_definitions(moa_network_process_tests PRIVATE
-    MOA_DEVICE_PROGRAM="$<TARGET_FILE:moa_device>"
+    MOA_DEVICE_PROGRAM="${MOA_DEVICE_PROGRAM}"
     MOA_TEST_LOG_DIR="${CMAKE_CURRENT_BINARY_DIR}")
-  add_dependencies(moa_network_process_tests moa_device)
   if(MOA_HAS_SERVE)  # moa_device --metrics
     target_compile_definitions(moa_network_process_tests PRIVATE MOA_DEVICE_METRICS=1)
   endif()
@@ -243,8 +242,8 @@ set_tests_properties(cli.replay_bad_config PROPERTIES
 # side by side. In the ASan stage, and in the plain stage when ASan is not run (TSan skips it: its
 # runs are single-threaded argument and file checks).
 set(_corpus_programs $<TARGET_FILE:moa_cli>)
-if(TARGET moa_device)
-  list(APPEND _corpus_programs $<TARGET_FILE:moa_device>)
+if(MOA_DEVICE_PROGRAM)
+  list(APPEND _corpus_programs ${MOA_DEVICE_PROGRAM})
 endif()
 foreach(_part commands devices)
   add_test(NAME cli.bad_input_corpus_${_part}
@@ -283,7 +282,7 @@ set_tests_properties(cli.stability_large_graph_refused PROPERTIES
 
 # A device network as a roster model (kind "device"): `moa run` and `moa serve` through a keyed
 # device, a stranger's key refused (tests/serve_device.sh).
-if(MOA_HAS_SERVE AND TARGET moa_device)
+if(MOA_HAS_SERVE AND MOA_DEVICE_PROGRAM)
   add_test(NAME cli.serve_device_network
            COMMAND bash ${PROJECT_SOURCE_DIR}/tests/serve_device.sh $<TARGET_FILE:moa_cli>)
   set_tests_properties(cli.serve_device_network PROPERTIES TIMEOUT 120 LABELS network

@@ -97,7 +97,7 @@ for s in $stages; do
         stage "llama tests (ASan+UBSan)"
         cmake -S . -B build/asan -G Ninja "${asan_options[@]}" >/dev/null
         cmake --build build/asan -j "$jobs" --target moa_openai_llama_tests openai_moa moa_cli \
-          moa_network_process_tests moa_device
+          moa_network_process_tests
         run_ctest build/asan -L llama
       else
         echo "moa: the llama tests ran in the ASan stage"

@@ -635,7 +635,18 @@ submit_cases() {
 }
 if [ "$part" != commands ]; then
   if "$moa" device --help >/dev/null 2>&1; then device_cases "$moa"; fi
-  if [ -n "$moa_device" ]; then device_cases "$moa_device"; fi
+  # moa_device is moa by another name, with the device's commands only: the cases above hold for
+  # it; these check that the name selects those commands and nothing else.
+  if [ -n "$moa_device" ]; then
+    pd=$((20000 + RANDOM % 20000))
+    peers="tcp://127.0.0.1:$pd,tcp://127.0.0.1:$((pd + 1)),tcp://127.0.0.1:$((pd + 2))"
+    check moa_device 2 "$moa_device"
+    check moa_device 2 "$moa_device" run hi
+    check moa_device 2 "$moa_device" submit --device "tcp://127.0.0.1:$pd" -p hi
+    check moa_device 2 "$moa_device" device --insecure-plaintext --index 3 --peers "$peers"
+    check moa_device 2 "$moa_device" keygen
+    check moa_device serving "$moa_device" device --insecure-plaintext --index 0 --peers "$peers"
+  fi
   if "$moa" submit --help >/dev/null 2>&1; then submit_cases; fi
 fi
 

@@ -4,6 +4,8 @@
 #   1. format check (clang-format, the committed .clang-format);
 #   2. plain build with -Werror: unit tests, compile-fail tests, header and packaging tests,
 #      examples (and the bad-input corpus, when the ASan stage does not run it);
+#   2b. release: the README's first command (scripts/run.sh: g++ -O2 with -Werror, whose warnings
+#      differ from -O0's, then the main job on the embedded models), which must answer "ok";
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build: unit tests and examples; with the
 #      llama stage selected, also the tests labelled `llama` (below), on this same build.
 #   4. ThreadSanitizer build with clang 14 (the other stages use g++ 12, so both compilers
@@ -15,13 +17,13 @@
 #   6. fuzz: libFuzzer (clang 14) on the HTTP backend's parsers for MOA_FUZZ_SECONDS (60).
 #   7. fuzz-net: libFuzzer (clang 14) on the ZeroMQ network's message decoder and handler for
 #      MOA_FUZZ_SECONDS (60); both fuzz stages share one build.
-# MOA_TEST_STAGES selects stages (default: "format plain asan tsan llama fuzz fuzz-net").
+# MOA_TEST_STAGES selects stages (default: "format plain release asan tsan llama fuzz fuzz-net").
 set -euo pipefail
 MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$MOA_ROOT"
 source scripts/setup.sh
 
-stages="${MOA_TEST_STAGES:-format plain asan tsan llama fuzz fuzz-net}"
+stages="${MOA_TEST_STAGES:-format plain release asan tsan llama fuzz fuzz-net}"
 jobs="$(nproc)"
 started=$SECONDS
 
@@ -72,6 +74,12 @@ for s in $stages; do
       if has_stage llama; then plain_exclude+=(llama); fi
       if has_stage asan; then plain_exclude+=(corpus); fi
       build_and_test plain "$(IFS='|'; echo "${plain_exclude[*]}")" "${plain_build[@]}"
+      ;;
+    release)
+      stage "release build: the README's first command (scripts/run.sh)"
+      mkdir -p build
+      bash scripts/run.sh | tee build/run-sh.log
+      grep -q "^status: ok" build/run-sh.log || { echo "moa: scripts/run.sh did not answer ok" >&2; exit 1; }
       ;;
     asan | llama)
       # One ASan build serves both stages: with llama selected the asan stage configures it with
